@@ -1,0 +1,2183 @@
+/*
+ * oa_reactdiff.c - a dependency-light C reference implementation of OA-ReactDiff
+ * (Duan, Du, Jia, Kulik, "Accurate transition state generation with an object-aware
+ * equivariant elementary reaction diffusion model", Nat. Comput. Sci. 3, 1045 (2023)).
+ *
+ * Reactant (R), transition state (TS) and product (P) are diffused together as three
+ * objects. The denoiser is LEFTNet, made object-aware: geometry (edge frames, radial basis,
+ * equivariant messages) only flows inside a fragment, while scalar messages cross fragments.
+ * Sampling either generates all three fragments from atom types, or fixes R and P and
+ * inpaints the TS with RePaint resampling.
+ *
+ * The file reads top to bottom in the order data flows:
+ *   utilities -> weights file -> model parameters -> kernels -> LEFTNet layers ->
+ *   denoiser / confidence wrappers -> noise schedules -> randomness -> samplers -> CLI.
+ * Every layer function names the upstream module it reproduces (github.com/chenruduan/
+ * OAReactDiff, commit 543aaa8) so an auditor can read both side by side.
+ *
+ * Builds: float32 (default) and float64 (-DOARD_DOUBLE), from this one source.
+ * Only libc and libm; OpenMP is used when compiled with -fopenmp.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "oa_reactdiff.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef oard_real real;
+
+#define OARD_VERSION "0.1.0"
+#define EPS_FRAME 1e-6 /* upstream leftnet.py EPS, added to every norm it divides by */
+#define OARD_PI 3.14159265358979323846
+
+const char *oard_version(void) { return OARD_VERSION " (" OARD_REAL_NAME ")"; }
+
+/* ------------------------------------------------------------------------------------ */
+/* Errors                                                                                */
+
+static int fail(char *err, int code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, OARD_ERRLEN, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* propagate a failing status code (needs a local `int rc`) */
+#define TRY(x)                                                                                   \
+    do {                                                                                         \
+        if ((rc = (x)) != 0) return rc;                                                          \
+    } while (0)
+
+static void *xcalloc(size_t n, size_t size) {
+    if (n == 0 || size == 0) return calloc(1, 1);
+    if (n > SIZE_MAX / size) return NULL;
+    return calloc(n, size);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* CRC-32 (IEEE 802.3 polynomial, reflected; the same as zlib's crc32)                   */
+
+uint32_t oard_crc32(uint32_t crc, const void *data, size_t n) {
+    static uint32_t table[256];
+    static int ready = 0; /* benign race: every thread writes identical values */
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            table[i] = c;
+        }
+        ready = 1;
+    }
+    const unsigned char *p = (const unsigned char *)data;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Weights file (format: docs/weights_format.md)                                          */
+
+#define WFILE_MAGIC "OARDIFF"
+#define WFILE_VERSION 1u
+#define WFILE_HEADER 64
+
+typedef struct {
+    char name[160];
+    int is_f64;
+    uint64_t offset, nbytes;
+    int ndim;
+    int64_t dims[4];
+    int used;
+} wtensor;
+
+typedef struct {
+    const char *path;
+    unsigned char *buf; /* whole file */
+    size_t size;
+    uint64_t data_offset;
+    char *meta;  /* NUL-terminated copy of the metadata text */
+    char **keys, **vals;
+    int n_meta;
+    wtensor *t;
+    int n_t;
+} wfile;
+
+static uint32_t rd_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd_u64(const unsigned char *p) {
+    return (uint64_t)rd_u32(p) | (uint64_t)rd_u32(p + 4) << 32;
+}
+
+static void wfile_free(wfile *w) {
+    free(w->buf);
+    free(w->meta);
+    free(w->keys);
+    free(w->vals);
+    free(w->t);
+    memset(w, 0, sizeof(*w));
+}
+
+static const char *wfile_get(const wfile *w, const char *key) {
+    for (int i = 0; i < w->n_meta; i++)
+        if (strcmp(w->keys[i], key) == 0) return w->vals[i];
+    return NULL;
+}
+
+/* Parse "tensor <name> <dtype> <offset> <nbytes> <ndim> <d0> ..." */
+static int parse_tensor_line(const wfile *w, const char *line, wtensor *t, char *err) {
+    char dtype[8];
+    int pos = 0;
+    unsigned long long off, nb;
+    memset(t, 0, sizeof(*t));
+    if (sscanf(line, "%159s %7s %llu %llu %d%n", t->name, dtype, &off, &nb, &t->ndim, &pos) != 5 ||
+        t->ndim < 0 || t->ndim > 4)
+        return fail(err, OARD_ERR_FORMAT, "%s: malformed tensor entry '%.80s'", w->path, line);
+    if (strcmp(dtype, "f32") == 0) t->is_f64 = 0;
+    else if (strcmp(dtype, "f64") == 0) t->is_f64 = 1;
+    else return fail(err, OARD_ERR_FORMAT, "%s: tensor %s has unsupported dtype '%s'", w->path, t->name, dtype);
+    t->offset = off;
+    t->nbytes = nb;
+    const char *p = line + pos;
+    uint64_t numel = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || v < 0 || v > (1LL << 40))
+            return fail(err, OARD_ERR_FORMAT, "%s: tensor %s has a malformed shape", w->path, t->name);
+        t->dims[d] = v;
+        numel *= (uint64_t)v;
+        p = end;
+    }
+    if (numel * (t->is_f64 ? 8u : 4u) != nb)
+        return fail(err, OARD_ERR_FORMAT, "%s: tensor %s: byte size %llu does not match its shape", w->path,
+                    t->name, nb);
+    if (off % 64 != 0)
+        return fail(err, OARD_ERR_FORMAT, "%s: tensor %s is not 64-byte aligned", w->path, t->name);
+    return OARD_OK;
+}
+
+static int wfile_open(wfile *w, const char *path, char *err) {
+    memset(w, 0, sizeof(*w));
+    w->path = path;
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open weights file: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return fail(err, OARD_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+    }
+    long sz = ftell(f);
+    rewind(f);
+    if (sz < 0) {
+        fclose(f);
+        return fail(err, OARD_ERR_IO, "%s: cannot determine size", path);
+    }
+    w->size = (size_t)sz;
+    w->buf = malloc(w->size ? w->size : 1);
+    if (!w->buf) {
+        fclose(f);
+        return fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, w->size);
+    }
+    size_t got = fread(w->buf, 1, w->size, f);
+    fclose(f);
+    if (got != w->size) return fail(err, OARD_ERR_IO, "%s: read error", path);
+
+    const unsigned char *b = w->buf;
+    if (w->size < WFILE_HEADER || memcmp(b, WFILE_MAGIC, 8) != 0)
+        return fail(err, OARD_ERR_FORMAT, "%s: not an oa_reactdiff weights file (bad magic)", path);
+    uint32_t version = rd_u32(b + 8);
+    if (version != WFILE_VERSION)
+        return fail(err, OARD_ERR_FORMAT, "%s: weights format version %u, this build reads version %u", path,
+                    version, WFILE_VERSION);
+    uint64_t meta_off = rd_u64(b + 16), meta_size = rd_u64(b + 24);
+    w->data_offset = rd_u64(b + 32);
+    uint64_t data_size = rd_u64(b + 40), file_size = rd_u64(b + 48);
+    uint32_t crc = rd_u32(b + 56), n_tensors = rd_u32(b + 60);
+    if (file_size != w->size)
+        return fail(err, OARD_ERR_FORMAT, "%s: truncated or padded: header says %llu bytes, file has %zu", path,
+                    (unsigned long long)file_size, w->size);
+    if (meta_off != WFILE_HEADER || meta_size > file_size || meta_off + meta_size > w->data_offset ||
+        w->data_offset % 64 != 0 || w->data_offset > file_size || data_size != file_size - w->data_offset)
+        return fail(err, OARD_ERR_FORMAT, "%s: inconsistent header offsets", path);
+    uint32_t c = oard_crc32(0, b, 56);
+    c = oard_crc32(c, b + 60, w->size - 60);
+    if (c != crc)
+        return fail(err, OARD_ERR_FORMAT, "%s: checksum mismatch (file corrupted): stored %08x, computed %08x",
+                    path, crc, c);
+
+    /* metadata: key value lines */
+    w->meta = malloc(meta_size + 1);
+    if (!w->meta) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    memcpy(w->meta, b + meta_off, meta_size);
+    w->meta[meta_size] = 0;
+    int n_lines = 1;
+    for (uint64_t i = 0; i < meta_size; i++) n_lines += w->meta[i] == '\n';
+    w->keys = xcalloc((size_t)n_lines, sizeof(char *));
+    w->vals = xcalloc((size_t)n_lines, sizeof(char *));
+    w->t = xcalloc(n_tensors ? n_tensors : 1, sizeof(wtensor));
+    if (!w->keys || !w->vals || !w->t) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    char *line = w->meta;
+    while (line && *line) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        if (*line && *line != '#') {
+            char *sp = strchr(line, ' ');
+            if (!sp) return fail(err, OARD_ERR_FORMAT, "%s: malformed metadata line '%.60s'", path, line);
+            *sp = 0;
+            if (strcmp(line, "tensor") == 0) {
+                if ((uint32_t)w->n_t >= n_tensors)
+                    return fail(err, OARD_ERR_FORMAT, "%s: more tensor entries than the header's %u", path,
+                                n_tensors);
+                wtensor *t = &w->t[w->n_t];
+                int rc = parse_tensor_line(w, sp + 1, t, err);
+                if (rc) return rc;
+                if (t->offset + t->nbytes > data_size)
+                    return fail(err, OARD_ERR_FORMAT, "%s: tensor %s lies outside the data section", path, t->name);
+                for (int k = 0; k < w->n_t; k++)
+                    if (strcmp(w->t[k].name, t->name) == 0)
+                        return fail(err, OARD_ERR_FORMAT, "%s: tensor %s listed twice", path, t->name);
+                w->n_t++;
+            } else {
+                if (wfile_get(w, line))
+                    return fail(err, OARD_ERR_FORMAT, "%s: metadata key '%s' repeated", path, line);
+                w->keys[w->n_meta] = line;
+                w->vals[w->n_meta] = sp + 1;
+                w->n_meta++;
+            }
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    if ((uint32_t)w->n_t != n_tensors)
+        return fail(err, OARD_ERR_FORMAT, "%s: header announces %u tensors, directory lists %d", path, n_tensors,
+                    w->n_t);
+    return OARD_OK;
+}
+
+/* ---- typed metadata getters ---- */
+
+static int meta_str(const wfile *w, const char *key, const char **out, char *err) {
+    *out = wfile_get(w, key);
+    if (!*out) return fail(err, OARD_ERR_FORMAT, "%s: metadata key '%s' is missing", w->path, key);
+    return OARD_OK;
+}
+
+static int meta_int(const wfile *w, const char *key, int lo, int hi, int *out, char *err) {
+    const char *v;
+    int rc = meta_str(w, key, &v, err);
+    if (rc) return rc;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || x < lo || x > hi)
+        return fail(err, OARD_ERR_FORMAT, "%s: metadata '%s' = '%s' is not an integer in [%d, %d]", w->path, key,
+                    v, lo, hi);
+    *out = (int)x;
+    return OARD_OK;
+}
+
+static int meta_double(const wfile *w, const char *key, double *out, char *err) {
+    const char *v;
+    int rc = meta_str(w, key, &v, err);
+    if (rc) return rc;
+    char *end;
+    double x = strtod(v, &end);
+    if (end == v || *end || !isfinite(x))
+        return fail(err, OARD_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a number", w->path, key, v);
+    *out = x;
+    return OARD_OK;
+}
+
+/* comma-separated list of n numbers */
+static int meta_list(const wfile *w, const char *key, int n, double *out, char *err) {
+    const char *v;
+    int rc = meta_str(w, key, &v, err);
+    if (rc) return rc;
+    const char *p = v;
+    for (int i = 0; i < n; i++) {
+        char *end;
+        out[i] = strtod(p, &end);
+        if (end == p || !isfinite(out[i]) || (i < n - 1 ? *end != ',' : *end != 0))
+            return fail(err, OARD_ERR_FORMAT, "%s: metadata '%s' = '%s' is not a list of %d numbers", w->path, key,
+                        v, n);
+        p = end + 1;
+    }
+    return OARD_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Model parameters                                                                        */
+
+/* nn.Linear(in, out). The weight is stored transposed, (in, out), so that a row of the
+ * output is a sum of scaled weight rows: that loop vectorises without reassociation. */
+typedef struct {
+    const real *wt; /* (in, out) */
+    const real *b;  /* (out) or NULL */
+    int in, out;
+} Linear;
+
+/* upstream model/core.py MLP: Linear layers with SiLU after each, the last one optional */
+typedef struct {
+    Linear l[3];
+    int n;
+    int last_act;
+} MLP;
+
+typedef struct { /* leftnet.py GCLMessage */
+    MLP edge_mlp;       /* (2H + 3H + R) -> H -> H, SiLU after both */
+    MLP node_mlp;       /* 2H -> H -> H, legacy: no SiLU after the last */
+    MLP edge_out_trans; /* H -> 3H + R, SiLU */
+    MLP att_mlp;        /* H -> 1, SiLU */
+    const real *ln_w, *ln_b; /* x_layernorm (H) */
+} GCLParams;
+
+typedef struct { /* leftnet.py EquiMessage */
+    Linear dir_proj0, dir_proj2; /* (3H + R) -> 3H -> 3H */
+    Linear x_proj0, x_proj2;     /* H -> H -> 3H, no bias */
+    Linear rbf_proj;             /* R -> 3H, no bias */
+    const real *ln_w, *ln_b;     /* x_layernorm (H) */
+} MsgParams;
+
+typedef struct { /* leftnet.py EquiUpdate */
+    Linear vec_proj;               /* H -> 2H, no bias */
+    Linear xvec_proj0, xvec_proj2; /* 2H -> H -> 3H, no bias */
+    Linear lin3[3];                /* 3 -> 48 -> 8 -> 1 */
+} UpdParams;
+
+typedef struct { /* leftnet.py GatedEquivariantBlock */
+    Linear vec1_proj, vec2_proj; /* hidden -> hidden, hidden -> out; no bias */
+    Linear update_net0, update_net2; /* 2 hidden -> hidden -> 2 out */
+    int hidden, out;
+} GatedParams;
+
+#define MAX_LAYERS 32
+
+typedef struct { /* leftnet.py LEFTNet */
+    Linear embedding, embedding_out;
+    const real *rbf_means, *rbf_betas; /* radial_emb buffers (R) */
+    Linear neighbor_emb;               /* NeighborEmb.embedding */
+    Linear s2v_lin1;                   /* CFConvS2V.lin1[0] */
+    Linear radial_lin0, radial_lin2;
+    Linear lin3_0, lin3_2;   /* 3 -> H/4 -> 1 */
+    Linear pos_exp0, pos_exp1; /* 3 -> H/2 -> H, no bias */
+    Linear dyn0, dyn2;       /* pos_grad: dynamic_mlp_modules H -> H/2 -> 3 */
+    GCLParams gcl[MAX_LAYERS];
+    MsgParams msg[MAX_LAYERS];
+    UpdParams upd[MAX_LAYERS];
+    GatedParams out[2];
+    int n_out;
+} LEFTNetParams;
+
+struct oard_model {
+    oard_config cfg;
+    wfile file;     /* kept for oard_model_meta */
+    real *params;   /* one allocation holding every tensor */
+    size_t n_params, params_used;
+    LEFTNetParams net;
+    MLP enc[OARD_MAX_FRAG], dec[OARD_MAX_FRAG];
+    MLP readout_mlp, readout_gmlp; /* confidence GatedMLP */
+};
+
+const oard_config *oard_model_config(const oard_model *m) { return &m->cfg; }
+const char *oard_model_meta(const oard_model *m, const char *key) { return wfile_get(&m->file, key); }
+
+typedef struct {
+    oard_model *m;
+    const char *prefix; /* "ddpm.dynamics." or "confidence." */
+    char *err;
+} loader;
+
+/* Find a tensor by its upstream name, check its shape, copy it (converted to the build's
+ * precision, transposed when asked) into the parameter block. */
+static int take(loader *L, const real **out, int transpose, int ndim, const int64_t *dims, const char *fmt, ...) {
+    char name[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof(name), fmt, ap);
+    va_end(ap);
+    wfile *w = &L->m->file;
+    wtensor *t = NULL;
+    for (int i = 0; i < w->n_t; i++)
+        if (strcmp(w->t[i].name, name) == 0) t = &w->t[i];
+    if (!t) return fail(L->err, OARD_ERR_MODEL, "%s: missing tensor %s", w->path, name);
+    int ok = t->ndim == ndim;
+    for (int d = 0; ok && d < ndim; d++) ok = t->dims[d] == dims[d];
+    if (!ok) {
+        char want[64] = "", got[64] = "";
+        for (int d = 0; d < ndim; d++)
+            snprintf(want + strlen(want), sizeof(want) - strlen(want), "%s%lld", d ? "x" : "", (long long)dims[d]);
+        for (int d = 0; d < t->ndim; d++)
+            snprintf(got + strlen(got), sizeof(got) - strlen(got), "%s%lld", d ? "x" : "", (long long)t->dims[d]);
+        return fail(L->err, OARD_ERR_MODEL, "%s: tensor %s has shape %s, the configuration needs %s", w->path, name,
+                    got, want);
+    }
+    size_t n = (size_t)(t->nbytes / (t->is_f64 ? 8 : 4));
+    if (L->m->params_used + n > L->m->n_params)
+        return fail(L->err, OARD_ERR_MODEL, "%s: tensor %s used twice", w->path, name);
+    real *dst = L->m->params + L->m->params_used;
+    const unsigned char *src = w->buf + w->data_offset + t->offset;
+    size_t rows = ndim == 2 ? (size_t)dims[0] : 1, cols = n / (rows ? rows : 1);
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        if (t->is_f64) {
+            memcpy(&v, src + 8 * i, 8);
+        } else {
+            float f;
+            memcpy(&f, src + 4 * i, 4);
+            v = f;
+        }
+        if (!isfinite(v))
+            return fail(L->err, OARD_ERR_MODEL, "%s: tensor %s holds a non-finite value", w->path, name);
+        size_t j = transpose ? (i % cols) * rows + i / cols : i;
+        dst[j] = (real)v;
+    }
+    L->m->params_used += n;
+    t->used = 1;
+    *out = dst;
+    return OARD_OK;
+}
+
+/* "<base>.weight" (out, in) and optionally "<base>.bias" (out) */
+static int take_linear(loader *L, Linear *lin, int in, int out, int bias, const char *fmt, ...) {
+    char base[180];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(base, sizeof(base), fmt, ap);
+    va_end(ap);
+    int64_t wd[2] = {out, in}, bd[1] = {out};
+    lin->in = in;
+    lin->out = out;
+    lin->b = NULL;
+    int rc = take(L, &lin->wt, 1, 2, wd, "%s%s.weight", L->prefix, base);
+    if (!rc && bias) rc = take(L, &lin->b, 0, 1, bd, "%s%s.bias", L->prefix, base);
+    return rc;
+}
+
+/* upstream core.py MLP: "<base>.mlp.<k>.linear" */
+static int take_mlp(loader *L, MLP *mlp, int in, const int *outs, int n, int bias, int last_act, const char *base) {
+    mlp->n = n;
+    mlp->last_act = last_act;
+    for (int k = 0; k < n; k++) {
+        int rc = take_linear(L, &mlp->l[k], k ? outs[k - 1] : in, outs[k], bias, "%s.mlp.%d.linear", base, k);
+        if (rc) return rc;
+    }
+    return OARD_OK;
+}
+
+static int take_vector(loader *L, const real **out, int n, const char *fmt, const char *base) {
+    int64_t d[1] = {n};
+    char name[200];
+    snprintf(name, sizeof(name), fmt, base);
+    return take(L, out, 0, 1, d, "%s%s", L->prefix, name);
+}
+
+static int load_leftnet(loader *L, const oard_config *c) {
+    LEFTNetParams *p = &L->m->net;
+    int H = c->hidden_channels, R = c->num_radial, I = c->in_hidden_channels, rc = 0;
+    char b[128];
+    TRY(take_linear(L, &p->embedding, I, H, 1, "model.embedding"));
+    TRY(take_linear(L, &p->embedding_out, H, I, 1, "model.embedding_out"));
+    TRY(take_vector(L, &p->rbf_means, R, "%s.means", "model.radial_emb"));
+    TRY(take_vector(L, &p->rbf_betas, R, "%s.betas", "model.radial_emb"));
+    TRY(take_linear(L, &p->neighbor_emb, I, H, 1, "model.neighbor_emb.embedding"));
+    TRY(take_linear(L, &p->s2v_lin1, H, H, 1, "model.s2v.lin1.0"));
+    TRY(take_linear(L, &p->radial_lin0, R, H, 1, "model.radial_lin.0"));
+    TRY(take_linear(L, &p->radial_lin2, H, H, 1, "model.radial_lin.2"));
+    TRY(take_linear(L, &p->lin3_0, 3, H / 4, 1, "model.lin3.0"));
+    TRY(take_linear(L, &p->lin3_2, H / 4, 1, 1, "model.lin3.2"));
+    TRY(take_linear(L, &p->pos_exp0, 3, H / 2, 0, "model.pos_expansion.mlp.0.linear"));
+    TRY(take_linear(L, &p->pos_exp1, H / 2, H, 0, "model.pos_expansion.mlp.1.linear"));
+    if (c->legacy) { /* built but never used in forward: loaded so the file is fully accounted for */
+        Linear unused;
+        TRY(take_linear(L, &unused, R, H / 2, 0, "model.distance_embedding.mlp.0.linear"));
+        TRY(take_linear(L, &unused, H / 2, H, 0, "model.distance_embedding.mlp.1.linear"));
+    }
+    if (c->pos_grad) {
+        TRY(take_linear(L, &p->dyn0, H, H / 2, 1, "model.dynamic_mlp_modules.0"));
+        TRY(take_linear(L, &p->dyn2, H / 2, 3, 1, "model.dynamic_mlp_modules.2"));
+    }
+    for (int i = 0; i < c->num_layers; i++) {
+        GCLParams *g = &p->gcl[i];
+        int e_out[2] = {H, H}, n_out[2] = {H, H}, t_out[1] = {3 * H + R}, a_out[1] = {1};
+        snprintf(b, sizeof(b), "model.gcl_layers.%d.edge_mlp", i);
+        TRY(take_mlp(L, &g->edge_mlp, 5 * H + R, e_out, 2, 1, 1, b));
+        snprintf(b, sizeof(b), "model.gcl_layers.%d.node_mlp", i);
+        TRY(take_mlp(L, &g->node_mlp, 2 * H, n_out, 2, 1, !c->legacy, b));
+        snprintf(b, sizeof(b), "model.gcl_layers.%d.edge_out_trans", i);
+        TRY(take_mlp(L, &g->edge_out_trans, H, t_out, 1, 1, 1, b));
+        snprintf(b, sizeof(b), "model.gcl_layers.%d.att_mlp", i);
+        TRY(take_mlp(L, &g->att_mlp, H, a_out, 1, 1, 1, b));
+        snprintf(b, sizeof(b), "model.gcl_layers.%d.x_layernorm", i);
+        TRY(take_vector(L, &g->ln_w, H, "%s.weight", b));
+        TRY(take_vector(L, &g->ln_b, H, "%s.bias", b));
+
+        MsgParams *m = &p->msg[i];
+        TRY(take_linear(L, &m->dir_proj0, 3 * H + R, 3 * H, 1, "model.message_layers.%d.dir_proj.0", i));
+        TRY(take_linear(L, &m->dir_proj2, 3 * H, 3 * H, 1, "model.message_layers.%d.dir_proj.2", i));
+        TRY(take_linear(L, &m->x_proj0, H, H, 0, "model.message_layers.%d.x_proj.0", i));
+        TRY(take_linear(L, &m->x_proj2, H, 3 * H, 0, "model.message_layers.%d.x_proj.2", i));
+        TRY(take_linear(L, &m->rbf_proj, R, 3 * H, 0, "model.message_layers.%d.rbf_proj", i));
+        snprintf(b, sizeof(b), "model.message_layers.%d.x_layernorm", i);
+        TRY(take_vector(L, &m->ln_w, H, "%s.weight", b));
+        TRY(take_vector(L, &m->ln_b, H, "%s.bias", b));
+
+        UpdParams *u = &p->upd[i];
+        TRY(take_linear(L, &u->vec_proj, H, 2 * H, 0, "model.update_layers.%d.vec_proj", i));
+        TRY(take_linear(L, &u->xvec_proj0, 2 * H, H, 0, "model.update_layers.%d.xvec_proj.0", i));
+        TRY(take_linear(L, &u->xvec_proj2, H, 3 * H, 0, "model.update_layers.%d.xvec_proj.2", i));
+        TRY(take_linear(L, &u->lin3[0], 3, 48, 1, "model.update_layers.%d.lin3.0", i));
+        TRY(take_linear(L, &u->lin3[1], 48, 8, 1, "model.update_layers.%d.lin3.2", i));
+        TRY(take_linear(L, &u->lin3[2], 8, 1, 1, "model.update_layers.%d.lin3.4", i));
+    }
+    { /* last_layer: built, never used in forward */
+        Linear unused;
+        TRY(take_linear(L, &unused, H, 1, 1, "model.last_layer"));
+    }
+    p->n_out = c->single_layer_output ? 1 : 2;
+    for (int k = 0; k < p->n_out; k++) {
+        GatedParams *g = &p->out[k];
+        g->hidden = (k == 0) ? H : H / 2;
+        g->out = (p->n_out == 1 || k == 1) ? 1 : H / 2;
+        TRY(take_linear(L, &g->vec1_proj, g->hidden, g->hidden, 0, "model.out_pos.output_network.%d.vec1_proj", k));
+        TRY(take_linear(L, &g->vec2_proj, g->hidden, g->out, 0, "model.out_pos.output_network.%d.vec2_proj", k));
+        TRY(take_linear(L, &g->update_net0, 2 * g->hidden, g->hidden, 1, "model.out_pos.output_network.%d.update_net.0", k));
+        TRY(take_linear(L, &g->update_net2, g->hidden, 2 * g->out, 1, "model.out_pos.output_network.%d.update_net.2", k));
+    }
+    return OARD_OK;
+}
+
+static int parse_config(const wfile *w, oard_config *c, char *err) {
+    const char *s;
+    int rc = 0;
+    memset(c, 0, sizeof(*c));
+    TRY(meta_str(w, "kind", &s, err));
+    if (strcmp(s, "denoiser") == 0) c->kind = OARD_KIND_DENOISER;
+    else if (strcmp(s, "confidence") == 0) c->kind = OARD_KIND_CONFIDENCE;
+    else return fail(err, OARD_ERR_FORMAT, "%s: unknown model kind '%s'", w->path, s);
+    if ((uint32_t)c->kind != rd_u32(w->buf + 12))
+        return fail(err, OARD_ERR_FORMAT, "%s: header kind and metadata kind disagree", w->path);
+    TRY(meta_int(w, "num_layers", 1, MAX_LAYERS, &c->num_layers, err));
+    TRY(meta_int(w, "hidden_channels", 4, 8192, &c->hidden_channels, err));
+    TRY(meta_int(w, "num_radial", 1, 8192, &c->num_radial, err));
+    TRY(meta_int(w, "in_hidden_channels", 1, 8192, &c->in_hidden_channels, err));
+    TRY(meta_double(w, "cutoff", &c->cutoff, err));
+    if (!(c->cutoff > 0)) return fail(err, OARD_ERR_FORMAT, "%s: cutoff must be positive", w->path);
+    TRY(meta_int(w, "reflect_equiv", 0, 1, &c->reflect_equiv, err));
+    TRY(meta_int(w, "legacy", 0, 1, &c->legacy, err));
+    TRY(meta_int(w, "update", 0, 1, &c->update, err));
+    TRY(meta_int(w, "pos_grad", 0, 1, &c->pos_grad, err));
+    TRY(meta_int(w, "single_layer_output", 0, 1, &c->single_layer_output, err));
+    TRY(meta_int(w, "object_aware", 0, 1, &c->object_aware, err));
+    TRY(meta_int(w, "for_conf", 0, 1, &c->for_conf, err));
+    TRY(meta_int(w, "n_fragments", 3, 3, &c->n_fragments, err));
+    TRY(meta_int(w, "pos_dim", 3, 3, &c->pos_dim, err));
+    TRY(meta_int(w, "condition_nf", 0, 64, &c->condition_nf, err));
+    TRY(meta_int(w, "condition_time", 0, 1, &c->condition_time, err));
+    TRY(meta_str(w, "act_fn", &s, err));
+    if (strcmp(s, "swish") != 0 && strcmp(s, "silu") != 0)
+        return fail(err, OARD_ERR_MODEL, "%s: activation '%s' not supported (only swish)", w->path, s);
+    double nfs[OARD_MAX_FRAG];
+    TRY(meta_list(w, "node_nfs", 3, nfs, err));
+    for (int f = 0; f < 3; f++) c->node_nfs[f] = (int)nfs[f];
+    /* element table "H:1,C:6,..." */
+    TRY(meta_str(w, "elements", &s, err));
+    for (const char *p = s; *p;) {
+        if (c->n_elements >= OARD_MAX_ELEM) return fail(err, OARD_ERR_FORMAT, "%s: too many elements", w->path);
+        int k = 0;
+        while (isalpha((unsigned char)*p) && k < 3) c->element_sym[c->n_elements][k++] = *p++;
+        c->element_sym[c->n_elements][k] = 0;
+        char *end;
+        long z = (*p == ':') ? strtol(p + 1, &end, 10) : -1;
+        if (k == 0 || z < 1 || z > 118 || (*end && *end != ','))
+            return fail(err, OARD_ERR_FORMAT, "%s: malformed element table '%s'", w->path, s);
+        c->element_z[c->n_elements++] = (int)z;
+        p = *end ? end + 1 : end;
+    }
+    int n_feat = c->n_elements + 1; /* one-hot + Z */
+    for (int f = 0; f < 3; f++)
+        if (c->node_nfs[f] != c->pos_dim + n_feat)
+            return fail(err, OARD_ERR_MODEL, "%s: node_nfs %d does not fit %d elements + Z + positions", w->path,
+                        c->node_nfs[f], c->n_elements);
+    if (c->in_hidden_channels - c->condition_time - c->condition_nf <= 0)
+        return fail(err, OARD_ERR_MODEL, "%s: in_hidden_channels too small for the condition channels", w->path);
+    if (c->kind == OARD_KIND_DENOISER) {
+        TRY(meta_int(w, "pos_only", 0, 1, &c->pos_only, err));
+        TRY(meta_list(w, "norm_values", 3, c->norm_values, err));
+        TRY(meta_list(w, "norm_biases", 3, c->norm_biases, err));
+        TRY(meta_str(w, "sampling_schedule", &s, err));
+        snprintf(c->sampling_schedule, sizeof(c->sampling_schedule), "%s", s);
+        TRY(meta_int(w, "sampling_timesteps", 1, 1000000, &c->sampling_timesteps, err));
+        TRY(meta_double(w, "sampling_precision", &c->sampling_precision, err));
+        TRY(meta_str(w, "training_schedule", &s, err));
+        snprintf(c->training_schedule, sizeof(c->training_schedule), "%s", s);
+        TRY(meta_int(w, "training_timesteps", 1, 1000000, &c->training_timesteps, err));
+        TRY(meta_double(w, "training_precision", &c->training_precision, err));
+        TRY(meta_list(w, "loss_scales", 3, c->loss_scales, err));
+        if (c->for_conf) return fail(err, OARD_ERR_MODEL, "%s: a denoiser cannot have for_conf=1", w->path);
+    } else if (!c->for_conf) {
+        return fail(err, OARD_ERR_MODEL, "%s: a confidence model needs for_conf=1", w->path);
+    }
+    TRY(meta_str(w, "source_file", &s, err));
+    snprintf(c->source_file, sizeof(c->source_file), "%s", s);
+    TRY(meta_str(w, "source_sha256", &s, err));
+    snprintf(c->source_sha256, sizeof(c->source_sha256), "%s", s);
+    TRY(meta_int(w, "trained", 0, 1, &c->trained, err));
+    TRY(meta_str(w, "description", &s, err));
+    snprintf(c->description, sizeof(c->description), "%s", s);
+    c->crc32 = rd_u32(w->buf + 56);
+    return OARD_OK;
+}
+
+int oard_model_load(const char *path, int expected_kind, oard_model **out, char *err) {
+    *out = NULL;
+    oard_model *m = xcalloc(1, sizeof(*m));
+    if (!m) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    int rc = wfile_open(&m->file, path, err);
+    if (!rc) rc = parse_config(&m->file, &m->cfg, err);
+    if (!rc && expected_kind && m->cfg.kind != expected_kind)
+        rc = fail(err, OARD_ERR_MODEL, "%s: is a %s model, a %s model is needed here", path,
+                  m->cfg.kind == OARD_KIND_DENOISER ? "denoiser" : "confidence",
+                  expected_kind == OARD_KIND_DENOISER ? "denoiser" : "confidence");
+    if (!rc) {
+        for (int i = 0; i < m->file.n_t; i++) m->n_params += m->file.t[i].nbytes / (m->file.t[i].is_f64 ? 8 : 4);
+        m->params = xcalloc(m->n_params, sizeof(real));
+        if (!m->params) rc = fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %zu parameters", path, m->n_params);
+    }
+    if (!rc) {
+        const oard_config *c = &m->cfg;
+        loader L = {m, c->kind == OARD_KIND_DENOISER ? "ddpm.dynamics." : "confidence.", err};
+        rc = load_leftnet(&L, c);
+        int F = c->node_nfs[0] - c->pos_dim;                             /* 6 features */
+        int E = c->in_hidden_channels - c->condition_time - c->condition_nf; /* embedding width */
+        for (int f = 0; !rc && f < 3; f++) { /* dynamics/_base.py build_encoders_decoders */
+            char b[64];
+            int eo[2] = {2 * F, E}, dout[2] = {2 * F, F};
+            snprintf(b, sizeof(b), "encoders.%d", f);
+            rc = take_mlp(&L, &m->enc[f], F, eo, 2, 1, 0, b);
+            snprintf(b, sizeof(b), "decoders.%d", f);
+            if (!rc) rc = take_mlp(&L, &m->dec[f], E, dout, 2, 1, 0, b);
+        }
+        if (!rc && c->kind == OARD_KIND_CONFIDENCE) { /* confidence.py GatedMLP readout */
+            int H = c->hidden_channels, ro[3] = {H, H, 1};
+            rc = take_mlp(&L, &m->readout_mlp, H, ro, 3, 1, 0, "readout.mlp");
+            if (!rc) rc = take_mlp(&L, &m->readout_gmlp, H, ro, 3, 1, 0, "readout.gmlp");
+        }
+        if (!rc && c->kind == OARD_KIND_DENOISER) {
+            /* the schedules are recomputed from their names; the stored tables are checked
+             * against that in the tests (tests/test_schedules), here only their size */
+            const real *unused;
+            L.prefix = "";
+            rc = take_vector(&L, &unused, c->training_timesteps + 1, "%s", "ddpm.schedule.gamma_module.gamma");
+            if (!rc) rc = take_vector(&L, &unused, c->sampling_timesteps + 1, "%s", "sampling_schedule.gamma_module.gamma");
+        }
+        for (int i = 0; !rc && i < m->file.n_t; i++)
+            if (!m->file.t[i].used)
+                rc = fail(err, OARD_ERR_MODEL, "%s: unexpected tensor %s (not part of this configuration)", path,
+                          m->file.t[i].name);
+    }
+    if (rc) {
+        oard_model_free(m);
+        return rc;
+    }
+    m->cfg.n_params = m->n_params;
+    free(m->file.buf); /* tensors are copied out; keep only the metadata */
+    m->file.buf = NULL;
+    *out = m;
+    return OARD_OK;
+}
+
+void oard_model_free(oard_model *m) {
+    if (!m) return;
+    wfile_free(&m->file);
+    free(m->params);
+    free(m);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Kernels                                                                                 */
+
+#ifdef OARD_DOUBLE
+#define REXP exp
+#define RSQRT sqrt
+#define RCOS cos
+#define RFABS fabs
+#else
+#define REXP expf
+#define RSQRT sqrtf
+#define RCOS cosf
+#define RFABS fabsf
+#endif
+
+static inline real silu(real x) { return x / ((real)1 + REXP(-x)); } /* torch SiLU */
+
+/* y (rows, out) = x (rows, in) W^T + b, then SiLU if act. */
+static void linear_forward(const Linear *L, const real *x, size_t rows, real *y, int act) {
+    const int in = L->in, out = L->out;
+    for (size_t r = 0; r < rows; r++) {
+        const real *xr = x + r * (size_t)in;
+        real *yr = y + r * (size_t)out;
+        if (L->b) memcpy(yr, L->b, (size_t)out * sizeof(real));
+        else memset(yr, 0, (size_t)out * sizeof(real));
+        for (int i = 0; i < in; i++) {
+            const real xi = xr[i];
+            const real *w = L->wt + (size_t)i * out;
+            for (int o = 0; o < out; o++) yr[o] += xi * w[o];
+        }
+        if (act)
+            for (int o = 0; o < out; o++) yr[o] = silu(yr[o]);
+    }
+}
+
+/* y += x W^T over rows (no bias, no activation): one block of a split input */
+static void linear_accumulate(const real *wt, int in, int out, const real *x, size_t rows, real *y) {
+    for (size_t r = 0; r < rows; r++) {
+        const real *xr = x + r * (size_t)in;
+        real *yr = y + r * (size_t)out;
+        for (int i = 0; i < in; i++) {
+            const real xi = xr[i];
+            const real *w = wt + (size_t)i * out;
+            for (int o = 0; o < out; o++) yr[o] += xi * w[o];
+        }
+    }
+}
+
+/* upstream core.py MLP on rows; tmp must hold rows x (widest hidden layer) */
+static void mlp_forward(const MLP *m, const real *x, size_t rows, real *y, real *tmp) {
+    const real *in = x;
+    for (int k = 0; k < m->n; k++) {
+        int last = k == m->n - 1;
+        real *o = last ? y : (k % 2 == 0 ? tmp : tmp + rows * (size_t)m->l[0].out);
+        linear_forward(&m->l[k], in, rows, o, last ? m->last_act : 1);
+        in = o;
+    }
+}
+
+/* torch.nn.LayerNorm over the last dimension (biased variance, eps 1e-5); w, b NULL
+ * without elementwise affine. Moments accumulated in double. */
+static void layernorm_forward(const real *x, size_t rows, int n, const real *w, const real *b, real *y) {
+    for (size_t r = 0; r < rows; r++) {
+        const real *xr = x + r * (size_t)n;
+        real *yr = y + r * (size_t)n;
+        double mean = 0, var = 0;
+        for (int i = 0; i < n; i++) mean += xr[i];
+        mean /= n;
+        for (int i = 0; i < n; i++) var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+        var /= n;
+        double inv = 1.0 / sqrt(var + 1e-5);
+        for (int i = 0; i < n; i++) {
+            real v = (real)(((double)xr[i] - mean) * inv);
+            yr[i] = w ? v * w[i] + b[i] : v;
+        }
+    }
+}
+
+static inline void cross3(const real *a, const real *b, real *c) {
+    c[0] = a[1] * b[2] - a[2] * b[1];
+    c[1] = a[2] * b[0] - a[0] * b[2];
+    c[2] = a[0] * b[1] - a[1] * b[0];
+}
+static inline real norm3(const real *a) { return RSQRT(a[0] * a[0] + a[1] * a[1] + a[2] * a[2]); }
+
+/* ------------------------------------------------------------------------------------ */
+/* The reaction graph                                                                      */
+
+/* upstream utils/_graph_tools.py get_edges_index: every ordered pair of distinct nodes
+ * of the same sample, across all three fragments, in row-major order of the adjacency.
+ * Edge e runs src[e] = edge_index[0] -> dst[e] = edge_index[1]; since the graph is full,
+ * the edges into node n are exactly the reverses of the edges out of n. */
+typedef struct {
+    int N, E, B, NF; /* nodes, edges, samples, nodes per fragment */
+    int *src, *dst, *rev;
+    int *out_start; /* (N + 1): edges out of n are out_start[n] .. out_start[n+1]-1 */
+    int *sample, *frag, *rank; /* per node: sample, fragment, index inside its sample */
+    int *frag_off;             /* (B + 1) node offset of sample b inside a fragment */
+    int max_deg;
+} Graph;
+
+static void graph_free(Graph *g) {
+    free(g->src);
+    free(g->dst);
+    free(g->rev);
+    free(g->out_start);
+    free(g->sample);
+    free(g->frag);
+    free(g->rank);
+    free(g->frag_off);
+    memset(g, 0, sizeof(*g));
+}
+
+static int graph_build(Graph *g, const oard_batch *batch, char *err) {
+    memset(g, 0, sizeof(*g));
+    if (!batch || batch->n_samples <= 0 || !batch->sizes)
+        return fail(err, OARD_ERR_ARG, "batch: no samples");
+    g->B = batch->n_samples;
+    g->frag_off = xcalloc((size_t)g->B + 1, sizeof(int));
+    if (!g->frag_off) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    long long E = 0;
+    for (int b = 0; b < g->B; b++) {
+        int n = batch->sizes[b];
+        if (n <= 0 || n > 100000) return fail(err, OARD_ERR_ARG, "batch: sample %d has %d atoms", b, n);
+        g->frag_off[b + 1] = g->frag_off[b] + n;
+        E += (long long)(3 * n) * (3 * n - 1);
+        if (3 * n - 1 > g->max_deg) g->max_deg = 3 * n - 1;
+    }
+    g->NF = g->frag_off[g->B];
+    g->N = 3 * g->NF;
+    if (E > INT32_MAX) return fail(err, OARD_ERR_NOMEM, "batch: %lld edges is too many", E);
+    g->E = (int)E;
+    g->src = xcalloc((size_t)E, sizeof(int));
+    g->dst = xcalloc((size_t)E, sizeof(int));
+    g->rev = xcalloc((size_t)E, sizeof(int));
+    g->out_start = xcalloc((size_t)g->N + 1, sizeof(int));
+    g->sample = xcalloc((size_t)g->N, sizeof(int));
+    g->frag = xcalloc((size_t)g->N, sizeof(int));
+    g->rank = xcalloc((size_t)g->N, sizeof(int));
+    if (!g->src || !g->dst || !g->rev || !g->out_start || !g->sample || !g->frag || !g->rank)
+        return fail(err, OARD_ERR_NOMEM, "batch: cannot allocate the graph (%lld edges)", E);
+    for (int f = 0; f < 3; f++)
+        for (int b = 0; b < g->B; b++)
+            for (int a = 0; a < batch->sizes[b]; a++) {
+                int n = f * g->NF + g->frag_off[b] + a;
+                g->sample[n] = b;
+                g->frag[n] = f;
+                g->rank[n] = f * batch->sizes[b] + a;
+            }
+    int e = 0;
+    for (int n = 0; n < g->N; n++) {
+        g->out_start[n] = e;
+        int b = g->sample[n], sz = batch->sizes[b];
+        for (int f = 0; f < 3; f++)
+            for (int a = 0; a < sz; a++) {
+                int m = f * g->NF + g->frag_off[b] + a;
+                if (m == n) continue;
+                g->src[e] = n;
+                g->dst[e] = m;
+                e++;
+            }
+    }
+    g->out_start[g->N] = e;
+    for (e = 0; e < g->E; e++) { /* position of src among the out-neighbours of dst */
+        int n = g->src[e], m = g->dst[e];
+        g->rev[e] = g->out_start[m] + g->rank[n] - (g->rank[n] > g->rank[m]);
+    }
+    return OARD_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* LEFTNet (upstream model/leftnet.py)                                                     */
+
+/* Work buffers of one forward call, allocated once per call. */
+typedef struct {
+    real *mask, *dist, *rbound;  /* (E): geometry mask, masked distance, cosine cutoff */
+    real *d, *c, *v;             /* (E, 3): edge frame (diff, cross, vertical), masked */
+    real *rbf;                   /* (E, R) */
+    real *ew;                    /* (E, 3H + R): edge weights [scalar_i, scalar_j, f, rbf] */
+    real *pos_frame, *frame;     /* (N, 3), (N, 3, 3): node frame, frame[n][xyz][k] */
+    real *pos_prjt;              /* (N, 3) */
+    real *s, *vec;               /* (N, H), (N, 3, H) */
+    real *xh, *A, *Bn, *agg;     /* (N, H) each, (N, 3H) for xh in the message */
+    real *dx, *dvec, *vtmp;      /* (N, 3H) (N, 3, H) (N, 3, 2H) */
+    real *nodecat, *nodetmp;     /* (N, 4H) scratch */
+    real *grad;                  /* (N, 3) pos_grad accumulator */
+} Work;
+
+typedef struct {
+    const oard_model *m;
+    const Graph *g;
+    Work *w;
+    int nt; /* threads */
+    oard_dump_fn dump;
+    void *dump_ctx;
+} Ctx;
+
+static void dump(const Ctx *x, const char *name, const real *data, size_t rows, size_t cols) {
+    if (x->dump) x->dump(x->dump_ctx, name, data, rows, cols);
+}
+
+/* LEFTNet.assemble_nodemask: labels nodes for centring. Visit nodes in index order; an
+ * unlabelled node and all its masked-edge neighbours get a new label, overwriting labels
+ * they had. Not connected components: reproduced as upstream wrote it. pos_frame is the
+ * position minus the mean of its label group (remove_mean_batch). */
+static int centre_by_nodemask(const Ctx *x, const real *pos, real *pos_frame) {
+    const Graph *g = x->g;
+    const real *mask = x->w->mask;
+    int N = g->N;
+    int *label = malloc((size_t)N * sizeof(int));
+    real *sum = xcalloc((size_t)N * 3, sizeof(real));
+    int *cnt = xcalloc((size_t)N, sizeof(int));
+    if (!label || !sum || !cnt) {
+        free(label), free(sum), free(cnt);
+        return OARD_ERR_NOMEM;
+    }
+    for (int n = 0; n < N; n++) label[n] = -1;
+    int ind = 0;
+    for (int n = 0; n < N; n++) {
+        if (label[n] > -1) continue;
+        for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++)
+            if (mask[e] > 0) label[g->dst[e]] = ind;
+        label[n] = ind++;
+    }
+    /* scatter_mean, summed in the build's precision as upstream sums in its dtype */
+    for (int n = 0; n < N; n++) {
+        for (int k = 0; k < 3; k++) sum[3 * label[n] + k] += pos[3 * n + k];
+        cnt[label[n]]++;
+    }
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < 3; k++) pos_frame[3 * n + k] = pos[3 * n + k] - sum[3 * label[n] + k] / (real)cnt[label[n]];
+    free(label), free(sum), free(cnt);
+    return OARD_OK;
+}
+
+/* LEFTNet.scalarization + masking: edge frame (d, c, v) from pos_frame, distance and the
+ * radial basis (RBFEmb). Mask = (raw distance < cutoff) x (same fragment) when object_aware. */
+static void edge_frame(const Ctx *x) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int R = c->num_radial, H = c->hidden_channels, EW = 3 * H + R;
+    const real cutoff = (real)c->cutoff, pi = (real)OARD_PI, eps = (real)EPS_FRAME;
+    const real *pf = w->pos_frame;
+    const real *mu = x->m->net.rbf_means, *beta = x->m->net.rbf_betas;
+#pragma omp parallel for num_threads(x->nt) schedule(static)
+    for (int e = 0; e < g->E; e++) {
+        int i = g->src[e], j = g->dst[e];
+        real diff[3], cr[3], mask = w->mask[e];
+        for (int k = 0; k < 3; k++) diff[k] = pf[3 * i + k] - pf[3 * j + k];
+        real dist = norm3(diff);
+        cross3(pf + 3 * i, pf + 3 * j, cr);
+        real dn = dist + eps, cn = norm3(cr) + eps;
+        real *d = w->d + 3 * e, *cc = w->c + 3 * e, *v = w->v + 3 * e;
+        for (int k = 0; k < 3; k++) d[k] = diff[k] / dn, cc[k] = cr[k] / cn;
+        cross3(d, cc, v);
+        for (int k = 0; k < 3; k++) d[k] *= mask, cc[k] *= mask, v[k] *= mask;
+        dist *= mask;
+        w->mask[e] = mask;
+        w->dist[e] = dist;
+        real cosv = (real)0.5 * (RCOS(dist * pi / cutoff) + 1);
+        w->rbound[e] = cosv;
+        real rb = dist < cutoff ? cosv : 0;
+        real em = REXP(-dist);
+        real *rbf = w->rbf + (size_t)e * R, *ewr = w->ew + (size_t)e * EW + 3 * H;
+        for (int k = 0; k < R; k++) {
+            real t = em - mu[k];
+            rbf[k] = rb * REXP(-beta[k] * (t * t)) * mask;
+            ewr[k] = rbf[k];
+        }
+    }
+}
+
+/* f = radial_lin(rbf) * 0.5(cos(pi r / cutoff) + 1), written into ew[:, 2H:3H]. On a masked
+ * edge rbf = 0 and r = 0, so f = radial_lin(0): a constant that carries the scalar messages
+ * between fragments. */
+static void radial_filter(const Ctx *x) {
+    const oard_config *c = &x->m->cfg;
+    const LEFTNetParams *p = &x->m->net;
+    Work *w = x->w;
+    const int R = c->num_radial, H = c->hidden_channels, EW = 3 * H + R;
+    const int E = x->g->E;
+    const int BLK = 64;
+#pragma omp parallel num_threads(x->nt)
+    {
+        real *t1 = malloc((size_t)BLK * H * sizeof(real)), *t2 = malloc((size_t)BLK * H * sizeof(real));
+#pragma omp for schedule(static)
+        for (int e0 = 0; e0 < E; e0 += BLK) {
+            int n = E - e0 < BLK ? E - e0 : BLK;
+            if (!t1 || !t2) continue;
+            linear_forward(&p->radial_lin0, w->rbf + (size_t)e0 * R, (size_t)n, t1, 1);
+            linear_forward(&p->radial_lin2, t1, (size_t)n, t2, 0);
+            for (int k = 0; k < n; k++)
+                for (int h = 0; h < H; h++) w->ew[(size_t)(e0 + k) * EW + 2 * H + h] = t2[k * H + h] * w->rbound[e0 + k];
+        }
+        free(t1), free(t2);
+    }
+}
+
+/* NeighborEmb: s = z_emb + sum over edges into n of f * LN0(Linear(h))[source] */
+static void neighbor_emb(const Ctx *x, const real *h, real *s) {
+    const oard_config *c = &x->m->cfg;
+    const LEFTNetParams *p = &x->m->net;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N;
+    real *t = w->nodetmp;
+    linear_forward(&p->neighbor_emb, h, (size_t)N, t, 0);
+    layernorm_forward(t, (size_t)N, H, NULL, NULL, t);
+    linear_forward(&p->embedding, h, (size_t)N, s, 0);
+#pragma omp parallel for num_threads(x->nt) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
+            int ein = g->rev[e], src = g->src[ein];
+            const real *f = w->ew + (size_t)ein * EW + 2 * H;
+            for (int k = 0; k < H; k++) s[(size_t)n * H + k] += f[k] * t[(size_t)src * H + k];
+        }
+}
+
+/* CFConvS2V: NE1[n] (3, H) = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s)))[source] */
+static void scalar_to_vector(const Ctx *x, const real *s, real *ne1) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N;
+    real *t = w->nodetmp;
+    linear_forward(&x->m->net.s2v_lin1, s, (size_t)N, t, 0);
+    layernorm_forward(t, (size_t)N, H, NULL, NULL, t);
+    for (size_t i = 0; i < (size_t)N * H; i++) t[i] = silu(t[i]);
+    memset(ne1, 0, (size_t)N * 3 * H * sizeof(real));
+#pragma omp parallel for num_threads(x->nt) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
+            int ein = g->rev[e], src = g->src[ein];
+            const real *f = w->ew + (size_t)ein * EW + 2 * H, *d = w->d + 3 * ein, *ts = t + (size_t)src * H;
+            for (int k = 0; k < 3; k++)
+                for (int hh = 0; hh < H; hh++) ne1[((size_t)n * 3 + k) * H + hh] += f[hh] * d[k] * ts[hh];
+        }
+}
+
+/* LEFTNet.lin3 applied per channel: Linear(3, H/4) SiLU Linear(H/4, 1) */
+static real lin3_channel(const Linear *l0, const Linear *l1, const real in[3], real *tmp) {
+    for (int o = 0; o < l0->out; o++)
+        tmp[o] = silu(l0->b[o] + in[0] * l0->wt[o] + in[1] * l0->wt[l0->out + o] + in[2] * l0->wt[2 * l0->out + o]);
+    real y = l1->b[0];
+    for (int i = 0; i < l0->out; i++) y += tmp[i] * l1->wt[i];
+    return y;
+}
+
+/* Edge weights from the vector features: project NE1 of each end on the edge frame,
+ * |c-row| with reflect_equiv, scalar = lin3(rows) + d-row, times the cosine cutoff. */
+static void edge_scalarization(const Ctx *x, const real *ne1) {
+    const oard_config *c = &x->m->cfg;
+    const LEFTNetParams *p = &x->m->net;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
+#pragma omp parallel num_threads(x->nt)
+    {
+        real tmp[2048];
+#pragma omp for schedule(static)
+        for (int e = 0; e < g->E; e++) {
+            const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
+            for (int side = 0; side < 2; side++) {
+                const real *nv = ne1 + (size_t)(side == 0 ? g->src[e] : g->dst[e]) * 3 * H;
+                real *out = w->ew + (size_t)e * EW + side * H;
+                for (int hh = 0; hh < H; hh++) {
+                    real q[3];
+                    for (int k = 0; k < 3; k++)
+                        q[k] = nv[hh] * fr[k][0] + nv[H + hh] * fr[k][1] + nv[2 * H + hh] * fr[k][2];
+                    if (c->reflect_equiv) q[1] = RFABS(q[1]);
+                    out[hh] = (lin3_channel(&p->lin3_0, &p->lin3_2, q, tmp) + q[0]) * w->rbound[e];
+                }
+            }
+        }
+    }
+}
+
+/* Node frame (x1, y1, z1) per node, stored frame[n][xyz][k], and pos_prjt = pos_frame in it.
+ * legacy: b = mean of pos_frame over the edges into n (the full graph, mask ignored).
+ * When a fragment is one centred component, b = -a/(n-1) is parallel to a, so a x b is
+ * rounding noise and y1 = noise / (|noise| + 1e-6): tiny in float64, up to ~0.5 long in
+ * float32. The checkpoint was trained with this frame; it is kept as it is.
+ * non-legacy: b = position of the nearest masked neighbour, with upstream nn_vector's
+ * `pairs` shortcut (a node chosen as nearest by n takes n as its own partner). */
+static int node_frame(const Ctx *x) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int N = g->N;
+    const real eps = (real)EPS_FRAME;
+    const real *pf = w->pos_frame;
+    real *bv = xcalloc((size_t)N * 3, sizeof(real));
+    if (!bv) return OARD_ERR_NOMEM;
+    if (c->legacy) {
+        for (int n = 0; n < N; n++) {
+            int cnt = 0;
+            for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++, cnt++)
+                for (int k = 0; k < 3; k++) bv[3 * n + k] += pf[3 * g->src[g->rev[e]] + k];
+            for (int k = 0; k < 3; k++) bv[3 * n + k] = cnt ? bv[3 * n + k] / (real)cnt : 0;
+        }
+    } else {
+        int *partner = malloc((size_t)N * sizeof(int));
+        if (!partner) {
+            free(bv);
+            return OARD_ERR_NOMEM;
+        }
+        for (int n = 0; n < N; n++) partner[n] = -1;
+        for (int n = 0; n < N; n++) {
+            int nn = n;
+            if (partner[n] < 0) {
+                real best = 0;
+                int found = 0;
+                for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
+                    if (w->mask[e] != 1) continue;
+                    if (!found || w->dist[e] < best) best = w->dist[e], nn = g->dst[e], found = 1;
+                }
+                partner[nn] = n;
+            } else {
+                nn = partner[n];
+            }
+            for (int k = 0; k < 3; k++) bv[3 * n + k] = pf[3 * nn + k];
+        }
+        free(partner);
+    }
+    for (int n = 0; n < N; n++) {
+        const real *a = pf + 3 * n, *b = bv + 3 * n;
+        real amb[3], x1[3], y1[3], z1[3];
+        for (int k = 0; k < 3; k++) amb[k] = a[k] - b[k];
+        real na = norm3(amb) + eps;
+        for (int k = 0; k < 3; k++) x1[k] = amb[k] / na;
+        cross3(a, b, y1);
+        real ny = norm3(y1) + eps;
+        for (int k = 0; k < 3; k++) y1[k] /= ny;
+        cross3(x1, y1, z1);
+        real *fr = w->frame + 9 * n;
+        for (int k = 0; k < 3; k++) fr[3 * k + 0] = x1[k], fr[3 * k + 1] = y1[k], fr[3 * k + 2] = z1[k];
+        for (int k = 0; k < 3; k++)
+            w->pos_prjt[3 * n + k] = a[0] * fr[0 + k] + a[1] * fr[3 + k] + a[2] * fr[6 + k];
+    }
+    free(bv);
+    return OARD_OK;
+}
+
+/* GCLMessage (scalar message over every edge, masked or not):
+ *   xh = LN(s); m = edge_mlp([xh_i, xh_j, edgeweight]); m *= SiLU(att_mlp(m));
+ *   agg = mean of m over edges at edge_index[0]; s = xh + node_mlp([xh, agg]);
+ *   edgeweight += SiLU(edge_out_trans(m)).
+ * The first edge_mlp layer is split exactly into its three input blocks, so the node
+ * blocks are computed once per node instead of once per edge. */
+static int gcl_message(const Ctx *x, const GCLParams *P, real *s) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N;
+    const Linear *l0 = &P->edge_mlp.l[0];
+    real *xh = w->xh, *A = w->A, *Bn = w->Bn, *agg = w->agg;
+    layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, xh);
+    memset(A, 0, (size_t)N * H * sizeof(real));
+    memset(Bn, 0, (size_t)N * H * sizeof(real));
+    linear_accumulate(l0->wt, H, H, xh, (size_t)N, A);                    /* xh_i block */
+    linear_accumulate(l0->wt + (size_t)H * H, H, H, xh, (size_t)N, Bn);   /* xh_j block */
+    const real *We = l0->wt + (size_t)2 * H * H;                          /* edgeweight block */
+    int bad = 0;
+#pragma omp parallel num_threads(x->nt)
+    {
+        size_t D = (size_t)g->max_deg;
+        real *m1 = malloc(D * H * sizeof(real)), *m2 = malloc(D * H * sizeof(real));
+        real *de = malloc(D * EW * sizeof(real));
+        if (!m1 || !m2 || !de) {
+#pragma omp atomic write
+            bad = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int n = 0; n < N; n++) {
+            if (!m1 || !m2 || !de) continue;
+            int e0 = g->out_start[n], cnt = g->out_start[n + 1] - e0;
+            for (int k = 0; k < cnt; k++) memcpy(m1 + (size_t)k * H, l0->b, H * sizeof(real));
+            linear_accumulate(We, EW, H, w->ew + (size_t)e0 * EW, (size_t)cnt, m1);
+            for (int k = 0; k < cnt; k++) {
+                const real *bj = Bn + (size_t)g->dst[e0 + k] * H, *ai = A + (size_t)n * H;
+                real *r = m1 + (size_t)k * H;
+                for (int h = 0; h < H; h++) r[h] = silu(r[h] + ai[h] + bj[h]);
+            }
+            linear_forward(&P->edge_mlp.l[1], m1, (size_t)cnt, m2, 1);
+            real *ag = agg + (size_t)n * H;
+            memset(ag, 0, H * sizeof(real));
+            for (int k = 0; k < cnt; k++) {
+                real *r = m2 + (size_t)k * H, att;
+                linear_forward(&P->att_mlp.l[0], r, 1, &att, 1);
+                for (int h = 0; h < H; h++) r[h] *= att, ag[h] += r[h];
+            }
+            for (int h = 0; h < H; h++) ag[h] = cnt ? ag[h] / (real)cnt : 0;
+            linear_forward(&P->edge_out_trans.l[0], m2, (size_t)cnt, de, 1);
+            real *ew = w->ew + (size_t)e0 * EW;
+            for (size_t i = 0; i < (size_t)cnt * EW; i++) ew[i] += de[i];
+        }
+        free(m1), free(m2), free(de);
+    }
+    if (bad) return OARD_ERR_NOMEM;
+    /* node update: s = xh + node_mlp([xh, agg]) (the residual starts from the normed xh) */
+    real *cat = w->nodecat;
+    for (int n = 0; n < N; n++) {
+        memcpy(cat + (size_t)n * 2 * H, xh + (size_t)n * H, H * sizeof(real));
+        memcpy(cat + (size_t)n * 2 * H + H, agg + (size_t)n * H, H * sizeof(real));
+    }
+    mlp_forward(&P->node_mlp, cat, (size_t)N, w->nodetmp + (size_t)N * H, w->nodetmp);
+    for (size_t i = 0; i < (size_t)N * H; i++) s[i] = xh[i] + w->nodetmp[(size_t)N * H + i];
+    return OARD_OK;
+}
+
+/* EquiMessage (equivariant message, inside a fragment only):
+ *   xh = x_proj(LN(s)); w_e = rbf_proj(rbf) * dir_proj(edgeweight);
+ *   (xh_src + xh_dst) * w_e split into (x, a, b), a /= sqrt(3);
+ *   dvec = (vec_src a + b (x) d [+ x (x) c without reflect_equiv]) / sqrt(H), dx = x,
+ *   both summed at the edge's target. rbf_proj has no bias and rbf = 0 on a masked edge,
+ *   so masked edges contribute exactly zero: they are skipped. */
+static int equi_message(const Ctx *x, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = g->N;
+    const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
+    real *xh = w->xh; /* (N, 3H) */
+    layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, w->nodetmp);
+    linear_forward(&P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
+    linear_forward(&P->x_proj2, w->nodecat, (size_t)N, xh, 0);
+    memset(dx, 0, (size_t)N * H * sizeof(real));
+    memset(dvec, 0, (size_t)N * 3 * H * sizeof(real));
+    int bad = 0;
+#pragma omp parallel num_threads(x->nt)
+    {
+        size_t D = (size_t)g->max_deg;
+        real *ewb = malloc(D * EW * sizeof(real)), *rbb = malloc(D * R * sizeof(real));
+        real *t1 = malloc(D * 3 * H * sizeof(real)), *t2 = malloc(D * 3 * H * sizeof(real));
+        real *t3 = malloc(D * 3 * H * sizeof(real));
+        int *ein = malloc(D * sizeof(int));
+        int ok = ewb && rbb && t1 && t2 && t3 && ein;
+        if (!ok) {
+#pragma omp atomic write
+            bad = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int n = 0; n < N; n++) {
+            if (!ok) continue;
+            int cnt = 0;
+            for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
+                int r = g->rev[e];
+                if (w->mask[r] == 0) continue;
+                memcpy(ewb + (size_t)cnt * EW, w->ew + (size_t)r * EW, EW * sizeof(real));
+                memcpy(rbb + (size_t)cnt * R, w->rbf + (size_t)r * R, R * sizeof(real));
+                ein[cnt++] = r;
+            }
+            if (!cnt) continue;
+            linear_forward(&P->dir_proj0, ewb, (size_t)cnt, t1, 1);
+            linear_forward(&P->dir_proj2, t1, (size_t)cnt, t2, 0);
+            linear_forward(&P->rbf_proj, rbb, (size_t)cnt, t3, 0);
+            real *dxn = dx + (size_t)n * H, *dvn = dvec + (size_t)n * 3 * H;
+            const real *xhn = xh + (size_t)n * 3 * H;
+            for (int k = 0; k < cnt; k++) {
+                int e = ein[k], m = g->src[e];
+                const real *xhm = xh + (size_t)m * 3 * H, *vm = vec + (size_t)m * 3 * H;
+                const real *wk = t2 + (size_t)k * 3 * H, *rk = t3 + (size_t)k * 3 * H;
+                const real *d = w->d + 3 * e, *cc = w->c + 3 * e;
+                for (int h = 0; h < H; h++) {
+                    real xs = (xhm[h] + xhn[h]) * (rk[h] * wk[h]);
+                    real a = (xhm[H + h] + xhn[H + h]) * (rk[H + h] * wk[H + h]) * inv_sqrt_3;
+                    real b = (xhm[2 * H + h] + xhn[2 * H + h]) * (rk[2 * H + h] * wk[2 * H + h]);
+                    dxn[h] += xs;
+                    for (int q = 0; q < 3; q++) {
+                        real v = vm[q * H + h] * a + b * d[q];
+                        if (!c->reflect_equiv) v = v + xs * cc[q];
+                        dvn[q * H + h] += v * inv_sqrt_h;
+                    }
+                }
+            }
+        }
+        free(ewb), free(rbb), free(t1), free(t2), free(t3), free(ein);
+    }
+    return bad ? OARD_ERR_NOMEM : OARD_OK;
+}
+
+/* EquiUpdate: vec_proj(vec) -> vec1, vec2; vec1 in the node frame (|y1-row| with
+ * reflect_equiv) through lin3 (3 -> 48 -> 8 -> 1) per channel -> scalar;
+ * dot = sum_xyz vec1 vec2 / sqrt(H); (p, q, g) = xvec_proj([s, scalar]);
+ * dx = (p + q + dot) / sqrt(2); dvec = g vec2. */
+static void equi_update(const Ctx *x, const UpdParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+    const oard_config *c = &x->m->cfg;
+    Work *w = x->w;
+    const int H = c->hidden_channels, N = x->g->N;
+    const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
+    real *V = w->vtmp; /* (N, 3, 2H) */
+    linear_forward(&P->vec_proj, vec, (size_t)N * 3, V, 0);
+    real *cat = w->nodecat; /* (N, 2H): [s, scalar] */
+    real *dot = w->agg;     /* (N, H) */
+#pragma omp parallel for num_threads(x->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *fr = w->frame + 9 * n;
+        real h48[48], h8[8];
+        memcpy(cat + (size_t)n * 2 * H, s + (size_t)n * H, H * sizeof(real));
+        for (int h = 0; h < H; h++) {
+            const real *v1 = V + (size_t)n * 6 * H + h, *v2 = v1 + H; /* row q at + q*2H */
+            real q[3];
+            for (int k = 0; k < 3; k++) q[k] = v1[0] * fr[k] + v1[2 * H] * fr[3 + k] + v1[4 * H] * fr[6 + k];
+            if (c->reflect_equiv) q[1] = RFABS(q[1]);
+            linear_forward(&P->lin3[0], q, 1, h48, 1);
+            linear_forward(&P->lin3[1], h48, 1, h8, 1);
+            linear_forward(&P->lin3[2], h8, 1, &cat[(size_t)n * 2 * H + H + h], 0);
+            dot[(size_t)n * H + h] = (v1[0] * v2[0] + v1[2 * H] * v2[2 * H] + v1[4 * H] * v2[4 * H]) * inv_sqrt_h;
+        }
+    }
+    real *t = w->nodetmp, *X = w->xh; /* (N, H), (N, 3H) */
+    linear_forward(&P->xvec_proj0, cat, (size_t)N, t, 1);
+    linear_forward(&P->xvec_proj2, t, (size_t)N, X, 0);
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) {
+            const real *Xn = X + (size_t)n * 3 * H;
+            dx[(size_t)n * H + h] = (Xn[h] + Xn[H + h] + dot[(size_t)n * H + h]) * inv_sqrt_2;
+            for (int q = 0; q < 3; q++)
+                dvec[((size_t)n * 3 + q) * H + h] = Xn[2 * H + h] * V[((size_t)n * 3 + q) * 2 * H + H + h];
+        }
+}
+
+/* GatedEquivariantBlock (Schuett et al. 2021): |vec1_proj(v)| over xyz (no epsilon),
+ * update_net([x, that]) -> (x', gate); v' = gate * vec2_proj(v). */
+static void gated_output(const GatedParams *P, int N, const real *xin, const real *vin, real *xout, real *vout,
+                         real *scratch) {
+    const int hid = P->hidden, out = P->out;
+    real *v1 = scratch;                       /* (N, 3, hid) */
+    real *v2 = v1 + (size_t)N * 3 * hid;      /* (N, 3, out) */
+    real *cat = v2 + (size_t)N * 3 * out;     /* (N, 2 hid) */
+    real *t = cat + (size_t)N * 2 * hid;      /* (N, hid) */
+    real *u = t + (size_t)N * hid;            /* (N, 2 out) */
+    linear_forward(&P->vec1_proj, vin, (size_t)N * 3, v1, 0);
+    linear_forward(&P->vec2_proj, vin, (size_t)N * 3, v2, 0);
+    for (int n = 0; n < N; n++) {
+        memcpy(cat + (size_t)n * 2 * hid, xin + (size_t)n * hid, hid * sizeof(real));
+        for (int h = 0; h < hid; h++) {
+            const real *r = v1 + (size_t)n * 3 * hid + h;
+            cat[(size_t)n * 2 * hid + hid + h] = RSQRT(r[0] * r[0] + r[hid] * r[hid] + r[2 * hid] * r[2 * hid]);
+        }
+    }
+    linear_forward(&P->update_net0, cat, (size_t)N, t, 1);
+    linear_forward(&P->update_net2, t, (size_t)N, u, 0);
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            xout[(size_t)n * out + o] = u[(size_t)n * 2 * out + o];
+            for (int q = 0; q < 3; q++)
+                vout[((size_t)n * 3 + q) * out + o] = u[(size_t)n * 2 * out + out + o] * v2[((size_t)n * 3 + q) * out + o];
+        }
+}
+
+static void work_free(Work *w) {
+    real **p = (real **)w;
+    for (size_t i = 0; i < sizeof(Work) / sizeof(real *); i++) free(p[i]);
+    memset(w, 0, sizeof(*w));
+}
+
+static int work_alloc(Work *w, const oard_config *c, const Graph *g) {
+    const size_t H = (size_t)c->hidden_channels, R = (size_t)c->num_radial, E = (size_t)g->E, N = (size_t)g->N;
+    const size_t W = 4 * H > 48 ? 4 * H : 48;
+    memset(w, 0, sizeof(*w));
+    w->mask = xcalloc(E, sizeof(real));
+    w->dist = xcalloc(E, sizeof(real));
+    w->rbound = xcalloc(E, sizeof(real));
+    w->d = xcalloc(E * 3, sizeof(real));
+    w->c = xcalloc(E * 3, sizeof(real));
+    w->v = xcalloc(E * 3, sizeof(real));
+    w->rbf = xcalloc(E * R, sizeof(real));
+    w->ew = xcalloc(E * (3 * H + R), sizeof(real));
+    w->pos_frame = xcalloc(N * 3, sizeof(real));
+    w->frame = xcalloc(N * 9, sizeof(real));
+    w->pos_prjt = xcalloc(N * 3, sizeof(real));
+    w->s = xcalloc(N * H, sizeof(real));
+    w->vec = xcalloc(N * 3 * H, sizeof(real));
+    w->xh = xcalloc(N * 3 * H, sizeof(real));
+    w->A = xcalloc(N * H, sizeof(real));
+    w->Bn = xcalloc(N * H, sizeof(real));
+    w->agg = xcalloc(N * H, sizeof(real));
+    w->dx = xcalloc(N * 3 * H, sizeof(real));
+    w->dvec = xcalloc(N * 3 * H, sizeof(real));
+    w->vtmp = xcalloc(N * 6 * H, sizeof(real));
+    w->nodecat = xcalloc(N * W, sizeof(real));
+    w->nodetmp = xcalloc(N * 3 * W, sizeof(real));
+    w->grad = xcalloc(N * 3, sizeof(real));
+    real **p = (real **)w;
+    for (size_t i = 0; i < sizeof(Work) / sizeof(real *); i++)
+        if (!p[i]) {
+            work_free(w);
+            return OARD_ERR_NOMEM;
+        }
+    return OARD_OK;
+}
+
+/* LEFTNet.forward. h (N, in_hidden), pos (N, 3). Outputs: s (N, H) always; unless
+ * for_conf, dpos + gradient (N, 3) in `delta` and embedding_out(s) (N, in_hidden) in h_out. */
+static int leftnet_forward(const Ctx *x, const real *h, const real *pos, real *delta, real *h_out) {
+    const oard_config *c = &x->m->cfg;
+    const LEFTNetParams *p = &x->m->net;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    const int H = c->hidden_channels, R = c->num_radial, N = g->N;
+    const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
+    int rc = 0;
+
+    /* geometry: mask, centring, edge frames, radial basis, node frames */
+    for (int e = 0; e < g->E; e++) { /* the mask is needed before centring */
+        const real *a = pos + 3 * g->src[e], *b = pos + 3 * g->dst[e];
+        real r[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
+        w->mask[e] = (norm3(r) < (real)c->cutoff && (!c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]])) ? 1 : 0;
+    }
+    TRY(centre_by_nodemask(x, pos, w->pos_frame));
+    edge_frame(x);
+    radial_filter(x);
+    TRY(node_frame(x));
+
+    /* initial node features and vector features */
+    real *s = w->s, *vec = w->vec;
+    neighbor_emb(x, h, s);
+    dump(x, "neighbor_emb.out", s, (size_t)N, (size_t)H);
+    real *ne1 = w->dvec;
+    scalar_to_vector(x, s, ne1);
+    dump(x, "s2v.out", ne1, (size_t)N, (size_t)3 * H);
+    edge_scalarization(x, ne1);
+
+    memset(vec, 0, (size_t)N * 3 * H * sizeof(real));
+    memset(w->grad, 0, (size_t)N * 3 * sizeof(real));
+    char name[32];
+    for (int i = 0; i < c->num_layers; i++) {
+        if (c->legacy || i == 0) { /* s += pos_expansion(pos_prjt) */
+            real *t = w->nodetmp, *u = w->nodecat;
+            linear_forward(&p->pos_exp0, w->pos_prjt, (size_t)N, t, 1);
+            linear_forward(&p->pos_exp1, t, (size_t)N, u, 0);
+            for (size_t k = 0; k < (size_t)N * H; k++) s[k] += u[k];
+        }
+        TRY(gcl_message(x, &p->gcl[i], s));
+        snprintf(name, sizeof(name), "gcl%d.out0", i);
+        dump(x, name, s, (size_t)N, (size_t)H);
+        snprintf(name, sizeof(name), "gcl%d.out1", i);
+        dump(x, name, w->ew, (size_t)g->E, (size_t)(3 * H + R));
+
+        TRY(equi_message(x, &p->msg[i], s, vec, w->dx, w->dvec));
+        snprintf(name, sizeof(name), "msg%d.out0", i);
+        dump(x, name, w->dx, (size_t)N, (size_t)H);
+        snprintf(name, sizeof(name), "msg%d.out1", i);
+        dump(x, name, w->dvec, (size_t)N, (size_t)3 * H);
+        for (size_t k = 0; k < (size_t)N * H; k++) s[k] = (s[k] + w->dx[k]) * inv_sqrt_2;
+        for (size_t k = 0; k < (size_t)N * 3 * H; k++) vec[k] += w->dvec[k];
+
+        if (c->update) {
+            equi_update(x, &p->upd[i], s, vec, w->dx, w->dvec);
+            snprintf(name, sizeof(name), "upd%d.out0", i);
+            dump(x, name, w->dx, (size_t)N, (size_t)H);
+            snprintf(name, sizeof(name), "upd%d.out1", i);
+            dump(x, name, w->dvec, (size_t)N, (size_t)3 * H);
+            for (size_t k = 0; k < (size_t)N * H; k++) s[k] += w->dx[k];
+            for (size_t k = 0; k < (size_t)N * 3 * H; k++) vec[k] += w->dvec[k];
+        }
+        if (c->pos_grad) { /* gradient += (c0 x1 + c1 y1 + c2 z1) / num_layers */
+            real *t = w->nodetmp, coef[3];
+            for (int n = 0; n < N; n++) {
+                linear_forward(&p->dyn0, s + (size_t)n * H, 1, t, 1);
+                linear_forward(&p->dyn2, t, 1, coef, 0);
+                const real *fr = w->frame + 9 * n;
+                for (int k = 0; k < 3; k++) {
+                    real mix = coef[0] * fr[3 * k] + coef[1] * fr[3 * k + 1] + coef[2] * fr[3 * k + 2];
+                    w->grad[3 * n + k] += mix / (real)c->num_layers;
+                }
+            }
+        }
+    }
+    if (c->for_conf) return OARD_OK;
+
+    /* EquiOutput: one or two gated blocks -> dpos (N, 3) */
+    real *xo = w->A, *vo = w->dx; /* block outputs */
+    const real *xin = s, *vin = vec;
+    for (int k = 0; k < p->n_out; k++) {
+        real *xk = (k == 0) ? xo : w->Bn, *vk = (k == 0) ? vo : w->dvec;
+        gated_output(&p->out[k], N, xin, vin, xk, vk, w->nodetmp);
+        xin = xk, vin = vk;
+    }
+    dump(x, "out_pos.out0", xin, (size_t)N, 1);
+    dump(x, "out_pos.out1", vin, (size_t)N, 3);
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < 3; k++) delta[3 * n + k] = vin[3 * n + k];
+    linear_forward(&p->embedding_out, s, (size_t)N, h_out, 0);
+    return OARD_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Denoiser and confidence wrappers (upstream dynamics/egnn_dynamics.py, confidence.py)    */
+
+static int check_finite(const real *a, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(a[i])) return 0;
+    return 1;
+}
+
+/* Shared front half: positions, per-fragment encoders, time and condition channels,
+ * LEFTNet. h = [encoder_f(one-hot, Z), t, condition] (N, in_hidden). */
+static int dynamics_run(const oard_model *m, const oard_batch *batch, const real *const xh[], const real *t,
+                        const real *cond, Graph *g, Work *w, real **pos_out, real **delta_out, real **hout_out,
+                        oard_dump_fn dumpfn, void *dump_ctx, char *err) {
+    const oard_config *c = &m->cfg;
+    int rc = graph_build(g, batch, err);
+    if (rc) return rc;
+    const int N = g->N, NF = g->NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
+    const int Eemb = I - c->condition_time - c->condition_nf;
+    for (int f = 0; f < 3; f++)
+        if (!check_finite(xh[f], (size_t)NF * c->node_nfs[f]))
+            return fail(err, OARD_ERR_NUMERIC, "denoiser input: fragment %d holds NaN or Inf", f);
+    real *pos = xcalloc((size_t)N * 3, sizeof(real)), *h = xcalloc((size_t)N * I, sizeof(real));
+    real *delta = xcalloc((size_t)N * 3, sizeof(real)), *hout = xcalloc((size_t)N * I, sizeof(real));
+    real *feat = xcalloc((size_t)NF * F, sizeof(real)), *enc = xcalloc((size_t)NF * Eemb, sizeof(real));
+    real *tmp = xcalloc((size_t)NF * 4 * F, sizeof(real));
+    *pos_out = pos, *delta_out = delta, *hout_out = hout;
+    if (!pos || !h || !delta || !hout || !feat || !enc || !tmp) {
+        free(h), free(feat), free(enc), free(tmp);
+        return fail(err, OARD_ERR_NOMEM, "out of memory for %d nodes", N);
+    }
+    for (int f = 0; f < 3; f++) {
+        const int nf = c->node_nfs[f];
+        for (int i = 0; i < NF; i++) {
+            for (int k = 0; k < 3; k++) pos[3 * ((size_t)f * NF + i) + k] = xh[f][(size_t)i * nf + k];
+            for (int k = 0; k < F; k++) feat[(size_t)i * F + k] = xh[f][(size_t)i * nf + 3 + k];
+        }
+        mlp_forward(&m->enc[f], feat, (size_t)NF, enc, tmp);
+        for (int i = 0; i < NF; i++) {
+            size_t n = (size_t)f * NF + i;
+            int b = g->sample[n], col = Eemb;
+            memcpy(h + n * I, enc + (size_t)i * Eemb, (size_t)Eemb * sizeof(real));
+            if (c->condition_time) h[n * I + col++] = t ? t[b] : 0;
+            for (int k = 0; k < c->condition_nf; k++) h[n * I + col++] = cond ? cond[(size_t)b * c->condition_nf + k] : 0;
+        }
+    }
+    free(feat), free(enc), free(tmp);
+    rc = work_alloc(w, c, g);
+    if (rc) {
+        free(h);
+        return fail(err, rc, "cannot allocate work buffers for %d nodes / %d edges", N, g->E);
+    }
+    Ctx x = {m, g, w, batch->n_threads > 0 ? batch->n_threads : 1, dumpfn, dump_ctx};
+#ifdef _OPENMP
+    if (batch->n_threads <= 0) x.nt = omp_get_max_threads();
+#endif
+    rc = leftnet_forward(&x, h, pos, delta, hout);
+    free(h);
+    if (rc) return fail(err, rc, "out of memory in the LEFTNet forward pass");
+    return OARD_OK;
+}
+
+/* remove_mean_batch over the nodes of one fragment: subtract the per-sample mean of the
+ * first three columns. frag_off (B + 1) gives each sample's rows. */
+static void centre_fragment(real *x, int ld, const int *frag_off, int B) {
+    for (int b = 0; b < B; b++) {
+        int a0 = frag_off[b], na = frag_off[b + 1] - a0;
+        for (int k = 0; k < 3; k++) {
+            real sum = 0;
+            for (int a = 0; a < na; a++) sum += x[(size_t)(a0 + a) * ld + k];
+            real mean = sum / (real)na;
+            for (int a = 0; a < na; a++) x[(size_t)(a0 + a) * ld + k] -= mean;
+        }
+    }
+}
+
+int oard_denoise(const oard_model *m, const oard_batch *batch, const oard_real *const xh[], const oard_real *t,
+                 const oard_real *cond, oard_real *const eps[], oard_dump_fn dumpfn, void *dump_ctx, char *err) {
+    const oard_config *c = &m->cfg;
+    if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "oard_denoise needs a denoiser model");
+    Graph g;
+    Work w;
+    memset(&w, 0, sizeof(w));
+    real *pos = NULL, *delta = NULL, *hout = NULL;
+    int rc = dynamics_run(m, batch, xh, t, cond, &g, &w, &pos, &delta, &hout, dumpfn, dump_ctx, err);
+    if (!rc) {
+        const int NF = g.NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
+        const int Eemb = I - c->condition_time - c->condition_nf;
+        real *hin = xcalloc((size_t)NF * Eemb, sizeof(real)), *tmp = xcalloc((size_t)NF * 4 * F, sizeof(real));
+        real *dec = xcalloc((size_t)NF * F, sizeof(real));
+        if (!hin || !tmp || !dec) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        for (int f = 0; !rc && f < 3; f++) {
+            const int nf = c->node_nfs[f];
+            for (int i = 0; i < NF; i++) {
+                size_t n = (size_t)f * NF + i;
+                for (int k = 0; k < 3; k++) { /* vel = pos_final - pos, pos_final = pos + dpos + gradient */
+                    real p = pos[3 * n + k];
+                    eps[f][(size_t)i * nf + k] = ((p + delta[3 * n + k]) + w.grad[3 * n + k]) - p;
+                }
+                memcpy(hin + (size_t)i * Eemb, hout + n * I, (size_t)Eemb * sizeof(real));
+            }
+            /* upstream replaces a NaN velocity by random noise; we report it instead */
+            for (int i = 0; i < NF; i++)
+                for (int k = 0; k < 3; k++)
+                    if (!isfinite(eps[f][(size_t)i * nf + k])) {
+                        rc = fail(err, OARD_ERR_NUMERIC, "denoiser produced NaN/Inf for sample %d (fragment %d)",
+                                  g.sample[(size_t)f * NF + i], f);
+                        i = NF;
+                        break;
+                    }
+            if (rc) break;
+            centre_fragment(eps[f], nf, g.frag_off, g.B);
+            mlp_forward(&m->dec[f], hin, (size_t)NF, dec, tmp);
+            for (int i = 0; i < NF; i++)
+                memcpy(eps[f] + (size_t)i * nf + 3, dec + (size_t)i * F, (size_t)F * sizeof(real));
+        }
+        free(hin), free(tmp), free(dec);
+    }
+    free(pos), free(delta), free(hout);
+    work_free(&w);
+    graph_free(&g);
+    return rc;
+}
+
+int oard_confidence(const oard_model *m, const oard_batch *batch, const oard_real *const xh[], const oard_real *cond,
+                    oard_real *score, char *err) {
+    const oard_config *c = &m->cfg;
+    if (c->kind != OARD_KIND_CONFIDENCE) return fail(err, OARD_ERR_MODEL, "oard_confidence needs a confidence model");
+    Graph g;
+    Work w;
+    memset(&w, 0, sizeof(w));
+    real *pos = NULL, *delta = NULL, *hout = NULL;
+    /* upstream passes t = tensor([0]): every node's time channel is 0 */
+    int rc = dynamics_run(m, batch, xh, NULL, cond, &g, &w, &pos, &delta, &hout, NULL, NULL, err);
+    if (!rc) {
+        const int H = c->hidden_channels;
+        real *gf = xcalloc((size_t)H, sizeof(real)), *a = xcalloc((size_t)H * 4, sizeof(real));
+        if (!gf || !a) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        for (int b = 0; !rc && b < g.B; b++) {
+            /* scatter_mean of s over every node of the sample (all three fragments) */
+            int cnt = 0;
+            memset(gf, 0, (size_t)H * sizeof(real));
+            for (int n = 0; n < g.N; n++)
+                if (g.sample[n] == b) {
+                    for (int h = 0; h < H; h++) gf[h] += w.s[(size_t)n * H + h];
+                    cnt++;
+                }
+            for (int h = 0; h < H; h++) gf[h] /= (real)cnt;
+            real y, gate; /* GatedMLP: mlp(x) * sigmoid(gmlp(x)) */
+            mlp_forward(&m->readout_mlp, gf, 1, &y, a);
+            mlp_forward(&m->readout_gmlp, gf, 1, &gate, a);
+            score[b] = y * ((real)1 / ((real)1 + REXP(-gate)));
+            if (!isfinite(score[b])) rc = fail(err, OARD_ERR_NUMERIC, "confidence score of sample %d is NaN/Inf", b);
+        }
+        free(gf), free(a);
+    }
+    free(pos), free(delta), free(hout);
+    work_free(&w);
+    graph_free(&g);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Noise schedules (upstream diffusion/_schedule.py)                                       */
+
+/* numpy.linspace(start, stop, num): start + k * step, the last point exactly stop */
+static void linspace(double start, double stop, int num, double *y) {
+    double step = (stop - start) / (num - 1);
+    for (int k = 0; k < num; k++) y[k] = (double)k * step + start;
+    y[num - 1] = stop;
+}
+
+static double clip(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+/* alpha^2 for t = 0..T in float64, as upstream builds its table */
+static int schedule_alphas2(const char *name, int T, double precision, double *a2, char *err) {
+    const double pi = OARD_PI;
+    if (strncmp(name, "cosine", 6) == 0) { /* cosine_beta_schedule(T, s=0.008, raise_to_power) */
+        double power = 1;
+        if (name[6] == '_') power = strtod(name + 7, NULL);
+        else if (name[6]) return fail(err, OARD_ERR_ARG, "schedule '%s': unknown name", name);
+        int steps = T + 2;
+        double *x = malloc((size_t)steps * sizeof(double)), *ac = malloc((size_t)steps * sizeof(double));
+        if (!x || !ac) {
+            free(x), free(ac);
+            return fail(err, OARD_ERR_NOMEM, "out of memory");
+        }
+        linspace(0, steps, steps, x);
+        for (int k = 0; k < steps; k++) {
+            double cv = cos(((x[k] / steps) + 0.008) / (1 + 0.008) * pi * 0.5);
+            ac[k] = cv * cv;
+        }
+        double a0 = ac[0], cum = 1;
+        for (int k = 0; k < steps; k++) ac[k] = ac[k] / a0;
+        for (int k = 0; k < steps - 1; k++) {
+            double beta = clip(1 - (ac[k + 1] / ac[k]), 0, 0.999);
+            cum *= 1.0 - beta;
+            a2[k] = power != 1 ? pow(cum, power) : cum;
+        }
+        free(x), free(ac);
+    } else if (strncmp(name, "polynomial_", 11) == 0) { /* polynomial_schedule(T, s=precision, power) */
+        char *end;
+        double power = strtod(name + 11, &end);
+        if (end == name + 11 || *end) return fail(err, OARD_ERR_ARG, "schedule '%s': bad power", name);
+        int steps = T + 1;
+        double *x = malloc((size_t)steps * sizeof(double));
+        if (!x) return fail(err, OARD_ERR_NOMEM, "out of memory");
+        linspace(0, steps, steps, x);
+        double prev = 1, cum = 1;
+        for (int k = 0; k < steps; k++) {
+            double v = 1 - pow(x[k] / steps, power);
+            v = v * v;
+            cum *= clip(v / prev, 0.001, 1.0); /* clip_noise_schedule */
+            prev = v;
+            a2[k] = (1 - 2 * precision) * cum + precision;
+        }
+        free(x);
+    } else if (strncmp(name, "csin_", 5) == 0) { /* ccosine_schedule(T, start, end, tau) */
+        double st, en, tau;
+        char tail;
+        if (sscanf(name + 5, "%lf_%lf_%lf%c", &st, &en, &tau, &tail) != 3)
+            return fail(err, OARD_ERR_ARG, "schedule '%s': expected csin_<start>_<end>_<tau>", name);
+        double *t = malloc((size_t)(T + 1) * sizeof(double));
+        if (!t) return fail(err, OARD_ERR_NOMEM, "out of memory");
+        linspace(0, 1, T + 1, t);
+        double v_start = pow(cos(st * pi / 2), 2 * tau), v_end = pow(cos(en * pi / 2), 2 * tau);
+        for (int k = 0; k <= T; k++) {
+            double o = pow(cos((t[k] * (en - st) + st) * pi / 2), 2 * tau);
+            a2[k] = clip((v_end - o) / (v_end - v_start), 1e-9, 1 - 1e-9);
+        }
+        free(t);
+    } else if (strcmp(name, "linear") == 0) {
+        double *t = malloc((size_t)(T + 1) * sizeof(double));
+        if (!t) return fail(err, OARD_ERR_NOMEM, "out of memory");
+        linspace(0, 1, T + 1, t);
+        for (int k = 0; k <= T; k++) a2[k] = clip(1 - t[k], 1e-9, 1 - 1e-9);
+        free(t);
+    } else {
+        return fail(err, OARD_ERR_ARG, "unknown noise schedule '%s' (polynomial_<p>, cosine, csin_<a>_<b>_<tau>, linear)", name);
+    }
+    return OARD_OK;
+}
+
+int oard_schedule_init(oard_schedule *s, const char *name, int T, double precision, char *err) {
+    memset(s, 0, sizeof(*s));
+    if (T < 1 || T > 10000000) return fail(err, OARD_ERR_ARG, "schedule: timesteps %d out of range", T);
+    if (strlen(name) >= sizeof(s->name)) return fail(err, OARD_ERR_ARG, "schedule: name too long");
+    double *a2 = malloc((size_t)(T + 2) * sizeof(double));
+    s->gamma = malloc((size_t)(T + 1) * sizeof(float));
+    if (!a2 || !s->gamma) {
+        free(a2), free(s->gamma);
+        s->gamma = NULL;
+        return fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    int rc = schedule_alphas2(name, T, precision, a2, err);
+    if (!rc) /* PredefinedNoiseSchedule: gamma = -(log a2 - log(1 - a2)), stored as float32 */
+        for (int k = 0; k <= T; k++) s->gamma[k] = (float)(-(log(a2[k]) - log(1 - a2[k])));
+    free(a2);
+    if (rc) {
+        free(s->gamma);
+        s->gamma = NULL;
+        return rc;
+    }
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    s->T = T;
+    s->precision = precision;
+    return OARD_OK;
+}
+
+void oard_schedule_free(oard_schedule *s) {
+    free(s->gamma);
+    s->gamma = NULL;
+}
+
+float oard_gamma(const oard_schedule *s, int t_int) { return s->gamma[t_int < 0 ? 0 : (t_int > s->T ? s->T : t_int)]; }
+
+/* DiffSchedule arithmetic, in float32 as upstream evaluates it on its float32 table */
+static float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+static float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }   /* F.softplus */
+static float logsigmoidf_(float x) { return fminf(0.0f, x) - log1pf(expf(-fabsf(x))); } /* F.logsigmoid */
+float oard_sigma(float gamma) { return sqrtf(sigmoidf_(gamma)); }
+float oard_alpha(float gamma) { return sqrtf(sigmoidf_(-gamma)); }
+void oard_sigma_alpha_t_given_s(float gamma_t, float gamma_s, float *sigma2, float *sigma, float *alpha) {
+    *sigma2 = -expm1f(softplusf_(gamma_s) - softplusf_(gamma_t));
+    *alpha = expf(0.5f * (logsigmoidf_(-gamma_t) - logsigmoidf_(-gamma_s)));
+    *sigma = sqrtf(*sigma2);
+}
+
+/* get_repaint_schedule: how many denoising steps to take before each jump back */
+int oard_repaint_schedule(int resamplings, int jump_length, int timesteps, int *out, int cap) {
+    if (resamplings < 1 || jump_length < 1 || timesteps < 1) return -1;
+    /* built back to front as upstream does, then reversed */
+    int n = 0, cur = 0;
+    long long need = (long long)timesteps / jump_length * resamplings + 2;
+    int *tmp = malloc((size_t)need * sizeof(int));
+    if (!tmp) return -1;
+    while (cur < timesteps) {
+        if (cur + jump_length < timesteps) {
+            if (n > 0) {
+                tmp[n - 1] += jump_length;
+                for (int k = 0; k < resamplings - 1; k++) tmp[n++] = jump_length;
+            } else {
+                for (int k = 0; k < resamplings; k++) tmp[n++] = jump_length;
+            }
+            cur += jump_length;
+        } else {
+            int residual = timesteps - cur;
+            if (n > 0) tmp[n - 1] += residual;
+            else tmp[n++] = residual;
+            cur += residual;
+        }
+    }
+    for (int k = 0; k < n && k < cap; k++) out[k] = tmp[n - 1 - k];
+    free(tmp);
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Randomness                                                                              */
+
+/* Seeded mode: xoshiro256** 1.0 (Blackman & Vigna, 2018), state filled by splitmix64.
+ * Normals: Marsaglia's polar method. Its logarithm is our own (frexp + atanh series) and
+ * everything else is +, -, *, /, sqrt, all exactly rounded by IEEE 754, so a seed gives the
+ * same numbers on every machine and libm. Contraction into FMA is switched off here. */
+#if defined(__clang__)
+#define NO_FMA_BEGIN _Pragma("clang fp contract(off)")
+#define NO_FMA_FN
+#elif defined(__GNUC__)
+#define NO_FMA_BEGIN
+#define NO_FMA_FN __attribute__((optimize("fp-contract=off")))
+#else
+#define NO_FMA_BEGIN
+#define NO_FMA_FN
+#endif
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t xoshiro256ss(uint64_t *s) {
+    uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+void oard_rng_seed(oard_rng *r, uint64_t seed) {
+    memset(r, 0, sizeof(*r));
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+}
+
+void oard_rng_replay(oard_rng *r, const double *tape, size_t n, const int64_t *shapes, size_t n_shapes) {
+    memset(r, 0, sizeof(*r));
+    r->tape = tape;
+    r->tape_len = n;
+    r->shapes = shapes;
+    r->n_shapes = n_shapes;
+}
+
+NO_FMA_FN static double portable_log(double x) {
+    NO_FMA_BEGIN
+    int k;
+    double m = frexp(x, &k); /* x = m 2^k, m in [0.5, 1) */
+    if (m < 0.70710678118654752440) m *= 2, k -= 1;
+    double z = (m - 1) / (m + 1), z2 = z * z, p = 0;
+    for (int i = 12; i >= 1; i--) p = (p + 1.0 / (2 * i + 1)) * z2; /* sum z2^i / (2i+1) */
+    return (double)k * 6.93147180369123816490e-01 + ((double)k * 1.90821492927058770002e-10 + 2 * z * (1 + p));
+}
+
+NO_FMA_FN static double rng_normal1(oard_rng *r) {
+    NO_FMA_BEGIN
+    if (r->has_spare) {
+        r->has_spare = 0;
+        return r->spare;
+    }
+    for (;;) {
+        double u = (double)(xoshiro256ss(r->s) >> 11) * 0x1.0p-53 * 2 - 1;
+        double v = (double)(xoshiro256ss(r->s) >> 11) * 0x1.0p-53 * 2 - 1;
+        double q = u * u + v * v;
+        if (q >= 1 || q == 0) continue;
+        double f = sqrt(-2 * portable_log(q) / q);
+        r->spare = v * f;
+        r->has_spare = 1;
+        return u * f;
+    }
+}
+
+int oard_rng_normal(oard_rng *r, oard_real *out, size_t rows, size_t cols, char *err) {
+    size_t n = rows * cols;
+    if (r->tape) {
+        if (r->shapes) {
+            if (r->shape_pos >= r->n_shapes)
+                return fail(err, OARD_ERR_FORMAT, "noise tape: draw %zu of shape (%zu, %zu) is past the end of the tape",
+                            r->shape_pos, rows, cols);
+            const int64_t *sh = r->shapes + 2 * r->shape_pos;
+            if ((size_t)sh[0] != rows || (size_t)sh[1] != cols)
+                return fail(err, OARD_ERR_FORMAT, "noise tape: draw %zu has shape (%zu, %zu), the tape recorded (%lld, %lld)",
+                            r->shape_pos, rows, cols, (long long)sh[0], (long long)sh[1]);
+            r->shape_pos++;
+        }
+        if (r->tape_pos + n > r->tape_len)
+            return fail(err, OARD_ERR_FORMAT, "noise tape exhausted after %zu numbers", r->tape_pos);
+        for (size_t i = 0; i < n; i++) out[i] = (real)r->tape[r->tape_pos + i];
+        r->tape_pos += n;
+        return OARD_OK;
+    }
+    for (size_t i = 0; i < n; i++) out[i] = (real)rng_normal1(r);
+    return OARD_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Samplers (upstream diffusion/en_diffusion.py EnVariationalDiffusion)                    */
+
+typedef struct {
+    const oard_model *m;
+    const oard_batch *batch;
+    oard_schedule sch;
+    const real *cond;
+    oard_rng *rng;
+    char *err;
+    int B, NF, nf, F; /* samples, atoms per fragment, row width, features */
+    int *frag_off;
+    real *eps[3], *noise[3], *h0[3]; /* (NF, nf) each; h0: the given features */
+    real *tmp, *t;                   /* (NF, nf), (B) */
+} Sampler;
+
+static void sampler_free(Sampler *S) {
+    for (int f = 0; f < 3; f++) free(S->eps[f]), free(S->noise[f]), free(S->h0[f]);
+    free(S->tmp), free(S->t), free(S->frag_off);
+    oard_schedule_free(&S->sch);
+}
+
+static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o,
+                        const real *cond, oard_rng *rng, char *err) {
+    const oard_config *c = &m->cfg;
+    memset(S, 0, sizeof(*S));
+    if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "sampling needs a denoiser model");
+    if (!c->pos_only)
+        return fail(err, OARD_ERR_MODEL, "model generates features (pos_only=0): not supported by this sampler");
+    for (int k = 0; k < 3; k++)
+        if (c->norm_values[k] != 1 || c->norm_biases[k] != 0)
+            return fail(err, OARD_ERR_MODEL, "model uses normalisation values other than 1 / biases other than 0: not supported");
+    if (!batch || batch->n_samples <= 0) return fail(err, OARD_ERR_ARG, "sampler: no samples");
+    S->m = m, S->batch = batch, S->cond = cond, S->rng = rng, S->err = err;
+    S->B = batch->n_samples;
+    S->nf = c->node_nfs[0];
+    S->F = S->nf - c->pos_dim;
+    S->frag_off = xcalloc((size_t)S->B + 1, sizeof(int));
+    if (!S->frag_off) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int b = 0; b < S->B; b++) {
+        if (batch->sizes[b] <= 0) return fail(err, OARD_ERR_ARG, "sampler: sample %d has no atoms", b);
+        S->frag_off[b + 1] = S->frag_off[b] + batch->sizes[b];
+    }
+    S->NF = S->frag_off[S->B];
+    const char *name = (o && o->schedule) ? o->schedule : c->sampling_schedule;
+    int T = (o && o->timesteps > 0) ? o->timesteps : c->sampling_timesteps;
+    double prec = (o && o->precision > 0) ? o->precision : c->sampling_precision;
+    int rc = oard_schedule_init(&S->sch, name, T, prec, err);
+    if (rc) return rc;
+    size_t n = (size_t)S->NF * S->nf;
+    for (int f = 0; f < 3; f++) {
+        S->eps[f] = xcalloc(n, sizeof(real));
+        S->noise[f] = xcalloc(n, sizeof(real));
+        S->h0[f] = xcalloc(n, sizeof(real));
+        if (!S->eps[f] || !S->noise[f] || !S->h0[f]) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    S->tmp = xcalloc(n, sizeof(real));
+    S->t = xcalloc((size_t)S->B, sizeof(real));
+    if (!S->tmp || !S->t) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    return OARD_OK;
+}
+
+/* sample_combined_position_feature_noise: per fragment a (NF, 3) draw centred per sample,
+ * then an (NF, F) draw for the features, zeroed when pos_only. */
+static int combined_noise(Sampler *S, real *const out[3]) {
+    int rc = 0;
+    for (int f = 0; f < 3; f++) {
+        TRY(oard_rng_normal(S->rng, S->tmp, (size_t)S->NF, 3, S->err));
+        centre_fragment(S->tmp, 3, S->frag_off, S->B);
+        for (int i = 0; i < S->NF; i++)
+            for (int k = 0; k < 3; k++) out[f][(size_t)i * S->nf + k] = S->tmp[3 * i + k];
+        TRY(oard_rng_normal(S->rng, S->tmp, (size_t)S->NF, (size_t)S->F, S->err));
+        for (int i = 0; i < S->NF; i++)
+            for (int k = 0; k < S->F; k++)
+                out[f][(size_t)i * S->nf + 3 + k] = S->m->cfg.pos_only ? 0 : S->tmp[(size_t)i * S->F + k];
+    }
+    return OARD_OK;
+}
+
+/* pos_only: the features are put back to the given one-hot and Z */
+static void restore_features(Sampler *S, real *const z[3]) {
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < S->NF; i++)
+            memcpy(z[f] + (size_t)i * S->nf + 3, S->h0[f] + (size_t)i * S->nf + 3, (size_t)S->F * sizeof(real));
+}
+
+static int denoise_at(Sampler *S, real *const z[3], real tval) {
+    for (int b = 0; b < S->B; b++) S->t[b] = tval;
+    const real *zin[3] = {z[0], z[1], z[2]};
+    return oard_denoise(S->m, S->batch, zin, S->t, S->cond, S->eps, NULL, NULL, S->err);
+}
+
+/* sample_p_zs_given_zt: one reverse step from t = s + 1 to s (all fragments) */
+static int p_zs_given_zt(Sampler *S, int s, real *const z[3]) {
+    const int T = S->sch.T;
+    float g_s = oard_gamma(&S->sch, s), g_t = oard_gamma(&S->sch, s + 1), s2, st, at;
+    oard_sigma_alpha_t_given_s(g_t, g_s, &s2, &st, &at);
+    float sig_s = oard_sigma(g_s), sig_t = oard_sigma(g_t);
+    int rc = denoise_at(S, z, (real)(s + 1) / (real)T);
+    if (rc) return rc;
+    /* mu = z_t / alpha_t|s - eps * (sigma2_t|s / alpha_t|s / sigma_t); sigma = sigma_t|s sigma_s / sigma_t.
+     * The coefficients are float32 products, as upstream forms them on its float32 table. */
+    float coef = s2 / at / sig_t, sigma = st * sig_s / sig_t;
+    TRY(combined_noise(S, S->noise));
+    size_t n = (size_t)S->NF * S->nf;
+    for (int f = 0; f < 3; f++) {
+        for (size_t i = 0; i < n; i++) {
+            real mu = z[f][i] / (real)at - S->eps[f][i] * (real)coef;
+            z[f][i] = mu + (real)sigma * S->noise[f][i];
+        }
+        centre_fragment(z[f], S->nf, S->frag_off, S->B);
+    }
+    return OARD_OK;
+}
+
+/* sample_p_xh_given_z0: x = (z0 - sigma_0 eps) / alpha_0 + exp(gamma_0 / 2) noise */
+static int p_xh_given_z0(Sampler *S, real *const z[3], real *const out[3]) {
+    float g0 = oard_gamma(&S->sch, 0);
+    float sigma_x = expf(-(-0.5f * g0)); /* SNR(-gamma_0 / 2) */
+    float sig0 = oard_sigma(g0), inv_al0 = 1.0f / oard_alpha(g0);
+    int rc = denoise_at(S, z, 0);
+    if (rc) return rc;
+    TRY(combined_noise(S, S->noise));
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < S->NF; i++)
+            for (int k = 0; k < S->nf; k++) {
+                size_t j = (size_t)i * S->nf + k;
+                if (k < 3) {
+                    real x = (real)inv_al0 * (z[f][j] - (real)sig0 * S->eps[f][j]);
+                    out[f][j] = x + (real)sigma_x * S->noise[f][j];
+                } else {
+                    out[f][j] = S->h0[f][j]; /* pos_only: atom types are the given ones */
+                }
+            }
+    return OARD_OK;
+}
+
+static int check_samples(Sampler *S, real *const z[3], const char *where) {
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < S->NF; i++)
+            for (int k = 0; k < 3; k++)
+                if (!isfinite(z[f][(size_t)i * S->nf + k])) {
+                    int b = 0;
+                    while (b + 1 < S->B && i >= S->frag_off[b + 1]) b++;
+                    return fail(S->err, OARD_ERR_NUMERIC, "NaN/Inf in sample %d (%s)", b, where);
+                }
+    return OARD_OK;
+}
+
+int oard_sample(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o, const oard_real *cond,
+                oard_real *const xh[], oard_rng *rng, char *err) {
+    Sampler S;
+    int rc = sampler_init(&S, m, batch, o, cond, rng, err);
+    real *z[3] = {NULL, NULL, NULL};
+    size_t n = (size_t)S.NF * S.nf;
+    for (int f = 0; !rc && f < 3; f++) {
+        memcpy(S.h0[f], xh[f], n * sizeof(real));
+        z[f] = xcalloc(n, sizeof(real));
+        if (!z[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) rc = combined_noise(&S, z); /* z_T */
+    if (!rc) restore_features(&S, z);
+    for (int s = S.sch.T - 1; !rc && s >= 0; s--) {
+        rc = p_zs_given_zt(&S, s, z);
+        if (!rc) restore_features(&S, z);
+        if (!rc) rc = check_samples(&S, z, "during denoising");
+        if (!rc && o && o->progress) o->progress(o->progress_ctx, S.sch.T - s, S.sch.T);
+    }
+    if (!rc) rc = p_xh_given_z0(&S, z, xh);
+    if (!rc) rc = check_samples(&S, xh, "final step");
+    for (int f = 0; f < 3; f++) free(z[f]);
+    sampler_free(&S);
+    return rc;
+}
+
+int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o, const oard_real *cond,
+                 const oard_real *const xh_fixed[], oard_real *const out[], oard_rng *rng, char *err) {
+    Sampler S;
+    int rc = sampler_init(&S, m, batch, o, cond, rng, err);
+    real *z[3] = {NULL, NULL, NULL}, *known[3] = {NULL, NULL, NULL}, *x0[3] = {NULL, NULL, NULL};
+    size_t n = (size_t)S.NF * S.nf;
+    int resamplings = (o && o->resamplings > 0) ? o->resamplings : 1, jump = (o && o->jump_length > 0) ? o->jump_length : 1;
+    int *segs = NULL, n_segs = 0;
+    for (int f = 0; !rc && f < 3; f++) {
+        z[f] = xcalloc(n, sizeof(real));
+        known[f] = xcalloc(n, sizeof(real));
+        x0[f] = xcalloc(n, sizeof(real));
+        if (!z[f] || !known[f] || !x0[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) {
+        n_segs = oard_repaint_schedule(resamplings, jump, S.sch.T, NULL, 0);
+        segs = n_segs > 0 ? xcalloc((size_t)n_segs, sizeof(int)) : NULL;
+        if (!segs) rc = fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
+        else oard_repaint_schedule(resamplings, jump, S.sch.T, segs, n_segs);
+    }
+    for (int f = 0; !rc && f < 3; f++) {
+        if (!check_finite(xh_fixed[f], n)) rc = fail(err, OARD_ERR_NUMERIC, "inpaint input: fragment %d holds NaN or Inf", f);
+        /* h0 = features as integers (upstream .long()), positions centred per sample */
+        for (size_t i = 0; i < n; i++) S.h0[f][i] = (i % S.nf) < 3 ? xh_fixed[f][i] : (real)(long long)xh_fixed[f][i];
+        memcpy(x0[f], xh_fixed[f], n * sizeof(real));
+        centre_fragment(x0[f], S.nf, S.frag_off, S.B);
+    }
+    if (!rc) rc = combined_noise(&S, z);
+    if (!rc) restore_features(&S, z);
+    int s = S.sch.T - 1, done = 0, total = 0;
+    for (int i = 0; i < n_segs; i++) total += segs[i];
+    for (int i = 0; !rc && i < n_segs; i++)
+        for (int j = 0; !rc && j < segs[i]; j++) {
+            /* the fixed fragments noised to level s (drawn for all three) */
+            float g_s = oard_gamma(&S.sch, s), al_s = oard_alpha(g_s), sig_s = oard_sigma(g_s);
+            rc = combined_noise(&S, S.noise);
+            if (rc) break;
+            for (int f = 0; f < 3; f++)
+                for (size_t k = 0; k < n; k++) known[f][k] = (real)al_s * x0[f][k] + (real)sig_s * S.noise[f][k];
+            rc = p_zs_given_zt(&S, s, z);
+            if (rc) break;
+            restore_features(&S, z);
+            for (int f = 0; f < 3; f += 2) /* R and P keep their noised copy; the TS its denoised one */
+                for (int a = 0; a < S.NF; a++)
+                    memcpy(z[f] + (size_t)a * S.nf, known[f] + (size_t)a * S.nf, 3 * sizeof(real));
+            rc = check_samples(&S, z, "during denoising");
+            if (rc) break;
+            if (j == segs[i] - 1 && i < n_segs - 1) {
+                /* RePaint jump back: z_t = alpha_t|s z_s + sigma_t|s noise, t = s + jump. The
+                 * features are not restored, so the next call sees them noised, as upstream. */
+                int t = s + jump;
+                float g_t = oard_gamma(&S.sch, t), s2, st, at;
+                oard_sigma_alpha_t_given_s(g_t, g_s, &s2, &st, &at);
+                rc = combined_noise(&S, S.noise);
+                if (rc) break;
+                for (int f = 0; f < 3; f++) {
+                    for (size_t k = 0; k < n; k++) z[f][k] = (real)at * z[f][k] + (real)st * S.noise[f][k];
+                    centre_fragment(z[f], S.nf, S.frag_off, S.B);
+                }
+                s = t;
+            }
+            s--;
+            done++;
+            if (o && o->progress) o->progress(o->progress_ctx, done, total);
+        }
+    if (!rc) rc = p_xh_given_z0(&S, z, out);
+    if (!rc) rc = check_samples(&S, out, "final step");
+    for (int f = 0; f < 3; f++) free(z[f]), free(known[f]), free(x0[f]);
+    free(segs);
+    sampler_free(&S);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Command line                                                                            */
+#ifndef OARD_NO_MAIN
+int main(int argc, char **argv) {
+    char err[OARD_ERRLEN];
+    if (argc == 3 && strcmp(argv[1], "info") == 0) {
+        oard_model *m;
+        if (oard_model_load(argv[2], 0, &m, err)) {
+            fprintf(stderr, "oa_reactdiff: %s\n", err);
+            return 1;
+        }
+        const oard_config *c = oard_model_config(m);
+        printf("kind %s\nlayers %d hidden %d radial %d params %zu\n", c->kind == 1 ? "denoiser" : "confidence",
+               c->num_layers, c->hidden_channels, c->num_radial, c->n_params);
+        oard_model_free(m);
+        return 0;
+    }
+    fprintf(stderr, "usage: oa_reactdiff info WEIGHTS\n");
+    return 2;
+}
+#endif

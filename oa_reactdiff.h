@@ -1,0 +1,193 @@
+/*
+ * oa_reactdiff.h - public interface of oa_reactdiff.c, a dependency-light C reference
+ * implementation of OA-ReactDiff (Duan, Du, Jia, Kulik, Nat. Comput. Sci. 3, 1045 (2023)).
+ *
+ * One source, two builds: float32 (default) and float64 (compile with -DOARD_DOUBLE).
+ * The library never calls exit() or abort(); every function that can fail returns an
+ * OARD_* status code and writes a one-line message into the caller's `err` buffer
+ * (err may be NULL). No global mutable state: models, RNGs and options are passed in.
+ */
+#ifndef OA_REACTDIFF_H
+#define OA_REACTDIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifdef OARD_DOUBLE
+typedef double oard_real;
+#define OARD_REAL_NAME "float64"
+#else
+typedef float oard_real;
+#define OARD_REAL_NAME "float32"
+#endif
+
+/* ---- status codes ---- */
+enum {
+    OARD_OK = 0,
+    OARD_ERR_IO = 1,      /* cannot open / read / write a file */
+    OARD_ERR_FORMAT = 2,  /* malformed input (weights, xyz, tape, arguments) */
+    OARD_ERR_MODEL = 3,   /* weights do not fit the requested use (kind, shapes) */
+    OARD_ERR_NOMEM = 4,   /* allocation failed or system too large */
+    OARD_ERR_NUMERIC = 5, /* NaN / Inf produced during a computation */
+    OARD_ERR_ARG = 6      /* invalid argument */
+};
+
+#define OARD_ERRLEN 512
+
+/* ---- model ---- */
+enum { OARD_KIND_DENOISER = 1, OARD_KIND_CONFIDENCE = 2 };
+
+#define OARD_MAX_FRAG 3
+#define OARD_MAX_ELEM 16
+
+typedef struct {
+    int kind;                  /* OARD_KIND_* */
+    /* LEFTNet */
+    int num_layers, hidden_channels, num_radial, in_hidden_channels;
+    double cutoff;
+    int reflect_equiv, legacy, update, pos_grad, single_layer_output, object_aware, for_conf;
+    /* dynamics wrapper */
+    int n_fragments;           /* 3: R, TS, P */
+    int node_nfs[OARD_MAX_FRAG];
+    int pos_dim;               /* 3 */
+    int condition_nf, condition_time;
+    /* element table: one-hot index i is elements[i] with nuclear charge element_z[i] */
+    int n_elements;
+    char element_sym[OARD_MAX_ELEM][4];
+    int element_z[OARD_MAX_ELEM];
+    /* diffusion (denoiser only) */
+    int pos_only;
+    double norm_values[3], norm_biases[3];
+    char sampling_schedule[64];
+    int sampling_timesteps;
+    double sampling_precision;
+    char training_schedule[64];
+    int training_timesteps;
+    double training_precision;
+    double loss_scales[OARD_MAX_FRAG];
+    /* provenance */
+    char source_file[256];
+    char source_sha256[72];
+    int trained;
+    char description[512];
+    uint32_t crc32;
+    size_t n_params;           /* number of scalar parameters in the file */
+} oard_config;
+
+typedef struct oard_model oard_model;
+
+/* Load a weights.bin file. expected_kind = OARD_KIND_* or 0 for any. */
+int oard_model_load(const char *path, int expected_kind, oard_model **out, char *err);
+void oard_model_free(oard_model *m);
+const oard_config *oard_model_config(const oard_model *m);
+/* Value of a metadata key as stored in the file, or NULL. */
+const char *oard_model_meta(const oard_model *m, const char *key);
+
+/* ---- a batch of reactions ----
+ * B samples; sample b has sizes[b] atoms in each of the three fragments. Node layout as
+ * upstream: fragment-major (all R nodes, then TS, then P), and inside a fragment sample 0's
+ * atoms, then sample 1's, ... Per fragment an array of (sum sizes) x node_nf values:
+ * x, y, z, one-hot (n_elements), Z. */
+typedef struct {
+    int n_samples;
+    const int *sizes;
+    int n_threads;            /* <= 0: library default (OpenMP's), 1: serial */
+} oard_batch;
+
+/* Optional per-layer dump, for checking against upstream's intermediate outputs.
+ * name is e.g. "neighbor_emb.out", "s2v.out", "gcl0.out0", "msg1.out1", "out_pos.out1";
+ * shape is rows x cols (vectors (N,3,H) are passed as rows=N, cols=3*H). */
+typedef void (*oard_dump_fn)(void *ctx, const char *name, const oard_real *data, size_t rows,
+                             size_t cols);
+
+/* One call of the denoiser (upstream EGNNDynamics.forward): z_t -> predicted noise.
+ * xh[f]: (n_f, node_nf) inputs; t: per sample (B); cond: (B, condition_nf) or NULL for 0;
+ * eps[f]: (n_f, node_nf) outputs, the position part centred per fragment and sample. */
+int oard_denoise(const oard_model *m, const oard_batch *batch, const oard_real *const xh[],
+                 const oard_real *t, const oard_real *cond, oard_real *const eps[],
+                 oard_dump_fn dump, void *dump_ctx, char *err);
+
+/* Confidence (recommender) score per sample (upstream Confidence.forward). */
+int oard_confidence(const oard_model *m, const oard_batch *batch, const oard_real *const xh[],
+                    const oard_real *cond, oard_real *score, char *err);
+
+/* ---- noise schedules (upstream diffusion/_schedule.py) ----
+ * gamma[0..T] is computed in double and stored as float32, as upstream. */
+typedef struct {
+    char name[64];
+    int T;
+    double precision;
+    float *gamma; /* T + 1 entries */
+} oard_schedule;
+
+int oard_schedule_init(oard_schedule *s, const char *name, int T, double precision, char *err);
+void oard_schedule_free(oard_schedule *s);
+/* gamma(t) for t = t_int / T, upstream's table[round(t * T)] */
+float oard_gamma(const oard_schedule *s, int t_int);
+/* float32 schedule arithmetic, as upstream DiffSchedule */
+float oard_sigma(float gamma);
+float oard_alpha(float gamma);
+void oard_sigma_alpha_t_given_s(float gamma_t, float gamma_s, float *sigma2_t_given_s,
+                                float *sigma_t_given_s, float *alpha_t_given_s);
+
+/* RePaint segment list (upstream get_repaint_schedule). Writes at most cap entries into
+ * out and returns the number of entries (which may exceed cap), or -1 on bad arguments. */
+int oard_repaint_schedule(int resamplings, int jump_length, int timesteps, int *out, int cap);
+
+/* ---- randomness ----
+ * Seeded mode: xoshiro256** (Blackman & Vigna) seeded through splitmix64, standard normals
+ * by the Box-Muller transform; the same seed gives the same numbers on every machine.
+ * Replay mode: the normals come from a recorded tape in upstream's draw order; each draw
+ * names its shape and must match the recorded one. */
+typedef struct {
+    uint64_t s[4];
+    int has_spare;
+    double spare;
+    /* replay */
+    const double *tape;
+    size_t tape_len, tape_pos;
+    const int64_t *shapes; /* n_shapes x 2 (rows, cols) or NULL */
+    size_t n_shapes, shape_pos;
+} oard_rng;
+
+void oard_rng_seed(oard_rng *r, uint64_t seed);
+void oard_rng_replay(oard_rng *r, const double *tape, size_t n, const int64_t *shapes,
+                     size_t n_shapes);
+/* Fill out[rows*cols] with standard normals (one draw of that shape). */
+int oard_rng_normal(oard_rng *r, oard_real *out, size_t rows, size_t cols, char *err);
+
+/* ---- samplers (upstream EnVariationalDiffusion.sample / .inpaint) ---- */
+typedef struct {
+    int timesteps;      /* 0: the model's sampling_timesteps */
+    const char *schedule; /* NULL: the model's sampling_schedule */
+    double precision;   /* <= 0: the model's sampling_precision */
+    int resamplings;    /* inpaint: RePaint resamplings (1 = none) */
+    int jump_length;    /* inpaint: RePaint jump length */
+    /* called after every denoising step with the number done and the total; may be NULL */
+    void (*progress)(void *ctx, int done, int total);
+    void *progress_ctx;
+} oard_sampler_opts;
+
+/* Generate whole reactions from atom types. xh[f] (n_f, node_nf): on input the features
+ * (columns pos_dim..) define the atoms; on output positions and features are the sample. */
+int oard_sample(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o,
+                const oard_real *cond, oard_real *const xh[], oard_rng *rng, char *err);
+
+/* Inpainting: fragments 0 (R) and 2 (P) are fixed to xh_fixed (raw positions, centred
+ * here), the TS is generated with RePaint resampling. out[f] receives every fragment. */
+int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o,
+                 const oard_real *cond, const oard_real *const xh_fixed[], oard_real *const out[],
+                 oard_rng *rng, char *err);
+
+/* ---- utilities ---- */
+uint32_t oard_crc32(uint32_t crc, const void *data, size_t n);
+const char *oard_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
