@@ -2163,21 +2163,406 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
 /* ------------------------------------------------------------------------------------ */
 /* Command line                                                                            */
 #ifndef OARD_NO_MAIN
-int main(int argc, char **argv) {
-    char err[OARD_ERRLEN];
-    if (argc == 3 && strcmp(argv[1], "info") == 0) {
-        oard_model *m;
-        if (oard_model_load(argv[2], 0, &m, err)) {
-            fprintf(stderr, "oa_reactdiff: %s\n", err);
-            return 1;
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef struct {
+    int n;
+    int *elem;    /* index into the model's element table */
+    double *xyz;  /* (n, 3) */
+} Molecule;
+
+static void mol_free(Molecule *m) {
+    free(m->elem);
+    free(m->xyz);
+    memset(m, 0, sizeof(*m));
+}
+
+static int element_index(const oard_config *c, const char *sym) {
+    for (int i = 0; i < c->n_elements; i++) {
+        const char *a = c->element_sym[i], *b = sym;
+        while (*a && *b && tolower((unsigned char)*a) == tolower((unsigned char)*b)) a++, b++;
+        if (!*a && !*b) return i;
+    }
+    return -1;
+}
+
+/* XYZ: atom count, comment line, then "Symbol x y z" per atom. Every problem is one line
+ * naming the file and the line. */
+static int read_xyz(const char *path, const oard_config *c, Molecule *mol, char *err) {
+    memset(mol, 0, sizeof(*mol));
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char line[4096];
+    int rc = OARD_OK, lineno = 1;
+    if (!fgets(line, sizeof(line), f)) {
+        fclose(f);
+        return fail(err, OARD_ERR_FORMAT, "%s: empty file", path);
+    }
+    char *end;
+    long n = strtol(line, &end, 10);
+    while (*end && isspace((unsigned char)*end)) end++;
+    if (end == line || *end || n <= 0 || n > 100000) {
+        fclose(f);
+        return fail(err, OARD_ERR_FORMAT, "%s:1: first line must be the atom count, got '%.40s'", path, line);
+    }
+    mol->n = (int)n;
+    mol->elem = xcalloc((size_t)n, sizeof(int));
+    mol->xyz = xcalloc((size_t)n * 3, sizeof(double));
+    if (!mol->elem || !mol->xyz) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    if (!rc && !fgets(line, sizeof(line), f)) rc = fail(err, OARD_ERR_FORMAT, "%s: missing comment line", path);
+    lineno = 2;
+    for (int a = 0; !rc && a < n; a++) {
+        lineno++;
+        if (!fgets(line, sizeof(line), f)) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s: atom count says %ld atoms, file ends after %d", path, n, a);
+            break;
         }
-        const oard_config *c = oard_model_config(m);
-        printf("kind %s\nlayers %d hidden %d radial %d params %zu\n", c->kind == 1 ? "denoiser" : "confidence",
-               c->num_layers, c->hidden_channels, c->num_radial, c->n_params);
-        oard_model_free(m);
+        char sym[16];
+        int off = 0;
+        if (sscanf(line, "%15s%n", sym, &off) != 1) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'Element x y z'", path, lineno);
+            break;
+        }
+        int e = element_index(c, sym);
+        if (e < 0) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: unknown element '%s' (the model knows H, C, N, O, F)", path, lineno, sym);
+            break;
+        }
+        mol->elem[a] = e;
+        char *p = line + off;
+        for (int k = 0; k < 3; k++) {
+            double v = strtod(p, &end);
+            if (end == p || !isfinite(v)) {
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: coordinate %d is not a finite number", path, lineno, k + 1);
+                break;
+            }
+            mol->xyz[3 * a + k] = v;
+            p = end;
+        }
+    }
+    if (!rc) { /* anything but blank lines after the atoms means the count is wrong */
+        while (fgets(line, sizeof(line), f)) {
+            lineno++;
+            char *q = line;
+            while (*q && isspace((unsigned char)*q)) q++;
+            if (*q) {
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: more atoms than the count of %ld on line 1 (multi-frame files are not read)", path, lineno, n);
+                break;
+            }
+        }
+    }
+    fclose(f);
+    if (rc) mol_free(mol);
+    return rc;
+}
+
+/* Write to a temporary file beside the target, then rename: no partial output. */
+typedef struct {
+    FILE *f;
+    char tmp[4096];
+    const char *path;
+} AtomicFile;
+
+static int atomic_open(AtomicFile *a, const char *path, char *err) {
+    a->path = path;
+    snprintf(a->tmp, sizeof(a->tmp), "%s.tmp.%ld", path, (long)getpid());
+    a->f = fopen(a->tmp, "w");
+    if (!a->f) return fail(err, OARD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    return OARD_OK;
+}
+
+static int atomic_close(AtomicFile *a, int ok, char *err) {
+    int bad = ferror(a->f);
+    if (fclose(a->f) != 0) bad = 1;
+    if (!ok || bad) {
+        remove(a->tmp);
+        return ok ? fail(err, OARD_ERR_IO, "%s: write failed", a->path) : OARD_OK;
+    }
+    if (rename(a->tmp, a->path) != 0) {
+        remove(a->tmp);
+        return fail(err, OARD_ERR_IO, "%s: cannot rename into place: %s", a->path, strerror(errno));
+    }
+    return OARD_OK;
+}
+
+static void progress_bar(void *ctx, int done, int total) {
+    (void)ctx;
+    fprintf(stderr, "\r  step %d/%d", done, total);
+    if (done == total) fputc('\n', stderr);
+}
+
+static const char *default_weights(const char *argv0, char *buf, size_t n) {
+    const char *env = getenv("OA_REACTDIFF_WEIGHTS");
+    if (env && *env) return env;
+    ssize_t len = readlink("/proc/self/exe", buf, n - 16);
+    if (len <= 0) {
+        snprintf(buf, n - 16, "%s", argv0);
+        len = (ssize_t)strlen(buf);
+    } else {
+        buf[len] = 0;
+    }
+    char *slash = strrchr(buf, '/');
+    if (slash) snprintf(slash + 1, n - (size_t)(slash + 1 - buf), "weights.bin");
+    else snprintf(buf, n, "weights.bin");
+    return buf;
+}
+
+static int load_for(const char *path, int kind, oard_model **m, char *err) {
+    int rc = oard_model_load(path, kind, m, err);
+    if (!rc && !oard_model_config(*m)->trained)
+        fprintf(stderr, "oa_reactdiff: warning: %s holds UNTRAINED weights (%s); the structures it generates are not "
+                        "chemically meaningful\n", path, oard_model_config(*m)->description);
+    return rc;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "oa_reactdiff %s - OA-ReactDiff transition-state generation (Duan et al., Nat. Comput. Sci. 2023)\n"
+            "usage:\n"
+            "  oa_reactdiff ts REACTANT.xyz PRODUCT.xyz [-n N] [--seed S] [--steps T] [--resamplings R]\n"
+            "                  [--jump J] [--weights FILE] [--threads K] [-o OUT.xyz]\n"
+            "  oa_reactdiff sample --atoms C,N,O,H [-n N] [--seed S] [--steps T] [--weights FILE] [-o PREFIX]\n"
+            "  oa_reactdiff info WEIGHTS\n"
+            "Default weights: $OA_REACTDIFF_WEIGHTS, else weights.bin beside the binary.\n",
+            oard_version());
+}
+
+typedef struct {
+    int n, steps, resamplings, jump, threads;
+    uint64_t seed;
+    const char *weights, *out, *atoms;
+    const char *pos[2];
+    int npos;
+} Args;
+
+static int parse_args(int argc, char **argv, Args *a, char *err) {
+    for (int i = 2; i < argc; i++) {
+        const char *o = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int *ip = NULL;
+        if (!strcmp(o, "-n")) ip = &a->n;
+        else if (!strcmp(o, "--steps")) ip = &a->steps;
+        else if (!strcmp(o, "--resamplings")) ip = &a->resamplings;
+        else if (!strcmp(o, "--jump")) ip = &a->jump;
+        else if (!strcmp(o, "--threads")) ip = &a->threads;
+        if (ip || !strcmp(o, "--seed") || !strcmp(o, "--weights") || !strcmp(o, "-o") || !strcmp(o, "--atoms")) {
+            if (!v) return fail(err, OARD_ERR_ARG, "option %s needs a value", o);
+            i++;
+            if (ip || !strcmp(o, "--seed")) {
+                char *end;
+                errno = 0;
+                unsigned long long x = strtoull(v, &end, 10);
+                if (end == v || *end || errno || *v == '-' || (ip && (x < 1 || x > 1000000)))
+                    return fail(err, OARD_ERR_ARG, "option %s: '%s' is not a valid count", o, v);
+                if (ip) *ip = (int)x;
+                else a->seed = x;
+            } else if (!strcmp(o, "--weights")) a->weights = v;
+            else if (!strcmp(o, "-o")) a->out = v;
+            else a->atoms = v;
+        } else if (o[0] == '-' && o[1]) {
+            return fail(err, OARD_ERR_ARG, "unknown option '%s'", o);
+        } else {
+            if (a->npos >= 2) return fail(err, OARD_ERR_ARG, "unexpected argument '%s'", o);
+            a->pos[a->npos++] = o;
+        }
+    }
+    return OARD_OK;
+}
+
+static void write_frame(FILE *f, const oard_config *c, int n, const int *elem, const real *xh, int nf,
+                        const double *shift, const char *comment) {
+    fprintf(f, "%d\nProperties=species:S:1:pos:R:3 %s\n", n, comment);
+    for (int a = 0; a < n; a++)
+        fprintf(f, "%-2s %16.10f %16.10f %16.10f\n", c->element_sym[elem[a]], (double)xh[(size_t)a * nf] + shift[0],
+                (double)xh[(size_t)a * nf + 1] + shift[1], (double)xh[(size_t)a * nf + 2] + shift[2]);
+}
+
+/* fill one fragment row block: positions, one-hot, Z */
+static void fill_rows(const oard_config *c, const Molecule *mol, real *xh, int nf) {
+    for (int a = 0; a < mol->n; a++) {
+        real *r = xh + (size_t)a * nf;
+        for (int k = 0; k < 3; k++) r[k] = (real)mol->xyz[3 * a + k];
+        for (int k = 0; k < c->n_elements; k++) r[3 + k] = (real)(k == mol->elem[a]);
+        r[3 + c->n_elements] = (real)c->element_z[mol->elem[a]];
+    }
+}
+
+static int cmd_ts(const Args *a, const char *wpath, char *err) {
+    if (a->npos != 2) return fail(err, OARD_ERR_ARG, "ts needs REACTANT.xyz and PRODUCT.xyz");
+    oard_model *m = NULL;
+    Molecule R = {0}, P = {0};
+    real *xh[3] = {NULL, NULL, NULL}, *out[3] = {NULL, NULL, NULL};
+    int *sizes = NULL, rc = load_for(wpath, OARD_KIND_DENOISER, &m, err);
+    const oard_config *c = rc ? NULL : oard_model_config(m);
+    if (!rc) rc = read_xyz(a->pos[0], c, &R, err);
+    if (!rc) rc = read_xyz(a->pos[1], c, &P, err);
+    if (!rc) { /* same composition; atom order may differ (the model needs no atom mapping) */
+        int cr[OARD_MAX_ELEM] = {0}, cp[OARD_MAX_ELEM] = {0};
+        for (int i = 0; i < R.n; i++) cr[R.elem[i]]++;
+        for (int i = 0; i < P.n; i++) cp[P.elem[i]]++;
+        for (int e = 0; e < c->n_elements && !rc; e++)
+            if (cr[e] != cp[e])
+                rc = fail(err, OARD_ERR_FORMAT, "%s vs %s: composition mismatch (%s: %d in the reactant, %d in the product)",
+                          a->pos[0], a->pos[1], c->element_sym[e], cr[e], cp[e]);
+    }
+    int N = a->n > 0 ? a->n : 1, nf = c ? c->node_nfs[0] : 0;
+    if (!rc) {
+        sizes = xcalloc((size_t)N, sizeof(int));
+        for (int f = 0; f < 3; f++) {
+            xh[f] = xcalloc((size_t)N * R.n * nf, sizeof(real));
+            out[f] = xcalloc((size_t)N * R.n * nf, sizeof(real));
+            if (!xh[f] || !out[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        }
+        if (!sizes) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) {
+        for (int b = 0; b < N; b++) {
+            sizes[b] = R.n;
+            fill_rows(c, &R, xh[0] + (size_t)b * R.n * nf, nf);
+            fill_rows(c, &R, xh[1] + (size_t)b * R.n * nf, nf); /* TS: reactant's atoms and order */
+            fill_rows(c, &P, xh[2] + (size_t)b * R.n * nf, nf);
+        }
+        oard_batch batch = {N, sizes, a->threads};
+        oard_sampler_opts o = {a->steps, NULL, 0, a->resamplings ? a->resamplings : 5, a->jump ? a->jump : 5,
+                               isatty(2) ? progress_bar : NULL, NULL};
+        oard_rng rng;
+        oard_rng_seed(&rng, a->seed);
+        const real *fixed[3] = {xh[0], xh[1], xh[2]};
+        rc = oard_inpaint(m, &batch, &o, NULL, fixed, out, &rng, err);
+        if (!rc) {
+            double shift[3] = {0, 0, 0}; /* the model works centred; put the TS at the reactant's centre */
+            for (int i = 0; i < R.n; i++)
+                for (int k = 0; k < 3; k++) shift[k] += R.xyz[3 * i + k] / R.n;
+            const char *path = a->out ? a->out : "ts.xyz";
+            AtomicFile af;
+            rc = atomic_open(&af, path, err);
+            if (!rc) {
+                for (int b = 0; b < N; b++) {
+                    char cm[4400];
+                    snprintf(cm, sizeof(cm), "sample=%d seed=%llu steps=%d resamplings=%d jump=%d weights=%s weights_crc32=%08x trained=%d",
+                             b, (unsigned long long)a->seed, a->steps ? a->steps : c->sampling_timesteps, o.resamplings,
+                             o.jump_length, wpath, c->crc32, c->trained);
+                    write_frame(af.f, c, R.n, R.elem, out[1] + (size_t)b * R.n * nf, nf, shift, cm);
+                }
+                rc = atomic_close(&af, 1, err);
+            }
+            if (!rc) fprintf(stderr, "oa_reactdiff: wrote %d TS candidate%s to %s\n", N, N > 1 ? "s" : "", path);
+        }
+    }
+    for (int f = 0; f < 3; f++) free(xh[f]), free(out[f]);
+    free(sizes);
+    mol_free(&R), mol_free(&P);
+    oard_model_free(m);
+    return rc;
+}
+
+static int cmd_sample(const Args *a, const char *wpath, char *err) {
+    if (!a->atoms) return fail(err, OARD_ERR_ARG, "sample needs --atoms, e.g. --atoms C,C,O,H,H,H,H");
+    oard_model *m = NULL;
+    int rc = load_for(wpath, OARD_KIND_DENOISER, &m, err);
+    if (rc) return rc;
+    const oard_config *c = oard_model_config(m);
+    Molecule mol = {0};
+    int cap = (int)strlen(a->atoms) + 1;
+    mol.elem = xcalloc((size_t)cap, sizeof(int));
+    mol.xyz = xcalloc((size_t)cap * 3, sizeof(double));
+    for (const char *p = a->atoms; !rc && *p;) {
+        char sym[8];
+        int k = 0;
+        while (*p && *p != ',' && k < 7) sym[k++] = *p++;
+        sym[k] = 0;
+        if (*p == ',') p++;
+        int e = element_index(c, sym);
+        if (e < 0) rc = fail(err, OARD_ERR_ARG, "--atoms: unknown element '%s'", sym);
+        else mol.elem[mol.n++] = e;
+    }
+    int N = a->n > 0 ? a->n : 1, nf = c->node_nfs[0];
+    real *xh[3] = {NULL, NULL, NULL};
+    int *sizes = xcalloc((size_t)N, sizeof(int));
+    for (int f = 0; !rc && f < 3; f++) {
+        xh[f] = xcalloc((size_t)N * mol.n * nf, sizeof(real));
+        if (!xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        for (int b = 0; !rc && b < N; b++) fill_rows(c, &mol, xh[f] + (size_t)b * mol.n * nf, nf);
+    }
+    if (!rc && mol.n == 0) rc = fail(err, OARD_ERR_ARG, "--atoms: no atoms");
+    if (!rc) {
+        for (int b = 0; b < N; b++) sizes[b] = mol.n;
+        oard_batch batch = {N, sizes, a->threads};
+        oard_sampler_opts o = {a->steps, NULL, 0, 1, 1, isatty(2) ? progress_bar : NULL, NULL};
+        oard_rng rng;
+        oard_rng_seed(&rng, a->seed);
+        rc = oard_sample(m, &batch, &o, NULL, xh, &rng, err);
+    }
+    const char *prefix = a->out ? a->out : "sample", *names[3] = {"react", "ts", "prod"};
+    for (int f = 0; !rc && f < 3; f++) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s_%s.xyz", prefix, names[f]);
+        AtomicFile af;
+        rc = atomic_open(&af, path, err);
+        double zero[3] = {0, 0, 0};
+        for (int b = 0; !rc && b < N; b++) {
+            char cm[4400];
+            snprintf(cm, sizeof(cm), "sample=%d seed=%llu fragment=%s weights=%s weights_crc32=%08x trained=%d", b,
+                     (unsigned long long)a->seed, names[f], wpath, c->crc32, c->trained);
+            write_frame(af.f, c, mol.n, mol.elem, xh[f] + (size_t)b * mol.n * nf, nf, zero, cm);
+        }
+        if (!rc) rc = atomic_close(&af, 1, err);
+    }
+    for (int f = 0; f < 3; f++) free(xh[f]);
+    free(sizes);
+    mol_free(&mol);
+    oard_model_free(m);
+    return rc;
+}
+
+static int cmd_info(const Args *a, char *err) {
+    if (a->npos != 1) return fail(err, OARD_ERR_ARG, "info needs one weights file");
+    oard_model *m;
+    int rc = oard_model_load(a->pos[0], 0, &m, err);
+    if (rc) return rc;
+    const oard_config *c = oard_model_config(m);
+    printf("file                %s\nkind                %s\nchecksum            crc32 %08x (verified)\n", a->pos[0],
+           c->kind == OARD_KIND_DENOISER ? "denoiser" : "confidence", c->crc32);
+    printf("LEFTNet             %d layers, hidden %d, %d radial, cutoff %g, in_hidden %d\n", c->num_layers,
+           c->hidden_channels, c->num_radial, c->cutoff, c->in_hidden_channels);
+    printf("flags               object_aware=%d legacy=%d reflect_equiv=%d update=%d pos_grad=%d single_layer_output=%d for_conf=%d\n",
+           c->object_aware, c->legacy, c->reflect_equiv, c->update, c->pos_grad, c->single_layer_output, c->for_conf);
+    printf("values in file      %zu\n", c->n_params);
+    if (c->kind == OARD_KIND_DENOISER)
+        printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)\n", c->sampling_schedule,
+               c->sampling_timesteps, c->sampling_precision, c->training_schedule, c->training_timesteps);
+    printf("trained             %s\nsource              %s (sha256 %s)\ndescription         %s\n", c->trained ? "yes" : "NO",
+           c->source_file, c->source_sha256, c->description);
+    oard_model_free(m);
+    return OARD_OK;
+}
+
+int main(int argc, char **argv) {
+    char err[OARD_ERRLEN] = "", wbuf[4096];
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage();
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("oa_reactdiff %s\n", oard_version());
         return 0;
     }
-    fprintf(stderr, "usage: oa_reactdiff info WEIGHTS\n");
-    return 2;
+    Args a;
+    memset(&a, 0, sizeof(a));
+    a.seed = 42;
+    int rc = parse_args(argc, argv, &a, err);
+    const char *wpath = a.weights ? a.weights : default_weights(argv[0], wbuf, sizeof(wbuf));
+    if (!rc) {
+        if (!strcmp(argv[1], "ts")) rc = cmd_ts(&a, wpath, err);
+        else if (!strcmp(argv[1], "sample")) rc = cmd_sample(&a, wpath, err);
+        else if (!strcmp(argv[1], "info")) rc = cmd_info(&a, err);
+        else rc = fail(err, OARD_ERR_ARG, "unknown command '%s' (ts, sample, info; --help)", argv[1]);
+    }
+    if (rc) {
+        fprintf(stderr, "oa_reactdiff: %s\n", err);
+        return rc == OARD_ERR_ARG ? 2 : 1;
+    }
+    return 0;
 }
 #endif
