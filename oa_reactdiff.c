@@ -1509,6 +1509,8 @@ static int dynamics_run(const oard_model *m, const oard_batch *batch, const real
     const oard_config *c = &m->cfg;
     int rc = graph_build(g, batch, err);
     if (rc) return rc;
+    if (g->N == 3) /* upstream's torch.cross without dim would cross along the node axis */
+        return fail(err, OARD_ERR_ARG, "a reaction of one atom per fragment is not supported");
     const int N = g->N, NF = g->NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
     const int Eemb = I - c->condition_time - c->condition_nf;
     for (int f = 0; f < 3; f++)
