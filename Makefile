@@ -44,7 +44,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners check-golden test clean
+.PHONY: all runners test-programs check-golden test clean
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -64,6 +64,18 @@ build/golden_runner64: tests/golden_runner.c $(ENGINE)
 	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/golden_runner.c oa_reactdiff.c -o $@ $(LDLIBS)
 
 runners: build/golden_runner build/golden_runner64
+
+# Unit tests (tests/run_tests.sh builds and runs them). The schedule code is precision
+# independent: default float32 engine. The equivariance test needs float64.
+build/test_schedules: tests/test_schedules.c tests/npy_lite.h $(ENGINE)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -DOARD_NO_MAIN tests/test_schedules.c oa_reactdiff.c -o $@ $(LDLIBS)
+
+build/test_equivariance: tests/test_equivariance.c tests/npy_lite.h $(ENGINE)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_equivariance.c oa_reactdiff.c -o $@ $(LDLIBS)
+
+test-programs: build/test_schedules build/test_equivariance
 
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)

@@ -689,7 +689,12 @@ int oard_model_load(const char *path, int expected_kind, oard_model **out, char 
         oard_model_free(m);
         return rc;
     }
-    m->cfg.n_params = m->n_params;
+    /* parameters as upstream counts them: every tensor but the gamma tables and the RBF buffers */
+    for (int i = 0; i < m->file.n_t; i++) {
+        const char *nm = m->file.t[i].name;
+        if (!strstr(nm, "gamma_module.gamma") && !strstr(nm, "radial_emb.means") && !strstr(nm, "radial_emb.betas"))
+            m->cfg.n_params += m->file.t[i].nbytes / (m->file.t[i].is_f64 ? 8 : 4);
+    }
     free(m->file.buf); /* tensors are copied out; keep only the metadata */
     m->file.buf = NULL;
     *out = m;
@@ -2530,7 +2535,7 @@ static int cmd_info(const Args *a, char *err) {
            c->hidden_channels, c->num_radial, c->cutoff, c->in_hidden_channels);
     printf("flags               object_aware=%d legacy=%d reflect_equiv=%d update=%d pos_grad=%d single_layer_output=%d for_conf=%d\n",
            c->object_aware, c->legacy, c->reflect_equiv, c->update, c->pos_grad, c->single_layer_output, c->for_conf);
-    printf("values in file      %zu\n", c->n_params);
+    printf("parameters          %zu (excluding schedule tables and RBF buffers)\n", c->n_params);
     if (c->kind == OARD_KIND_DENOISER)
         printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)\n", c->sampling_schedule,
                c->sampling_timesteps, c->sampling_precision, c->training_schedule, c->training_timesteps);

@@ -75,7 +75,7 @@ typedef struct {
     int trained;
     char description[512];
     uint32_t crc32;
-    size_t n_params;           /* number of scalar parameters in the file */
+    size_t n_params;           /* parameters as upstream counts them (no gamma tables, no RBF buffers) */
 } oard_config;
 
 typedef struct oard_model oard_model;

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# run_tests.sh - build and run the unit tests (called by `make test`; runs standalone too).
+#
+#   bash tests/run_tests.sh
+#
+#   test_schedules     gamma tables, DiffSchedule arithmetic and RePaint lists vs upstream;
+#                      the gamma tables stored in the converted weights vs recomputed ones
+#   test_equivariance  rotation / translation symmetry of the denoiser (float64 build), tiny
+#                      and variant models, reactions rxn14 and rxnfar
+#   test_loader.sh     the loader refuses corrupted weights files with one clear line
+#
+# The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
+# (again only when the checkpoint or the converter is newer). If ../shared/golden/full.ckpt
+# exists, the official-architecture model is converted too (about 30 s the first time) and
+# also checked. Every part runs even if an earlier one failed; exit status 1 if any failed.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+MAKE=${MAKE:-make}
+PYTHON=${PYTHON:-python3}
+FIX=tests/fixtures/golden
+
+echo "== building the test programs"
+if ! $MAKE --no-print-directory oa_reactdiff build/test_schedules build/test_equivariance; then
+    echo "run_tests: build FAILED"
+    exit 1
+fi
+
+status=0
+failed=()
+
+# convert CKPT OUT: tools/ckpt2bin.py --untrained, skipped when OUT is up to date
+convert() {
+    if [ -f "$2" ] && [ "$2" -nt "$1" ] && [ "$2" -nt tools/ckpt2bin.py ]; then return 0; fi
+    echo "converting $1 -> $2"
+    "$PYTHON" tools/ckpt2bin.py "$1" "$2" --untrained --quiet
+}
+
+# run NAME COMMAND...: runs one test, records a failure
+run() {
+    local name=$1
+    shift
+    echo
+    echo "== $name: $*"
+    if "$@"; then
+        echo "-- $name: passed"
+    else
+        echo "-- $name: FAILED"
+        status=1
+        failed+=("$name")
+    fi
+}
+
+mkdir -p build
+for m in tiny variant conf_tiny; do
+    if ! convert "$FIX/$m.ckpt" "build/$m.bin"; then
+        echo "run_tests: converting $FIX/$m.ckpt FAILED"
+        status=1
+        failed+=("convert $m")
+    fi
+done
+FULL=
+if [ -f ../shared/golden/full.ckpt ]; then
+    if convert ../shared/golden/full.ckpt build/full.bin; then
+        FULL=build/full.bin
+    else
+        status=1
+        failed+=("convert full")
+    fi
+else
+    echo "note: ../shared/golden/full.ckpt not found; the official-architecture model is not checked"
+fi
+
+run "schedules" build/test_schedules "$FIX/schedules" build/tiny.bin build/variant.bin build/conf_tiny.bin $FULL
+run "equivariance rxn14" build/test_equivariance build/tiny.bin build/variant.bin "$FIX/cases/forward_tiny_rxn14_f64"
+run "equivariance rxnfar" build/test_equivariance build/tiny.bin build/variant.bin "$FIX/cases/forward_tiny_rxnfar_f64"
+if [ -n "$FULL" ]; then
+    run "equivariance full model" build/test_equivariance "$FULL" - "$FIX/cases/forward_tiny_rxn14_f64"
+fi
+run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
+
+echo
+if [ "$status" -ne 0 ]; then
+    echo "run_tests: FAILED: ${failed[*]}"
+else
+    echo "run_tests: all passed"
+fi
+exit "$status"
