@@ -54,6 +54,17 @@ static int fail(char *err, int code, const char *fmt, ...) {
     return code;
 }
 
+#if defined(__clang__)
+#define NO_FMA_BEGIN _Pragma("clang fp contract(off)")
+#define NO_FMA_FN
+#elif defined(__GNUC__)
+#define NO_FMA_BEGIN
+#define NO_FMA_FN __attribute__((optimize("fp-contract=off")))
+#else
+#define NO_FMA_BEGIN
+#define NO_FMA_FN
+#endif
+
 /* propagate a failing status code (needs a local `int rc`) */
 #define TRY(x)                                                                                   \
     do {                                                                                         \
@@ -1775,15 +1786,169 @@ void oard_schedule_free(oard_schedule *s) {
 
 float oard_gamma(const oard_schedule *s, int t_int) { return s->gamma[t_int < 0 ? 0 : (t_int > s->T ? s->T : t_int)]; }
 
+/* ---- float32 exp, log1p, expm1 as PyTorch's vectorised CPU kernels compute them ----
+ * PyTorch 1.13 evaluates torch.exp, torch.expm1 and F.logsigmoid on float32 tensors with
+ * the Sleef u10 functions (FMA variants), for tensors of every size; glibc's expf differs
+ * from them by one ulp now and then. One ulp in alpha(t|s) at one step moves a float64
+ * trajectory by ~6e-8, so the sampler needs the same functions. These reproduce Sleef
+ * 3.5's xexpf, xlog1pf and xexpm1f bit for bit (checked on all 2^32 inputs against
+ * libsleef, and on upstream's schedule arrays in golden/schedules). Their multiply-adds are
+ * explicit fmaf; nothing else may be contracted, hence NO_FMA_FN. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+NO_FMA_FN static inline int32_t f2i(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+NO_FMA_FN static inline float i2f(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+/* vpow2i_vf_vi2: 2^q by building the exponent field (q in [-126,127]) */
+NO_FMA_FN static inline float pow2i(int q) { return i2f((int32_t)((uint32_t)(q + 0x7f) << 23)); }
+/* vrint_vi2_vf (round-half-even float->int). Out-of-range / NaN inputs give 0 instead
+     of C UB; every caller overrides those lanes with its special-case selects (NaN
+     still propagates through the fma/add chain), so results are unchanged. */
+NO_FMA_FN static inline int rint_i(float x) { float r = rintf(x); return fabsf(r) < 1024.0f ? (int)r : 0; }
+/* vldexp2_vf_vf_vi2: d * 2^(q>>1) * 2^(q-(q>>1)), two separately rounded mults */
+NO_FMA_FN static inline float ldexp2k(float d, int q) { return (d * pow2i(q >> 1)) * pow2i(q - (q >> 1)); }
+
+/* double-float ("df") helpers, ENABLE_FMA_SP variants of Sleef df.h */
+typedef struct { float x, y; } f2;
+NO_FMA_FN static inline f2 mkf2(float x, float y) { f2 r = { x, y }; return r; }
+/* dfadd_vf2_vf_vf: x + y (|x| >= |y| assumed) */
+NO_FMA_FN static inline f2 df_add_ff(float x, float y) { float s = x + y; return mkf2(s, (x - s) + y); }
+/* dfadd_vf2_vf_vf2 */
+NO_FMA_FN static inline f2 df_add_f_f2(float x, f2 y) { float s = x + y.x; return mkf2(s, ((x - s) + y.x) + y.y); }
+/* dfadd_vf2_vf2_vf */
+NO_FMA_FN static inline f2 df_add_f2_f(f2 x, float y) { float s = x.x + y; return mkf2(s, ((x.x - s) + y) + x.y); }
+/* dfadd_vf2_vf2_vf2 */
+NO_FMA_FN static inline f2 df_add_f2_f2(f2 x, f2 y) { float s = x.x + y.x; return mkf2(s, (((x.x - s) + y.x) + x.y) + y.y); }
+/* dfadd2_vf2_vf2_vf (two-sum, no magnitude assumption) */
+NO_FMA_FN static inline f2 df_add2_f2_f(f2 x, float y) {
+    float s = x.x + y, v = s - x.x;
+    float e = (x.x - (s - v)) + (y - v);
+    return mkf2(s, e + x.y);
+}
+/* dfadd2_vf2_vf2_vf2 */
+NO_FMA_FN static inline f2 df_add2_f2_f2(f2 x, f2 y) {
+    float s = x.x + y.x, v = s - x.x;
+    float e = (x.x - (s - v)) + (y.x - v);
+    return mkf2(s, e + (x.y + y.y));
+}
+/* dfscale_vf2_vf2_vf */
+NO_FMA_FN static inline f2 df_scale(f2 d, float s) { return mkf2(d.x * s, d.y * s); }
+/* dfmul_vf2_vf2_vf (FMA): r.y = fma(x.y, y, fma(x.x, y, -r.x)) */
+NO_FMA_FN static inline f2 df_mul_f2_f(f2 x, float y) {
+    float h = x.x * y;
+    return mkf2(h, fmaf(x.y, y, fmaf(x.x, y, -h)));
+}
+/* dfmul_vf2_vf2_vf2 (FMA): r.y = fma(x.x, y.y, fma(x.y, y.x, fma(x.x, y.x, -r.x))) */
+NO_FMA_FN static inline f2 df_mul_f2_f2(f2 x, f2 y) {
+    float h = x.x * y.x;
+    return mkf2(h, fmaf(x.x, y.y, fmaf(x.y, y.x, fmaf(x.x, y.x, -h))));
+}
+/* dfsqu_vf2_vf2 (FMA): r.y = fma(x.x + x.x, x.y, fma(x.x, x.x, -r.x)) */
+NO_FMA_FN static inline f2 df_squ(f2 x) {
+    float h = x.x * x.x;
+    return mkf2(h, fmaf(x.x + x.x, x.y, fmaf(x.x, x.x, -h)));
+}
+/* dfdiv_vf2_vf2_vf2 (FMA): t = 1/d.x (true division, vrec = div on AVX2/AVX512) */
+NO_FMA_FN static inline f2 df_div(f2 n, f2 d) {
+    float t = 1.0f / d.x;
+    float qx = n.x * t;
+    float u = fmaf(t, n.x, -qx);
+    float qy = fmaf(-d.y, t, fmaf(-d.x, t, 1.0f));
+    qy = fmaf(qx, qy, fmaf(n.y, t, u));
+    return mkf2(qx, qy);
+}
+
+/* Sleef xexpf (u10) */
+#define R_LN2f 1.442695040888963407359924681001892137426645954152985934135449406931f
+#define L2Uf 0.693145751953125f
+#define L2Lf 1.428606765330187045e-06f
+NO_FMA_FN static float torch_expf(float d) {
+    int q = rint_i(d * R_LN2f);
+    float s = fmaf((float)q, -L2Uf, d);
+    s = fmaf((float)q, -L2Lf, s);
+    float u = 0.000198527617612853646278381f;
+    u = fmaf(u, s, 0.00139304355252534151077271f);
+    u = fmaf(u, s, 0.00833336077630519866943359f);
+    u = fmaf(u, s, 0.0416664853692054748535156f);
+    u = fmaf(u, s, 0.166666671633720397949219f);
+    u = fmaf(u, s, 0.5f);
+    u = 1.0f + fmaf(s * s, u, s);
+    u = ldexp2k(u, q);
+    if (d < -104) u = 0;
+    if (d > 104) u = INFINITY;
+    return u;
+}
+
+/* ---------------- Sleef xlog1pf (u10) ----------------
+ * AVX2 path: e = ilogb2k(dp1 * (1/0.75f)) from the exponent bits; AVX512 path uses
+ * getexp(dp1*(1/0.75f)) (= same integer for normal numbers) -> identical results. */
+NO_FMA_FN static float torch_log1pf(float d) {
+    float dp1 = d + 1.0f;
+    int o = dp1 < 1.17549435e-38f;                  /* FLT_MIN; only for dp1 tiny (d ~ -1) */
+    if (o) dp1 *= 18446744073709551616.0f;          /* 2^64 */
+    int e = ((f2i(dp1 * (1.0f / 0.75f)) >> 23) & 0xff) - 0x7f;
+    float t = i2f(f2i(1.0f) + (int32_t)((uint32_t)(-e) << 23));   /* 2^-e (vldexp3) */
+    float m = fmaf(d, t, t - 1.0f);
+    if (o) e -= 64;
+    f2 s = df_mul_f2_f(mkf2(0.69314718246459960938f, -1.904654323148236017e-09f), (float)e);
+    f2 x = df_div(mkf2(m, 0.0f), df_add_ff(2.0f, m));
+    float x2 = x.x * x.x;
+    t = 0.3027294874e+0f;
+    t = fmaf(t, x2, 0.3996108174e+0f);
+    t = fmaf(t, x2, 0.6666694880e+0f);
+    s = df_add_f2_f2(s, df_scale(x, 2.0f));
+    s = df_add_f2_f(s, (x2 * x.x) * t);
+    float r = s.x + s.y;
+    if (d > 1e+38f) r = INFINITY;
+    if (d < -1.0f || d != d) r = NAN;
+    if (d == -1.0f) r = -INFINITY;
+    if (d == 0.0f && signbit(d)) r = -0.0f;
+    return r;
+}
+
+/* Sleef expk2f: exp of a double-float, result double-float */
+NO_FMA_FN static f2 expk2f(f2 d) {
+    int q = rint_i((d.x + d.y) * R_LN2f);
+    f2 s = df_add2_f2_f(d, (float)q * -L2Uf);      /* plain multiplies (vmul), not fma */
+    s = df_add2_f2_f(s, (float)q * -L2Lf);
+    float u = 0.1980960224e-3f;
+    u = fmaf(u, s.x, 0.1394256484e-2f);
+    u = fmaf(u, s.x, 0.8333456703e-2f);
+    u = fmaf(u, s.x, 0.4166637361e-1f);
+    f2 t = df_add2_f2_f(df_mul_f2_f(s, u), 0.166666659414234244790680580464e+0f);
+    t = df_add2_f2_f(df_mul_f2_f2(s, t), 0.5f);
+    t = df_add2_f2_f2(s, df_mul_f2_f2(df_squ(s), t));
+    t = df_add_f_f2(1.0f, t);
+    t.x = ldexp2k(t.x, q);
+    t.y = ldexp2k(t.y, q);
+    if (d.x < -104) { t.x = 0; t.y = 0; }
+    return t;
+}
+
+/* Sleef xexpm1f (u10) */
+NO_FMA_FN static float torch_expm1f(float a) {
+    f2 d = df_add2_f2_f(expk2f(mkf2(a, 0.0f)), -1.0f);
+    float x = d.x + d.y;
+    if (a > 88.72283172607421875f) x = INFINITY;
+    if (a < -16.635532333438687426013570f) x = -1.0f;
+    if (a == 0.0f && signbit(a)) x = -0.0f;
+    return x;
+}
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT ON
+#endif
+
 /* DiffSchedule arithmetic, in float32 as upstream evaluates it on its float32 table */
+/* torch.sigmoid and F.softplus run their scalar code (glibc) on the few elements of a
+ * sampler's (batch, 1) tensors; F.logsigmoid is vectorised for every element. */
 static float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
-static float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }   /* F.softplus */
-static float logsigmoidf_(float x) { return fminf(0.0f, x) - log1pf(expf(-fabsf(x))); } /* F.logsigmoid */
+static float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); } /* F.softplus */
+static float logsigmoidf_(float x) { return fminf(0.0f, x) - torch_log1pf(torch_expf(-fabsf(x))); }
 float oard_sigma(float gamma) { return sqrtf(sigmoidf_(gamma)); }
 float oard_alpha(float gamma) { return sqrtf(sigmoidf_(-gamma)); }
 void oard_sigma_alpha_t_given_s(float gamma_t, float gamma_s, float *sigma2, float *sigma, float *alpha) {
-    *sigma2 = -expm1f(softplusf_(gamma_s) - softplusf_(gamma_t));
-    *alpha = expf(0.5f * (logsigmoidf_(-gamma_t) - logsigmoidf_(-gamma_s)));
+    *sigma2 = -torch_expm1f(softplusf_(gamma_s) - softplusf_(gamma_t));
+    *alpha = torch_expf(0.5f * (logsigmoidf_(-gamma_t) - logsigmoidf_(-gamma_s)));
     *sigma = sqrtf(*sigma2);
 }
 
@@ -1823,17 +1988,6 @@ int oard_repaint_schedule(int resamplings, int jump_length, int timesteps, int *
  * Normals: Marsaglia's polar method. Its logarithm is our own (frexp + atanh series) and
  * everything else is +, -, *, /, sqrt, all exactly rounded by IEEE 754, so a seed gives the
  * same numbers on every machine and libm. Contraction into FMA is switched off here. */
-#if defined(__clang__)
-#define NO_FMA_BEGIN _Pragma("clang fp contract(off)")
-#define NO_FMA_FN
-#elif defined(__GNUC__)
-#define NO_FMA_BEGIN
-#define NO_FMA_FN __attribute__((optimize("fp-contract=off")))
-#else
-#define NO_FMA_BEGIN
-#define NO_FMA_FN
-#endif
-
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -2037,7 +2191,7 @@ static int p_zs_given_zt(Sampler *S, int s, real *const z[3]) {
 /* sample_p_xh_given_z0: x = (z0 - sigma_0 eps) / alpha_0 + exp(gamma_0 / 2) noise */
 static int p_xh_given_z0(Sampler *S, real *const z[3], real *const out[3]) {
     float g0 = oard_gamma(&S->sch, 0);
-    float sigma_x = expf(-(-0.5f * g0)); /* SNR(-gamma_0 / 2) */
+    float sigma_x = torch_expf(-(-0.5f * g0)); /* SNR(-gamma_0 / 2) = torch.exp */
     float sig0 = oard_sigma(g0), inv_al0 = 1.0f / oard_alpha(g0);
     int rc = denoise_at(S, z, 0);
     if (rc) return rc;
