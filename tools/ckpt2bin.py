@@ -164,51 +164,51 @@ class AttrDict(dict):
     """Stand-in for pytorch_lightning's AttributeDict (a dict with attribute access)."""
 
 
-class Stub:
+class StandIn:
     """Inert stand-in for any global outside the allow-list.
 
     Accepts whatever pickle does to an object (construction with any arguments,
     __setstate__, append/extend, item assignment) and records it; runs nothing.
     """
 
-    _stub_module = "?"
-    _stub_name = "?"
+    _standin_module = "?"
+    _standin_name = "?"
 
     def __new__(cls, *args, **kwargs):
         obj = object.__new__(cls)
-        object.__setattr__(obj, "_stub_args", args)
-        object.__setattr__(obj, "_stub_state", None)
-        object.__setattr__(obj, "_stub_items", [])
+        object.__setattr__(obj, "_standin_args", args)
+        object.__setattr__(obj, "_standin_state", None)
+        object.__setattr__(obj, "_standin_items", [])
         return obj
 
     def __init__(self, *args, **kwargs):
         pass
 
     def __setstate__(self, state):
-        object.__setattr__(self, "_stub_state", state)
+        object.__setattr__(self, "_standin_state", state)
 
     def __setitem__(self, key, value):
-        self._stub_items.append((key, value))
+        self._standin_items.append((key, value))
 
     def append(self, value):
-        self._stub_items.append(value)
+        self._standin_items.append(value)
 
     def extend(self, values):
-        self._stub_items.extend(values)
+        self._standin_items.extend(values)
 
     def __repr__(self):
-        return "<%s.%s object>" % (self._stub_module, self._stub_name)
+        return "<%s.%s object>" % (self._standin_module, self._standin_name)
 
 
-_STUB_CLASSES = {}
+_STANDIN_CLASSES = {}
 
 
-def _stub_class(module, name):
+def _standin_class(module, name):
     key = (module, name)
-    cls = _STUB_CLASSES.get(key)
+    cls = _STANDIN_CLASSES.get(key)
     if cls is None:
-        cls = type(str(name), (Stub,), {"_stub_module": module, "_stub_name": name})
-        _STUB_CLASSES[key] = cls
+        cls = type(str(name), (StandIn,), {"_standin_module": module, "_standin_name": name})
+        _STANDIN_CLASSES[key] = cls
     return cls
 
 
@@ -221,7 +221,7 @@ def _safe_codecs_encode(obj, encoding="utf-8", errors="strict"):
 
 def _safe_reconstructor(cls, base, state=None):
     # copyreg._reconstructor, as used by protocols 0 and 1.
-    if isinstance(cls, type) and issubclass(cls, Stub):
+    if isinstance(cls, type) and issubclass(cls, StandIn):
         obj = cls.__new__(cls)
         if state is not None:
             obj.__setstate__(state)
@@ -231,18 +231,18 @@ def _safe_reconstructor(cls, base, state=None):
     raise pickle.UnpicklingError("unsupported copyreg._reconstructor(%r)" % (cls,))
 
 
-class NumpyDType(Stub):
+class NumpyDType(StandIn):
     """Stand-in for numpy.dtype, enough to decode numpy scalars."""
 
-    _stub_module = "numpy"
-    _stub_name = "dtype"
+    _standin_module = "numpy"
+    _standin_name = "dtype"
 
 
 def _numpy_scalar(dtype, data=None):
     # numpy.core.multiarray.scalar(dtype, bytes): decode plain numeric scalars.
-    if isinstance(dtype, NumpyDType) and isinstance(data, bytes) and dtype._stub_args:
-        code = dtype._stub_args[0]
-        state = dtype._stub_state
+    if isinstance(dtype, NumpyDType) and isinstance(data, bytes) and dtype._standin_args:
+        code = dtype._standin_args[0]
+        state = dtype._standin_state
         order = "<"
         if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "|", "="):
             order = ">" if state[1] == ">" else "<"
@@ -250,7 +250,7 @@ def _numpy_scalar(dtype, data=None):
                "u8": "Q", "u4": "I", "u2": "H", "u1": "B", "b1": "?"}.get(code)
         if fmt is not None and struct.calcsize(fmt) == len(data):
             return struct.unpack(order + fmt, data)[0]
-    return _stub_class("numpy.core.multiarray", "scalar")(dtype, data)
+    return _standin_class("numpy.core.multiarray", "scalar")(dtype, data)
 
 
 _TORCH_REBUILDS = {
@@ -291,7 +291,7 @@ class CheckpointUnpickler(pickle.Unpickler):
             return hit
         if module == "torch" and name in STORAGE_TYPES:
             return StorageType(name)
-        return _stub_class(module, name)
+        return _standin_class(module, name)
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -678,8 +678,8 @@ def _clean_text(s):
 
 def _get_hparams(obj):
     hp = obj.get("hyper_parameters", obj.get("hparams"))
-    if isinstance(hp, Stub) and isinstance(hp._stub_state, dict):  # e.g. argparse.Namespace
-        hp = hp._stub_state
+    if isinstance(hp, StandIn) and isinstance(hp._standin_state, dict):  # e.g. argparse.Namespace
+        hp = hp._standin_state
     if not isinstance(hp, dict):
         return None
     return hp
@@ -687,14 +687,14 @@ def _get_hparams(obj):
 
 def build_config(kind, hp, state_dict, path):
     mc = hp.get("model_config")
-    if isinstance(mc, Stub) and isinstance(mc._stub_state, dict):
-        mc = mc._stub_state
+    if isinstance(mc, StandIn) and isinstance(mc._standin_state, dict):
+        mc = mc._standin_state
     if not isinstance(mc, dict):
         raise ConvertError("hyper_parameters has no model_config dict")
     model = hp.get("model")
     model_name = None
-    if isinstance(model, type) and issubclass(model, Stub):
-        model_name = model._stub_module + "." + model._stub_name
+    if isinstance(model, type) and issubclass(model, StandIn):
+        model_name = model._standin_module + "." + model._standin_name
     if model_name is None or not model_name.endswith(".LEFTNet"):
         # upstream falls back to EGNN when model is None
         raise ConvertError("hyper_parameters: model is %s; only oa_reactdiff.model.leftnet.LEFTNet is supported"
