@@ -2324,53 +2324,112 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
 /* ------------------------------------------------------------------------------------ */
 /* Command line                                                                            */
 #ifndef OARD_NO_MAIN
+#include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+/* Exit statuses (README, "Failures"): one per kind of problem, so scripts can tell them apart */
+enum {
+    EXIT_IO = 1,      /* a file cannot be opened, read or written */
+    EXIT_USAGE = 2,   /* bad command line */
+    EXIT_INPUT = 3,   /* malformed or inconsistent input (xyz, list, composition) */
+    EXIT_WEIGHTS = 4, /* weights file unusable (format, checksum, kind) */
+    EXIT_MEMORY = 5,  /* system too large / out of memory */
+    EXIT_NUMERIC = 6, /* NaN/Inf during a computation */
+    EXIT_BATCH = 7    /* a batch finished, some reactions failed */
+};
+
+static int exit_status(int rc) {
+    switch (rc) {
+    case OARD_ERR_IO: return EXIT_IO;
+    case OARD_ERR_FORMAT: return EXIT_INPUT;
+    case OARD_ERR_MODEL: return EXIT_WEIGHTS;
+    case OARD_ERR_NOMEM: return EXIT_MEMORY;
+    case OARD_ERR_NUMERIC: return EXIT_NUMERIC;
+    default: return EXIT_USAGE;
+    }
+}
+
+/* ---- elements ---- */
+static const char *const ELEMENT_SYMBOLS[] = {
+    "",   "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si", "P",  "S",
+    "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As",
+    "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn",
+    "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho",
+    "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",  "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po",
+    "At", "Rn", "Fr", "Ra", "Ac", "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md",
+    "No", "Lr", "Rf", "Db", "Sg", "Bh", "Hs", "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
+#define MAX_Z 118
+
+/* atomic number of an element symbol (any case) or of a number 1..118; 0 if neither */
+static int atomic_number(const char *sym) {
+    char *end;
+    long z = strtol(sym, &end, 10);
+    if (end != sym && !*end) return z >= 1 && z <= MAX_Z ? (int)z : 0;
+    for (int i = 1; i <= MAX_Z; i++) {
+        const char *a = ELEMENT_SYMBOLS[i], *b = sym;
+        while (*a && *b && tolower((unsigned char)*a) == tolower((unsigned char)*b)) a++, b++;
+        if (!*a && !*b) return i;
+    }
+    return 0;
+}
+
+/* index of atomic number z in the model's element table, or -1 */
+static int model_element(const oard_config *c, int z) {
+    for (int i = 0; i < c->n_elements; i++)
+        if (c->element_z[i] == z) return i;
+    return -1;
+}
+
+static void element_list(const oard_config *c, char *buf, size_t n) {
+    buf[0] = 0;
+    for (int i = 0; i < c->n_elements; i++)
+        snprintf(buf + strlen(buf), n - strlen(buf), "%s%s", i ? ", " : "", c->element_sym[i]);
+}
+
+/* ---- molecules and xyz files ---- */
 typedef struct {
     int n;
-    int *elem;    /* index into the model's element table */
-    double *xyz;  /* (n, 3) */
+    int *z;      /* atomic numbers */
+    double *xyz; /* (n, 3), Angstrom */
+    const char *path;
 } Molecule;
 
 static void mol_free(Molecule *m) {
-    free(m->elem);
+    free(m->z);
     free(m->xyz);
     memset(m, 0, sizeof(*m));
 }
 
-static int element_index(const oard_config *c, const char *sym) {
-    for (int i = 0; i < c->n_elements; i++) {
-        const char *a = c->element_sym[i], *b = sym;
-        while (*a && *b && tolower((unsigned char)*a) == tolower((unsigned char)*b)) a++, b++;
-        if (!*a && !*b) return i;
-    }
-    return -1;
-}
-
-/* XYZ: atom count, comment line, then "Symbol x y z" per atom. Every problem is one line
- * naming the file and the line. */
-static int read_xyz(const char *path, const oard_config *c, Molecule *mol, char *err) {
+/* XYZ: atom count, comment line, then "Symbol x y z" per atom (extra columns, as in
+ * extended XYZ, are ignored). Every problem is one line naming the file and the line. */
+static int read_xyz(const char *path, Molecule *mol, char *err) {
     memset(mol, 0, sizeof(*mol));
+    mol->path = path;
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     char line[4096];
     int rc = OARD_OK, lineno = 1;
     if (!fgets(line, sizeof(line), f)) {
+        rc = ferror(f) ? fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno))
+                       : fail(err, OARD_ERR_FORMAT, "%s: empty file", path);
         fclose(f);
-        return fail(err, OARD_ERR_FORMAT, "%s: empty file", path);
+        return rc;
     }
     char *end;
+    errno = 0;
     long n = strtol(line, &end, 10);
     while (*end && isspace((unsigned char)*end)) end++;
-    if (end == line || *end || n <= 0 || n > 100000) {
+    if (end == line || *end || errno || n <= 0 || n > 100000) {
         fclose(f);
-        return fail(err, OARD_ERR_FORMAT, "%s:1: first line must be the atom count, got '%.40s'", path, line);
+        line[strcspn(line, "\r\n")] = 0;
+        return fail(err, OARD_ERR_FORMAT, "%s:1: first line must be the atom count (1 to 100000), got '%.40s'", path, line);
     }
     mol->n = (int)n;
-    mol->elem = xcalloc((size_t)n, sizeof(int));
+    mol->z = xcalloc((size_t)n, sizeof(int));
     mol->xyz = xcalloc((size_t)n * 3, sizeof(double));
-    if (!mol->elem || !mol->xyz) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    if (!mol->z || !mol->xyz) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
     if (!rc && !fgets(line, sizeof(line), f)) rc = fail(err, OARD_ERR_FORMAT, "%s: missing comment line", path);
     lineno = 2;
     for (int a = 0; !rc && a < n; a++) {
@@ -2379,23 +2438,27 @@ static int read_xyz(const char *path, const oard_config *c, Molecule *mol, char 
             rc = fail(err, OARD_ERR_FORMAT, "%s: atom count says %ld atoms, file ends after %d", path, n, a);
             break;
         }
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: line longer than %d characters", path, lineno, (int)sizeof(line) - 2);
+            break;
+        }
         char sym[16];
         int off = 0;
         if (sscanf(line, "%15s%n", sym, &off) != 1) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'Element x y z'", path, lineno);
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'Element x y z', got a blank line", path, lineno);
             break;
         }
-        int e = element_index(c, sym);
-        if (e < 0) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: unknown element '%s' (the model knows H, C, N, O, F)", path, lineno, sym);
+        mol->z[a] = atomic_number(sym);
+        if (!mol->z[a]) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: unknown element '%s'", path, lineno, sym);
             break;
         }
-        mol->elem[a] = e;
         char *p = line + off;
         for (int k = 0; k < 3; k++) {
             double v = strtod(p, &end);
-            if (end == p || !isfinite(v)) {
-                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: coordinate %d is not a finite number", path, lineno, k + 1);
+            if (end == p || !isfinite(v) || (*end && !isspace((unsigned char)*end))) {
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: coordinate %c is %s", path, lineno, "xyz"[k],
+                          end == p ? "missing or not a number" : !isfinite(v) ? "not finite (NaN or Inf)" : "not a number");
                 break;
             }
             mol->xyz[3 * a + k] = v;
@@ -2413,63 +2476,193 @@ static int read_xyz(const char *path, const oard_config *c, Molecule *mol, char 
             }
         }
     }
+    if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: read error", path);
     fclose(f);
     if (rc) mol_free(mol);
     return rc;
 }
 
-/* Write to a temporary file beside the target, then rename: no partial output. */
+/* Same composition (atom order free). */
+static int same_composition(const Molecule *A, const Molecule *B, char *err) {
+    int ca[MAX_Z + 1] = {0}, cb[MAX_Z + 1] = {0};
+    for (int i = 0; i < A->n; i++) ca[A->z[i]]++;
+    for (int i = 0; i < B->n; i++) cb[B->z[i]]++;
+    for (int z = 1; z <= MAX_Z; z++)
+        if (ca[z] != cb[z])
+            return fail(err, OARD_ERR_FORMAT, "%s vs %s: composition mismatch (%s: %d vs %d)", A->path, B->path,
+                        ELEMENT_SYMBOLS[z], ca[z], cb[z]);
+    return OARD_OK;
+}
+
+/* Every atom must be in the model's element table. */
+static int check_model_elements(const oard_config *c, const Molecule *m, char *err) {
+    for (int i = 0; i < m->n; i++)
+        if (model_element(c, m->z[i]) < 0) {
+            char list[128];
+            element_list(c, list, sizeof(list));
+            return fail(err, OARD_ERR_FORMAT, "%s: atom %d is %s, which the model does not know (it knows %s)", m->path,
+                        i + 1, ELEMENT_SYMBOLS[m->z[i]], list);
+        }
+    return OARD_OK;
+}
+
+/* Canonical atom order: by element, then by coordinates (x, then y, then z). The model
+ * needs no atom mapping between R and P, and its output does not depend on the order of
+ * the atoms of an object up to floating-point summation order; putting every object in
+ * this order makes the results, noise included, identical for any input order. */
+static void canonical_order(const Molecule *m, int *perm) {
+    for (int i = 0; i < m->n; i++) {
+        int j = i;
+        while (j > 0) {
+            int p = perm[j - 1];
+            const double *a = m->xyz + 3 * p, *b = m->xyz + 3 * i;
+            int after = m->z[p] != m->z[i] ? m->z[p] > m->z[i]
+                        : a[0] != b[0]     ? a[0] > b[0]
+                        : a[1] != b[1]     ? a[1] > b[1]
+                                           : a[2] > b[2];
+            if (!after) break;
+            perm[j] = p, j--;
+        }
+        perm[j] = i;
+    }
+}
+
+/* one object's rows: positions, one-hot, Z, atoms taken in the order perm */
+static void fill_rows(const oard_config *c, const Molecule *mol, const int *perm, int centre, real *xh, int nf) {
+    double cen[3] = {0, 0, 0};
+    if (centre)
+        for (int a = 0; a < mol->n; a++)
+            for (int k = 0; k < 3; k++) cen[k] += mol->xyz[3 * a + k] / mol->n;
+    for (int r = 0; r < mol->n; r++) {
+        int a = perm[r], e = model_element(c, mol->z[a]);
+        real *row = xh + (size_t)r * nf;
+        for (int k = 0; k < 3; k++) row[k] = (real)(mol->xyz[3 * a + k] - cen[k]);
+        for (int k = 0; k < c->n_elements; k++) row[3 + k] = (real)(k == e);
+        row[3 + c->n_elements] = (real)c->element_z[e];
+    }
+}
+
+/* ---- output: atomic files, extended XYZ ---- */
+
+/* The temporary file being written, removed if a signal (Ctrl-C, a batch system's
+ * SIGTERM at the time limit) ends the program: no partial output survives. */
+static char g_tmp_path[4200];
+
+static void on_signal(int sig) {
+    if (g_tmp_path[0]) unlink(g_tmp_path);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 typedef struct {
     FILE *f;
-    char tmp[4096];
+    char tmp[4200];
     const char *path;
 } AtomicFile;
 
 static int atomic_open(AtomicFile *a, const char *path, char *err) {
     a->path = path;
     snprintf(a->tmp, sizeof(a->tmp), "%s.tmp.%ld", path, (long)getpid());
+    memcpy(g_tmp_path, a->tmp, sizeof(g_tmp_path));
     a->f = fopen(a->tmp, "w");
-    if (!a->f) return fail(err, OARD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (!a->f) {
+        g_tmp_path[0] = 0;
+        return fail(err, OARD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
     return OARD_OK;
 }
 
+/* ok = 0 abandons the file. Write errors (disk full, ...) are caught here: the partial
+ * temporary file is removed and the target is left as it was. */
 static int atomic_close(AtomicFile *a, int ok, char *err) {
-    int bad = ferror(a->f);
-    if (fclose(a->f) != 0) bad = 1;
+    int bad = ferror(a->f) || fflush(a->f) != 0;
+    int saved = errno;
+    if (fclose(a->f) != 0) bad = 1, saved = errno;
+    int rc = OARD_OK;
     if (!ok || bad) {
         remove(a->tmp);
-        return ok ? fail(err, OARD_ERR_IO, "%s: write failed", a->path) : OARD_OK;
-    }
-    if (rename(a->tmp, a->path) != 0) {
+        if (ok) rc = fail(err, OARD_ERR_IO, "%s: write failed: %s", a->path, strerror(saved));
+    } else if (rename(a->tmp, a->path) != 0) {
+        saved = errno;
         remove(a->tmp);
-        return fail(err, OARD_ERR_IO, "%s: cannot rename into place: %s", a->path, strerror(errno));
+        rc = fail(err, OARD_ERR_IO, "%s: cannot rename into place: %s", a->path, strerror(saved));
     }
-    return OARD_OK;
+    g_tmp_path[0] = 0;
+    return rc;
 }
 
-static void progress_bar(void *ctx, int done, int total) {
-    (void)ctx;
-    fprintf(stderr, "\r  step %d/%d", done, total);
+/* append key="value" (extended XYZ string, quotes and backslashes escaped) */
+static void kv_string(char *buf, size_t n, const char *key, const char *value) {
+    size_t len = strlen(buf);
+    len += (size_t)snprintf(buf + len, n > len ? n - len : 0, " %s=\"", key);
+    for (const char *p = value; *p && len + 3 < n; p++) {
+        if (*p == '"' || *p == '\\') buf[len++] = '\\';
+        buf[len++] = (*p == '\n' || *p == '\r') ? ' ' : *p;
+    }
+    if (len + 2 < n) buf[len++] = '"', buf[len] = 0;
+}
+
+static void kv_format(char *buf, size_t n, const char *fmt, ...) {
+    size_t len = strlen(buf);
+    va_list ap;
+    va_start(ap, fmt);
+    if (len < n) vsnprintf(buf + len, n - len, fmt, ap);
+    va_end(ap);
+}
+
+/* one frame; atom i is row order[i] of xh (order NULL: identity), shifted by shift */
+static void write_frame(FILE *f, int n, const int *z, const real *xh, int nf, const int *order, const double shift[3],
+                        const char *comment) {
+    fprintf(f, "%d\nProperties=species:S:1:pos:R:3%s\n", n, comment);
+    for (int i = 0; i < n; i++) {
+        const real *row = xh + (size_t)(order ? order[i] : i) * nf;
+        fprintf(f, "%-2s %16.10f %16.10f %16.10f\n", ELEMENT_SYMBOLS[z[i]], (double)row[0] + shift[0],
+                (double)row[1] + shift[1], (double)row[2] + shift[2]);
+    }
+}
+
+/* ---- progress on a terminal ---- */
+typedef struct {
+    const char *label;
+    struct timespec t0;
+} Progress;
+
+static double seconds_since(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + 1e-9 * (double)(t.tv_nsec - t0->tv_nsec);
+}
+
+static void progress_report(void *ctx, int done, int total) {
+    Progress *p = ctx;
+    double el = seconds_since(&p->t0), eta = done > 0 ? el * (total - done) / done : 0;
+    fprintf(stderr, "\r  %s step %d/%d  %.0fs elapsed, ETA %.0fs   ", p->label, done, total, el, eta);
     if (done == total) fputc('\n', stderr);
 }
 
-static const char *default_weights(const char *argv0, char *buf, size_t n) {
+/* ---- weights ---- */
+
+/* --weights, else $OA_REACTDIFF_WEIGHTS, else weights.bin beside the executable, else
+ * ../share/oa_reactdiff/weights.bin relative to it (make install). */
+static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
     const char *env = getenv("OA_REACTDIFF_WEIGHTS");
-    if (env && *env) return env;
-    ssize_t len = readlink("/proc/self/exe", buf, n - 16);
-    if (len <= 0) {
-        snprintf(buf, n - 16, "%s", argv0);
-        len = (ssize_t)strlen(buf);
-    } else {
-        buf[len] = 0;
-    }
-    char *slash = strrchr(buf, '/');
-    if (slash) snprintf(slash + 1, n - (size_t)(slash + 1 - buf), "weights.bin");
-    else snprintf(buf, n, "weights.bin");
-    return buf;
+    if (given) return *out = given, OARD_OK;
+    if (env && *env) return *out = env, OARD_OK;
+    char exe[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find weights.bin; use --weights FILE");
+    exe[len] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    snprintf(buf, n, "%s/weights.bin", exe);
+    if (access(buf, F_OK) == 0) return *out = buf, OARD_OK;
+    char alt[4200];
+    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/weights.bin", exe);
+    if (access(alt, F_OK) == 0) return snprintf(buf, n, "%s", alt), *out = buf, OARD_OK;
+    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $OA_REACTDIFF_WEIGHTS)", buf, alt);
 }
 
-static int load_for(const char *path, int kind, oard_model **m, char *err) {
+static int load_model(const char *path, int kind, oard_model **m, char *err) {
     int rc = oard_model_load(path, kind, m, err);
     if (!rc && !oard_model_config(*m)->trained)
         fprintf(stderr, "oa_reactdiff: warning: %s holds UNTRAINED weights (%s); the structures it generates are not "
@@ -2477,253 +2670,1165 @@ static int load_for(const char *path, int kind, oard_model **m, char *err) {
     return rc;
 }
 
-static void usage(void) {
-    fprintf(stderr,
-            "oa_reactdiff %s - OA-ReactDiff transition-state generation (Duan et al., Nat. Comput. Sci. 2023)\n"
-            "usage:\n"
-            "  oa_reactdiff ts REACTANT.xyz PRODUCT.xyz [-n N] [--seed S] [--steps T] [--resamplings R]\n"
-            "                  [--jump J] [--weights FILE] [--threads K] [-o OUT.xyz]\n"
-            "  oa_reactdiff sample --atoms C,N,O,H [-n N] [--seed S] [--steps T] [--weights FILE] [-o PREFIX]\n"
-            "  oa_reactdiff info WEIGHTS\n"
-            "Default weights: $OA_REACTDIFF_WEIGHTS, else weights.bin beside the binary.\n",
-            oard_version());
-}
-
+/* ---- options ---- */
 typedef struct {
-    int n, steps, resamplings, jump, threads;
+    int n, steps, resamplings, jump, threads, same_order, no_reflection, method, shard_i, shard_n, help;
     uint64_t seed;
-    const char *weights, *out, *atoms;
-    const char *pos[2];
+    const char *weights, *confidence, *out, *outdir, *atoms, *list;
+    const char *pos[3];
     int npos;
 } Args;
 
-static int parse_args(int argc, char **argv, Args *a, char *err) {
+enum { OPT_INT, OPT_SEED, OPT_STR, OPT_FLAG, OPT_SHARD, OPT_METHOD };
+typedef struct {
+    const char *name;
+    int type;
+    size_t off;
+    const char *commands; /* space-separated commands that accept it */
+} OptSpec;
+
+#define ARG_OFF(f) offsetof(Args, f)
+static const OptSpec OPTIONS[] = {
+    {"-n", OPT_INT, ARG_OFF(n), " ts sample "},
+    {"--seed", OPT_SEED, ARG_OFF(seed), " ts sample "},
+    {"--steps", OPT_INT, ARG_OFF(steps), " ts sample "},
+    {"--resamplings", OPT_INT, ARG_OFF(resamplings), " ts "},
+    {"--jump", OPT_INT, ARG_OFF(jump), " ts "},
+    {"--threads", OPT_INT, ARG_OFF(threads), " ts sample score "},
+    {"--weights", OPT_STR, ARG_OFF(weights), " ts sample "},
+    {"--confidence", OPT_STR, ARG_OFF(confidence), " ts score "},
+    {"-o", OPT_STR, ARG_OFF(out), " ts sample "},
+    {"--list", OPT_STR, ARG_OFF(list), " ts "},
+    {"--outdir", OPT_STR, ARG_OFF(outdir), " ts "},
+    {"--shard", OPT_SHARD, 0, " ts "},
+    {"--atoms", OPT_STR, ARG_OFF(atoms), " sample "},
+    {"--same-order", OPT_FLAG, ARG_OFF(same_order), " rmsd "},
+    {"--no-reflection", OPT_FLAG, ARG_OFF(no_reflection), " rmsd "},
+    {"--method", OPT_METHOD, 0, " rmsd "},
+    {"--help", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info "},
+    {"-h", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info "},
+};
+
+static int parse_count(const char *opt, const char *v, unsigned long long lo, unsigned long long hi,
+                       unsigned long long *x, char *err) {
+    char *end;
+    errno = 0;
+    *x = strtoull(v, &end, 10);
+    if (end == v || *end || errno || *v == '-' || *v == '+' || isspace((unsigned char)*v) || *x < lo || *x > hi)
+        return fail(err, OARD_ERR_ARG, "option %s: '%s' is not an integer from %llu to %llu", opt, v, lo, hi);
+    return OARD_OK;
+}
+
+static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err) {
+    char key[64];
+    snprintf(key, sizeof(key), " %s ", cmd);
     for (int i = 2; i < argc; i++) {
         const char *o = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int *ip = NULL;
-        if (!strcmp(o, "-n")) ip = &a->n;
-        else if (!strcmp(o, "--steps")) ip = &a->steps;
-        else if (!strcmp(o, "--resamplings")) ip = &a->resamplings;
-        else if (!strcmp(o, "--jump")) ip = &a->jump;
-        else if (!strcmp(o, "--threads")) ip = &a->threads;
-        if (ip || !strcmp(o, "--seed") || !strcmp(o, "--weights") || !strcmp(o, "-o") || !strcmp(o, "--atoms")) {
-            if (!v) return fail(err, OARD_ERR_ARG, "option %s needs a value", o);
-            i++;
-            if (ip || !strcmp(o, "--seed")) {
-                char *end;
-                errno = 0;
-                unsigned long long x = strtoull(v, &end, 10);
-                if (end == v || *end || errno || *v == '-' || (ip && (x < 1 || x > 1000000)))
-                    return fail(err, OARD_ERR_ARG, "option %s: '%s' is not a valid count", o, v);
-                if (ip) *ip = (int)x;
-                else a->seed = x;
-            } else if (!strcmp(o, "--weights")) a->weights = v;
-            else if (!strcmp(o, "-o")) a->out = v;
-            else a->atoms = v;
-        } else if (o[0] == '-' && o[1]) {
-            return fail(err, OARD_ERR_ARG, "unknown option '%s'", o);
-        } else {
-            if (a->npos >= 2) return fail(err, OARD_ERR_ARG, "unexpected argument '%s'", o);
+        const OptSpec *s = NULL;
+        for (size_t k = 0; k < sizeof(OPTIONS) / sizeof(OPTIONS[0]); k++)
+            if (!strcmp(o, OPTIONS[k].name)) s = &OPTIONS[k];
+        if (!s) {
+            if (o[0] == '-' && o[1]) return fail(err, OARD_ERR_ARG, "%s: unknown option '%s' (oa_reactdiff %s --help)", cmd, o, cmd);
+            if (a->npos >= 3) return fail(err, OARD_ERR_ARG, "%s: unexpected argument '%s'", cmd, o);
             a->pos[a->npos++] = o;
+            continue;
+        }
+        if (!strstr(s->commands, key)) return fail(err, OARD_ERR_ARG, "%s: option %s does not apply to this command", cmd, o);
+        char *base = (char *)a;
+        if (s->type == OPT_FLAG) {
+            *(int *)(base + s->off) = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return fail(err, OARD_ERR_ARG, "%s: option %s needs a value", cmd, o);
+        const char *v = argv[++i];
+        unsigned long long x;
+        if (s->type == OPT_INT) {
+            if (parse_count(o, v, 1, 1000000, &x, err)) return OARD_ERR_ARG;
+            *(int *)(base + s->off) = (int)x;
+        } else if (s->type == OPT_SEED) {
+            if (parse_count(o, v, 0, UINT64_MAX, &x, err)) return OARD_ERR_ARG;
+            a->seed = x;
+        } else if (s->type == OPT_STR) {
+            *(const char **)(base + s->off) = v;
+        } else if (s->type == OPT_METHOD) {
+            if (!strcmp(v, "auto")) a->method = 0;
+            else if (!strcmp(v, "exhaustive")) a->method = OARD_RMSD_BRUTE;
+            else if (!strcmp(v, "hungarian")) a->method = OARD_RMSD_HUNGARIAN;
+            else return fail(err, OARD_ERR_ARG, "--method: '%s' is not auto, exhaustive or hungarian", v);
+        } else { /* --shard I/N, 0 <= I < N */
+            unsigned i0, n0;
+            char c;
+            if (sscanf(v, "%u/%u%c", &i0, &n0, &c) != 2 || n0 < 1 || i0 >= n0 || n0 > 1000000)
+                return fail(err, OARD_ERR_ARG, "--shard: '%s' is not I/N with 0 <= I < N", v);
+            a->shard_i = (int)i0, a->shard_n = (int)n0;
         }
     }
     return OARD_OK;
 }
 
-static void write_frame(FILE *f, const oard_config *c, int n, const int *elem, const real *xh, int nf,
-                        const double *shift, const char *comment) {
-    fprintf(f, "%d\nProperties=species:S:1:pos:R:3 %s\n", n, comment);
-    for (int a = 0; a < n; a++)
-        fprintf(f, "%-2s %16.10f %16.10f %16.10f\n", c->element_sym[elem[a]], (double)xh[(size_t)a * nf] + shift[0],
-                (double)xh[(size_t)a * nf + 1] + shift[1], (double)xh[(size_t)a * nf + 2] + shift[2]);
-}
-
-/* fill one fragment row block: positions, one-hot, Z */
-static void fill_rows(const oard_config *c, const Molecule *mol, real *xh, int nf) {
-    for (int a = 0; a < mol->n; a++) {
-        real *r = xh + (size_t)a * nf;
-        for (int k = 0; k < 3; k++) r[k] = (real)mol->xyz[3 * a + k];
-        for (int k = 0; k < c->n_elements; k++) r[3 + k] = (real)(k == mol->elem[a]);
-        r[3 + c->n_elements] = (real)c->element_z[mol->elem[a]];
-    }
-}
-
-static int cmd_ts(const Args *a, const char *wpath, char *err) {
-    if (a->npos != 2) return fail(err, OARD_ERR_ARG, "ts needs REACTANT.xyz and PRODUCT.xyz");
-    oard_model *m = NULL;
-    Molecule R = {0}, P = {0};
-    real *xh[3] = {NULL, NULL, NULL}, *out[3] = {NULL, NULL, NULL};
-    int *sizes = NULL, rc = load_for(wpath, OARD_KIND_DENOISER, &m, err);
-    const oard_config *c = rc ? NULL : oard_model_config(m);
-    if (!rc) rc = read_xyz(a->pos[0], c, &R, err);
-    if (!rc) rc = read_xyz(a->pos[1], c, &P, err);
-    if (!rc) { /* same composition; atom order may differ (the model needs no atom mapping) */
-        int cr[OARD_MAX_ELEM] = {0}, cp[OARD_MAX_ELEM] = {0};
-        for (int i = 0; i < R.n; i++) cr[R.elem[i]]++;
-        for (int i = 0; i < P.n; i++) cp[P.elem[i]]++;
-        for (int e = 0; e < c->n_elements && !rc; e++)
-            if (cr[e] != cp[e])
-                rc = fail(err, OARD_ERR_FORMAT, "%s vs %s: composition mismatch (%s: %d in the reactant, %d in the product)",
-                          a->pos[0], a->pos[1], c->element_sym[e], cr[e], cp[e]);
-    }
-    int N = a->n > 0 ? a->n : 1, nf = c ? c->node_nfs[0] : 0;
-    if (!rc) {
-        sizes = xcalloc((size_t)N, sizeof(int));
-        for (int f = 0; f < 3; f++) {
-            xh[f] = xcalloc((size_t)N * R.n * nf, sizeof(real));
-            out[f] = xcalloc((size_t)N * R.n * nf, sizeof(real));
-            if (!xh[f] || !out[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        }
-        if (!sizes) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+/* The recommender's score of one reaction. Each object is centred and put in canonical
+ * order, so the score does not depend on the atom order or placement of the inputs. */
+static int score_reaction(const oard_model *m, const Molecule *const M[3], int threads, real *score, char *err) {
+    const oard_config *c = oard_model_config(m);
+    int n = M[0]->n, nf = c->node_nfs[0], rc = OARD_OK;
+    real *xh[3] = {NULL, NULL, NULL};
+    int *perm = xcalloc((size_t)n, sizeof(int));
+    if (!perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int f = 0; !rc && f < 3; f++) {
+        xh[f] = xcalloc((size_t)n * nf, sizeof(real));
+        if (!xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        else canonical_order(M[f], perm), fill_rows(c, M[f], perm, 1, xh[f], nf);
     }
     if (!rc) {
-        for (int b = 0; b < N; b++) {
-            sizes[b] = R.n;
-            fill_rows(c, &R, xh[0] + (size_t)b * R.n * nf, nf);
-            fill_rows(c, &R, xh[1] + (size_t)b * R.n * nf, nf); /* TS: reactant's atoms and order */
-            fill_rows(c, &P, xh[2] + (size_t)b * R.n * nf, nf);
-        }
-        oard_batch batch = {N, sizes, a->threads};
-        oard_sampler_opts o = {a->steps, NULL, 0, a->resamplings ? a->resamplings : 5, a->jump ? a->jump : 5,
-                               isatty(2) ? progress_bar : NULL, NULL};
-        oard_rng rng;
-        oard_rng_seed(&rng, a->seed);
-        const real *fixed[3] = {xh[0], xh[1], xh[2]};
-        rc = oard_inpaint(m, &batch, &o, NULL, fixed, out, &rng, err);
-        if (!rc) {
-            double shift[3] = {0, 0, 0}; /* the model works centred; put the TS at the reactant's centre */
-            for (int i = 0; i < R.n; i++)
-                for (int k = 0; k < 3; k++) shift[k] += R.xyz[3 * i + k] / R.n;
-            const char *path = a->out ? a->out : "ts.xyz";
-            AtomicFile af;
-            rc = atomic_open(&af, path, err);
-            if (!rc) {
-                for (int b = 0; b < N; b++) {
-                    char cm[4400];
-                    snprintf(cm, sizeof(cm), "sample=%d seed=%llu steps=%d resamplings=%d jump=%d weights=%s weights_crc32=%08x trained=%d",
-                             b, (unsigned long long)a->seed, a->steps ? a->steps : c->sampling_timesteps, o.resamplings,
-                             o.jump_length, wpath, c->crc32, c->trained);
-                    write_frame(af.f, c, R.n, R.elem, out[1] + (size_t)b * R.n * nf, nf, shift, cm);
-                }
-                rc = atomic_close(&af, 1, err);
-            }
-            if (!rc) fprintf(stderr, "oa_reactdiff: wrote %d TS candidate%s to %s\n", N, N > 1 ? "s" : "", path);
-        }
+        oard_batch batch = {1, &n, threads};
+        rc = oard_confidence(m, &batch, (const real *const *)xh, NULL, score, err);
     }
-    for (int f = 0; f < 3; f++) free(xh[f]), free(out[f]);
-    free(sizes);
-    mol_free(&R), mol_free(&P);
-    oard_model_free(m);
+    for (int f = 0; f < 3; f++) free(xh[f]);
+    free(perm);
     return rc;
 }
 
-static int cmd_sample(const Args *a, const char *wpath, char *err) {
-    if (!a->atoms) return fail(err, OARD_ERR_ARG, "sample needs --atoms, e.g. --atoms C,C,O,H,H,H,H");
-    oard_model *m = NULL;
-    int rc = load_for(wpath, OARD_KIND_DENOISER, &m, err);
+/* ---- ts: TS candidates by inpainting ---- */
+typedef struct {
+    oard_model *model, *conf;
+    const char *wpath, *cpath;
+    const Args *a;
+} TsSetup;
+
+typedef struct {
+    const Molecule *R;
+    const char *product; /* path */
+    int *inv;       /* inv[i]: canonical row of the reactant's atom i */
+    real *ts;       /* N x n x nf, centred */
+    real *score;    /* N, or NULL */
+    int *order;     /* output order of the samples */
+} TsResult;
+
+static int cmp_score_desc(const real *s, int a, int b) { return s[a] < s[b] || (s[a] == s[b] && a > b); }
+
+static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path, const char *name, uint64_t seed,
+                         char *err) {
+    const oard_config *c = oard_model_config(T->model);
+    const Args *a = T->a;
+    int N = a->n, n = res->R->n, nf = c->node_nfs[0];
+    double shift[3] = {0, 0, 0}; /* the model works centred; put the TS at the reactant's centre */
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) shift[k] += res->R->xyz[3 * i + k] / n;
+    AtomicFile af;
+    int rc = atomic_open(&af, path, err);
+    for (int r = 0; !rc && r < N; r++) {
+        int b = res->order[r];
+        char cm[8192] = "";
+        if (name) kv_string(cm, sizeof(cm), "name", name);
+        kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d resamplings=%d jump=%d", b, N,
+                  (unsigned long long)seed, a->steps ? a->steps : c->sampling_timesteps, a->resamplings, a->jump);
+        if (res->score) kv_format(cm, sizeof(cm), " rank=%d confidence=%.9g", r + 1, (double)res->score[b]);
+        kv_string(cm, sizeof(cm), "reactant", res->R->path);
+        kv_string(cm, sizeof(cm), "product", res->product);
+        kv_string(cm, sizeof(cm), "weights", T->wpath);
+        kv_format(cm, sizeof(cm), " weights_crc32=%08x trained=%s", (unsigned)c->crc32, c->trained ? "T" : "F");
+        if (res->score) {
+            kv_string(cm, sizeof(cm), "confidence_weights", T->cpath);
+            kv_format(cm, sizeof(cm), " confidence_crc32=%08x", (unsigned)oard_model_config(T->conf)->crc32);
+        }
+        kv_format(cm, sizeof(cm), " precision=%s program=\"oa_reactdiff %s\"", OARD_REAL_NAME, OARD_VERSION);
+        write_frame(af.f, n, res->R->z, res->ts + (size_t)b * n * nf, nf, res->inv, shift, cm);
+    }
+    if (!rc) rc = atomic_close(&af, 1, err);
+    return rc;
+}
+
+/* One reaction: read, check, inpaint N candidates, score, write. */
+static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const char *out, const char *name,
+                  uint64_t seed, char *err) {
+    const oard_config *c = oard_model_config(T->model);
+    const Args *a = T->a;
+    Molecule R, P;
+    int rc = read_xyz(rpath, &R, err);
     if (rc) return rc;
-    const oard_config *c = oard_model_config(m);
-    Molecule mol = {0};
-    int cap = (int)strlen(a->atoms) + 1;
-    mol.elem = xcalloc((size_t)cap, sizeof(int));
-    mol.xyz = xcalloc((size_t)cap * 3, sizeof(double));
-    for (const char *p = a->atoms; !rc && *p;) {
-        char sym[8];
-        int k = 0;
-        while (*p && *p != ',' && k < 7) sym[k++] = *p++;
-        sym[k] = 0;
-        if (*p == ',') p++;
-        int e = element_index(c, sym);
-        if (e < 0) rc = fail(err, OARD_ERR_ARG, "--atoms: unknown element '%s'", sym);
-        else mol.elem[mol.n++] = e;
+    rc = read_xyz(ppath, &P, err);
+    if (rc) {
+        mol_free(&R);
+        return rc;
     }
-    int N = a->n > 0 ? a->n : 1, nf = c->node_nfs[0];
-    real *xh[3] = {NULL, NULL, NULL};
-    int *sizes = xcalloc((size_t)N, sizeof(int));
-    for (int f = 0; !rc && f < 3; f++) {
-        xh[f] = xcalloc((size_t)N * mol.n * nf, sizeof(real));
-        if (!xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        for (int b = 0; !rc && b < N; b++) fill_rows(c, &mol, xh[f] + (size_t)b * mol.n * nf, nf);
+    rc = same_composition(&R, &P, err);
+    if (!rc) rc = check_model_elements(c, &R, err);
+    int N = a->n, n = R.n, nf = c->node_nfs[0];
+    real *xh[3] = {NULL, NULL, NULL}, *res[3] = {NULL, NULL, NULL}, *score = NULL;
+    int *pr = xcalloc((size_t)n, sizeof(int)), *pp = xcalloc((size_t)n, sizeof(int)), *inv = xcalloc((size_t)n, sizeof(int));
+    int *sizes = xcalloc((size_t)N, sizeof(int)), *order = xcalloc((size_t)N, sizeof(int));
+    for (int f = 0; f < 3; f++) {
+        xh[f] = xcalloc((size_t)N * n * nf, sizeof(real));
+        res[f] = xcalloc((size_t)N * n * nf, sizeof(real));
+        if (!xh[f] || !res[f]) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
     }
-    if (!rc && mol.n == 0) rc = fail(err, OARD_ERR_ARG, "--atoms: no atoms");
+    if (!pr || !pp || !inv || !sizes || !order) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
     if (!rc) {
-        for (int b = 0; b < N; b++) sizes[b] = mol.n;
+        canonical_order(&R, pr);
+        canonical_order(&P, pp);
+        for (int k = 0; k < n; k++) inv[pr[k]] = k;
+        for (int b = 0; b < N; b++) {
+            sizes[b] = n, order[b] = b;
+            fill_rows(c, &R, pr, 0, xh[0] + (size_t)b * n * nf, nf);
+            fill_rows(c, &R, pr, 0, xh[1] + (size_t)b * n * nf, nf); /* TS: the reactant's atoms */
+            fill_rows(c, &P, pp, 0, xh[2] + (size_t)b * n * nf, nf);
+        }
         oard_batch batch = {N, sizes, a->threads};
-        oard_sampler_opts o = {a->steps, NULL, 0, 1, 1, isatty(2) ? progress_bar : NULL, NULL};
+        Progress prog = {name ? name : "ts", {0, 0}};
+        clock_gettime(CLOCK_MONOTONIC, &prog.t0);
+        oard_sampler_opts o = {a->steps, NULL, 0, a->resamplings, a->jump, isatty(2) ? progress_report : NULL, &prog};
+        oard_rng rng;
+        oard_rng_seed(&rng, seed);
+        const real *fixed[3] = {xh[0], xh[1], xh[2]};
+        rc = oard_inpaint(T->model, &batch, &o, NULL, fixed, res, &rng, err);
+        if (rc && name) {
+            char tmp[OARD_ERRLEN];
+            snprintf(tmp, sizeof(tmp), "%s", err);
+            fail(err, rc, "%s: %s", rpath, tmp);
+        }
+        if (!rc && T->conf) { /* the recommender: each candidate with the given R and P, best first */
+            Molecule TS = {n, R.z, xcalloc((size_t)n * 3, sizeof(double)), "(candidate)"};
+            const Molecule *M3[3] = {&R, &TS, &P};
+            score = xcalloc((size_t)N, sizeof(real));
+            if (!score || !TS.xyz) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+            for (int b = 0; !rc && b < N; b++) {
+                for (int i = 0; i < n; i++)
+                    for (int k = 0; k < 3; k++) TS.xyz[3 * i + k] = (double)res[1][((size_t)b * n + inv[i]) * nf + k];
+                rc = score_reaction(T->conf, M3, a->threads, &score[b], err);
+            }
+            free(TS.xyz);
+            for (int i = 1; !rc && i < N; i++)
+                for (int j = i; j > 0 && cmp_score_desc(score, order[j - 1], order[j]); j--) {
+                    int t = order[j];
+                    order[j] = order[j - 1], order[j - 1] = t;
+                }
+        }
+        if (!rc) {
+            TsResult r = {&R, ppath, inv, res[1], score, order};
+            rc = write_ts_file(T, &r, out, name, seed, err);
+        }
+    }
+    for (int f = 0; f < 3; f++) free(xh[f]), free(res[f]);
+    free(pr), free(pp), free(inv), free(sizes), free(order), free(score);
+    mol_free(&R), mol_free(&P);
+    return rc;
+}
+
+/* ---- ts --list: batch of reactions ---- */
+typedef struct {
+    char *react, *prod, *name;
+    int line;
+} ListEntry;
+
+static uint64_t fnv1a64(const char *s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* per-reaction seed: depends on the run's seed and the reaction's name only, so a shard,
+ * a rerun or a reordered list gives every reaction the same candidates */
+static uint64_t reaction_seed(uint64_t seed, const char *name) {
+    uint64_t x = seed ^ fnv1a64(name);
+    return splitmix64(&x);
+}
+
+static char *path_join(const char *dir, const char *p) {
+    size_t n = strlen(dir) + strlen(p) + 2;
+    char *s = malloc(n);
+    if (s) {
+        if (p[0] == '/' || !*dir) snprintf(s, n, "%s", p);
+        else snprintf(s, n, "%s/%s", dir, p);
+    }
+    return s;
+}
+
+/* List file: one reaction per line, "REACTANT.xyz PRODUCT.xyz [NAME]"; '#' starts a comment;
+ * relative paths are relative to the list file's directory; NAME defaults to the reactant
+ * file's name without .xyz, and must be unique (it names the output DIR/NAME.xyz). */
+static int read_list(const char *path, ListEntry **out, int *count, char *err) {
+    *out = NULL, *count = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    char dir[4096], line[8192];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0;
+    else snprintf(dir, sizeof(dir), ".");
+    int rc = OARD_OK, lineno = 0, cap = 0;
+    ListEntry *L = NULL;
+    while (!rc && fgets(line, sizeof(line), f)) {
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: line too long", path, lineno);
+            break;
+        }
+        char *hash = strchr(line, '#');
+        if (hash) *hash = 0;
+        char *tok[4];
+        int nt = 0;
+        for (char *p = strtok(line, " \t\r\n"); p; p = strtok(NULL, " \t\r\n"))
+            if (nt < 4) tok[nt++] = p;
+            else nt = 5;
+        if (nt == 0) continue;
+        if (nt < 2 || nt > 3) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'REACTANT.xyz PRODUCT.xyz [NAME]'", path, lineno);
+            break;
+        }
+        char name[256];
+        if (nt == 3) snprintf(name, sizeof(name), "%s", tok[2]);
+        else {
+            const char *b = strrchr(tok[0], '/');
+            snprintf(name, sizeof(name), "%s", b ? b + 1 : tok[0]);
+            size_t ln = strlen(name);
+            if (ln > 4 && !strcmp(name + ln - 4, ".xyz")) name[ln - 4] = 0;
+        }
+        for (const char *q = name; *q && !rc; q++)
+            if (!isalnum((unsigned char)*q) && *q != '_' && *q != '-' && *q != '.')
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%s' may only use letters, digits, '_', '-', '.'", path, lineno, name);
+        if (!rc && (!name[0] || name[0] == '.'))
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%s' must not be empty or start with '.'", path, lineno, name);
+        for (int k = 0; !rc && k < *count; k++)
+            if (!strcmp(L[k].name, name))
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%s' is already used on line %d", path, lineno, name, L[k].line);
+        if (rc) break;
+        if (*count == cap) {
+            cap = cap ? 2 * cap : 64;
+            ListEntry *nl = realloc(L, (size_t)cap * sizeof(*L));
+            if (!nl) {
+                rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+                break;
+            }
+            L = nl;
+        }
+        ListEntry *e = &L[(*count)++];
+        e->react = path_join(dir, tok[0]), e->prod = path_join(dir, tok[1]), e->name = strdup(name), e->line = lineno;
+        if (!e->react || !e->prod || !e->name) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: read error", path);
+    if (!rc && *count == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: no reactions in the list", path);
+    fclose(f);
+    *out = L;
+    return rc;
+}
+
+static void list_free(ListEntry *L, int n) {
+    for (int i = 0; i < n; i++) free(L[i].react), free(L[i].prod), free(L[i].name);
+    free(L);
+}
+
+static int ts_batch(const TsSetup *T, char *err) {
+    const Args *a = T->a;
+    if (!a->outdir) return fail(err, OARD_ERR_ARG, "ts --list needs --outdir DIR");
+    ListEntry *L;
+    int n, rc = read_list(a->list, &L, &n, err);
+    if (rc) return rc;
+    if (mkdir(a->outdir, 0777) != 0 && errno != EEXIST) rc = fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", a->outdir, strerror(errno));
+    int done = 0, skipped = 0, failed = 0, mine = 0;
+    for (int k = 0; !rc && k < n; k++) {
+        if (k % a->shard_n != a->shard_i) continue;
+        mine++;
+        char *out = malloc(strlen(a->outdir) + strlen(L[k].name) + 8);
+        if (!out) {
+            rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+            break;
+        }
+        sprintf(out, "%s/%s.xyz", a->outdir, L[k].name);
+        if (access(out, F_OK) == 0) {
+            fprintf(stderr, "oa_reactdiff: %s: done already (%s), skipped\n", L[k].name, out);
+            skipped++;
+        } else {
+            char e2[OARD_ERRLEN];
+            int r = ts_one(T, L[k].react, L[k].prod, out, L[k].name, reaction_seed(a->seed, L[k].name), e2);
+            if (r) {
+                fprintf(stderr, "oa_reactdiff: %s (%s:%d): %s\n", L[k].name, a->list, L[k].line, e2);
+                failed++;
+                if (r == OARD_ERR_NOMEM || r == OARD_ERR_MODEL) rc = fail(err, r, "%s", e2); /* would fail again */
+            } else {
+                fprintf(stderr, "oa_reactdiff: %s: wrote %s\n", L[k].name, out);
+                done++;
+            }
+        }
+        free(out);
+    }
+    fprintf(stderr, "oa_reactdiff: shard %d/%d: %d reactions of %d in the list; %d computed, %d already done, %d failed\n",
+            a->shard_i, a->shard_n, mine, n, done, skipped, failed);
+    list_free(L, n);
+    if (!rc && failed) {
+        fail(err, 0, "%d of %d reactions failed (messages above)", failed, mine);
+        rc = -EXIT_BATCH;
+    }
+    return rc;
+}
+
+static int cmd_ts(const Args *a, char *err) {
+    char wbuf[4200];
+    TsSetup T = {NULL, NULL, NULL, a->confidence, a};
+    if (a->list ? a->npos != 0 : a->npos != 2)
+        return fail(err, OARD_ERR_ARG, a->list ? "ts --list takes no REACTANT/PRODUCT arguments" : "ts needs REACTANT.xyz and PRODUCT.xyz (or --list FILE)");
+    if (!a->list && (a->outdir || a->shard_n > 1)) return fail(err, OARD_ERR_ARG, "--outdir and --shard apply to ts --list");
+    if (a->list && a->out) return fail(err, OARD_ERR_ARG, "ts --list writes DIR/NAME.xyz; use --outdir, not -o");
+    int rc = find_weights(a->weights, wbuf, sizeof(wbuf), &T.wpath, err);
+    if (!rc) rc = load_model(T.wpath, OARD_KIND_DENOISER, &T.model, err);
+    if (!rc && a->confidence) {
+        rc = load_model(a->confidence, OARD_KIND_CONFIDENCE, &T.conf, err);
+        const oard_config *c = rc ? NULL : oard_model_config(T.model), *cc = rc ? NULL : oard_model_config(T.conf);
+        if (!rc && (cc->n_elements != c->n_elements || memcmp(cc->element_z, c->element_z, sizeof(c->element_z)) ||
+                    cc->node_nfs[0] != c->node_nfs[0]))
+            rc = fail(err, OARD_ERR_MODEL, "%s: the confidence model's element table differs from %s's", a->confidence, T.wpath);
+    }
+    if (!rc) rc = a->list ? ts_batch(&T, err) : ts_one(&T, a->pos[0], a->pos[1], a->out ? a->out : "ts.xyz", NULL, a->seed, err);
+    if (!rc && !a->list)
+        fprintf(stderr, "oa_reactdiff: wrote %d TS candidate%s to %s\n", a->n, a->n > 1 ? "s" : "", a->out ? a->out : "ts.xyz");
+    oard_model_free(T.model);
+    oard_model_free(T.conf);
+    return rc;
+}
+
+/* ---- sample: whole reactions from atom types ---- */
+
+/* "C,N,O,H", "C2,H4,O" or "C2H4O": element symbols, each with an optional count */
+static int parse_atoms(const char *s, Molecule *mol, char *err) {
+    memset(mol, 0, sizeof(*mol));
+    mol->path = "--atoms";
+    int cap = 0;
+    for (const char *p = s; *p;) {
+        if (*p == ',' || isspace((unsigned char)*p)) {
+            p++;
+            continue;
+        }
+        char sym[4] = {0};
+        if (!isalpha((unsigned char)*p)) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: unexpected '%c' in '%s'", *p, s);
+        sym[0] = *p++;
+        if (islower((unsigned char)*p)) sym[1] = *p++;
+        long cnt = 1;
+        if (isdigit((unsigned char)*p)) {
+            char *end;
+            cnt = strtol(p, &end, 10);
+            p = end;
+            if (cnt < 1 || cnt > 10000) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: bad count for %s", sym);
+        }
+        int z = atomic_number(sym);
+        if (!z || isdigit((unsigned char)sym[0])) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: unknown element '%s'", sym);
+        for (long k = 0; k < cnt; k++) {
+            if (mol->n == cap) {
+                cap = cap ? 2 * cap : 16;
+                int *nz = realloc(mol->z, (size_t)cap * sizeof(int));
+                if (!nz) return mol_free(mol), fail(err, OARD_ERR_NOMEM, "out of memory");
+                mol->z = nz;
+            }
+            mol->z[mol->n++] = z;
+        }
+    }
+    if (mol->n == 0) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: no atoms");
+    mol->xyz = xcalloc((size_t)mol->n * 3, sizeof(double));
+    if (!mol->xyz) return mol_free(mol), fail(err, OARD_ERR_NOMEM, "out of memory");
+    return OARD_OK;
+}
+
+static int cmd_sample(const Args *a, char *err) {
+    if (!a->atoms) return fail(err, OARD_ERR_ARG, "sample needs --atoms, e.g. --atoms C2H4O or --atoms C,C,O,H,H,H,H");
+    if (a->npos) return fail(err, OARD_ERR_ARG, "sample: unexpected argument '%s'", a->pos[0]);
+    char wbuf[4200];
+    const char *wpath;
+    oard_model *m = NULL;
+    Molecule mol;
+    int rc = parse_atoms(a->atoms, &mol, err);
+    if (rc) return rc;
+    if (!rc) rc = find_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
+    if (!rc) rc = load_model(wpath, OARD_KIND_DENOISER, &m, err);
+    const oard_config *c = rc ? NULL : oard_model_config(m);
+    if (!rc) rc = check_model_elements(c, &mol, err);
+    int N = a->n, n = mol.n, nf = c ? c->node_nfs[0] : 0;
+    real *xh[3] = {NULL, NULL, NULL};
+    int *sizes = xcalloc((size_t)N, sizeof(int)), *ident = xcalloc((size_t)n, sizeof(int));
+    if (!sizes || !ident) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int f = 0; !rc && f < 3; f++) {
+        xh[f] = xcalloc((size_t)N * n * nf, sizeof(real));
+        if (!xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        for (int i = 0; i < n; i++) ident[i] = i;
+        for (int b = 0; !rc && b < N; b++) fill_rows(c, &mol, ident, 0, xh[f] + (size_t)b * n * nf, nf);
+    }
+    if (!rc) {
+        for (int b = 0; b < N; b++) sizes[b] = n;
+        oard_batch batch = {N, sizes, a->threads};
+        Progress prog = {"sample", {0, 0}};
+        clock_gettime(CLOCK_MONOTONIC, &prog.t0);
+        oard_sampler_opts o = {a->steps, NULL, 0, 1, 1, isatty(2) ? progress_report : NULL, &prog};
         oard_rng rng;
         oard_rng_seed(&rng, a->seed);
         rc = oard_sample(m, &batch, &o, NULL, xh, &rng, err);
     }
     const char *prefix = a->out ? a->out : "sample", *names[3] = {"react", "ts", "prod"};
-    for (int f = 0; !rc && f < 3; f++) {
-        char path[4096];
-        snprintf(path, sizeof(path), "%s_%s.xyz", prefix, names[f]);
-        AtomicFile af;
-        rc = atomic_open(&af, path, err);
-        double zero[3] = {0, 0, 0};
-        for (int b = 0; !rc && b < N; b++) {
-            char cm[4400];
-            snprintf(cm, sizeof(cm), "sample=%d seed=%llu fragment=%s weights=%s weights_crc32=%08x trained=%d", b,
-                     (unsigned long long)a->seed, names[f], wpath, c->crc32, c->trained);
-            write_frame(af.f, c, mol.n, mol.elem, xh[f] + (size_t)b * mol.n * nf, nf, zero, cm);
+    int width = 1;
+    for (int x = N - 1; x >= 10; x /= 10) width++;
+    double zero[3] = {0, 0, 0};
+    for (int b = 0; !rc && b < N; b++)
+        for (int f = 0; !rc && f < 3; f++) {
+            char path[4200], cm[8192] = "";
+            if (snprintf(path, sizeof(path), "%s_%0*d_%s.xyz", prefix, width, b, names[f]) >= (int)sizeof(path)) {
+                rc = fail(err, OARD_ERR_ARG, "-o: prefix too long");
+                break;
+            }
+            kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d object=%s", b, N,
+                      (unsigned long long)a->seed, a->steps ? a->steps : c->sampling_timesteps, names[f]);
+            kv_string(cm, sizeof(cm), "weights", wpath);
+            kv_format(cm, sizeof(cm), " weights_crc32=%08x trained=%s precision=%s program=\"oa_reactdiff %s\"",
+                      (unsigned)c->crc32, c->trained ? "T" : "F", OARD_REAL_NAME, OARD_VERSION);
+            AtomicFile af;
+            rc = atomic_open(&af, path, err);
+            if (rc) break;
+            write_frame(af.f, n, mol.z, xh[f] + (size_t)b * n * nf, nf, NULL, zero, cm);
+            rc = atomic_close(&af, 1, err);
         }
-        if (!rc) rc = atomic_close(&af, 1, err);
-    }
+    if (!rc) fprintf(stderr, "oa_reactdiff: wrote %d reaction%s to %s_*_{react,ts,prod}.xyz\n", N, N > 1 ? "s" : "", prefix);
     for (int f = 0; f < 3; f++) free(xh[f]);
-    free(sizes);
+    free(sizes), free(ident);
     mol_free(&mol);
     oard_model_free(m);
     return rc;
 }
 
+/* ---- rmsd ---- */
+static int cmd_rmsd(const Args *a, char *err) {
+    if (a->npos != 2) return fail(err, OARD_ERR_ARG, "rmsd needs two xyz files");
+    Molecule A, B;
+    int rc = read_xyz(a->pos[0], &A, err);
+    if (rc) return rc;
+    rc = read_xyz(a->pos[1], &B, err);
+    if (rc) return mol_free(&A), rc;
+    if (A.n != B.n) rc = fail(err, OARD_ERR_FORMAT, "%s has %d atoms, %s has %d", A.path, A.n, B.path, B.n);
+    if (!rc && !a->same_order) rc = same_composition(&A, &B, err);
+    double r = 0;
+    int flags = (a->same_order ? OARD_RMSD_SAME_ORDER : 0) | (a->no_reflection ? OARD_RMSD_NO_REFLECTION : 0) | a->method;
+    if (!rc) {
+        rc = oard_rmsd(A.n, A.z, A.xyz, B.z, B.xyz, flags, &r, err);
+        if (rc == OARD_ERR_ARG) rc = OARD_ERR_FORMAT; /* the files, not the command line, are at fault */
+    }
+    if (!rc) printf("%.8f\n", r);
+    mol_free(&A), mol_free(&B);
+    return rc;
+}
+
+/* ---- score: the recommender ---- */
+static int cmd_score(const Args *a, char *err) {
+    if (a->npos != 3) return fail(err, OARD_ERR_ARG, "score needs REACTANT.xyz TS.xyz PRODUCT.xyz");
+    if (!a->confidence) return fail(err, OARD_ERR_ARG, "score needs --confidence FILE (a confidence model)");
+    oard_model *m = NULL;
+    Molecule M[3];
+    memset(M, 0, sizeof(M));
+    int rc = load_model(a->confidence, OARD_KIND_CONFIDENCE, &m, err);
+    for (int f = 0; !rc && f < 3; f++) rc = read_xyz(a->pos[f], &M[f], err);
+    if (!rc) rc = same_composition(&M[0], &M[1], err);
+    if (!rc) rc = same_composition(&M[0], &M[2], err);
+    if (!rc) rc = check_model_elements(oard_model_config(m), &M[0], err);
+    real score = 0;
+    const Molecule *M3[3] = {&M[0], &M[1], &M[2]};
+    if (!rc) rc = score_reaction(m, M3, a->threads, &score, err);
+    if (!rc) printf("%.9g\n", (double)score);
+    for (int f = 0; f < 3; f++) mol_free(&M[f]);
+    oard_model_free(m);
+    return rc;
+}
+
+/* ---- info ---- */
 static int cmd_info(const Args *a, char *err) {
     if (a->npos != 1) return fail(err, OARD_ERR_ARG, "info needs one weights file");
     oard_model *m;
     int rc = oard_model_load(a->pos[0], 0, &m, err);
     if (rc) return rc;
     const oard_config *c = oard_model_config(m);
-    printf("file                %s\nkind                %s\nchecksum            crc32 %08x (verified)\n", a->pos[0],
-           c->kind == OARD_KIND_DENOISER ? "denoiser" : "confidence", c->crc32);
+    char list[128];
+    element_list(c, list, sizeof(list));
+    printf("file                %s\nkind                %s\nchecksum            crc32 %08x, verified\n", a->pos[0],
+           c->kind == OARD_KIND_DENOISER ? "denoiser" : "confidence (recommender)", (unsigned)c->crc32);
+    printf("format version      %s\n", oard_model_meta(m, "format_version") ? oard_model_meta(m, "format_version") : "1");
     printf("LEFTNet             %d layers, hidden %d, %d radial, cutoff %g, in_hidden %d\n", c->num_layers,
            c->hidden_channels, c->num_radial, c->cutoff, c->in_hidden_channels);
     printf("flags               object_aware=%d legacy=%d reflect_equiv=%d update=%d pos_grad=%d single_layer_output=%d for_conf=%d\n",
            c->object_aware, c->legacy, c->reflect_equiv, c->update, c->pos_grad, c->single_layer_output, c->for_conf);
+    printf("objects             %d (R, TS, P), node features %d, condition %d\n", c->n_fragments, c->node_nfs[0], c->condition_nf);
+    printf("elements            %s\n", list);
     printf("parameters          %zu (excluding schedule tables and RBF buffers)\n", c->n_params);
     if (c->kind == OARD_KIND_DENOISER)
         printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)\n", c->sampling_schedule,
                c->sampling_timesteps, c->sampling_precision, c->training_schedule, c->training_timesteps);
-    printf("trained             %s\nsource              %s (sha256 %s)\ndescription         %s\n", c->trained ? "yes" : "NO",
-           c->source_file, c->source_sha256, c->description);
+    printf("trained             %s\nsource              %s\nsource sha256       %s\ndescription         %s\n",
+           c->trained ? "yes" : "NO (untrained weights: generated structures are not meaningful)", c->source_file,
+           c->source_sha256, c->description);
     oard_model_free(m);
     return OARD_OK;
 }
 
+/* ---- help ---- */
+static const char *const HELP_MAIN =
+    "oa_reactdiff %s - transition states of elementary reactions with OA-ReactDiff\n"
+    "(Duan, Du, Jia, Kulik, Nat. Comput. Sci. 3, 1045 (2023))\n"
+    "\n"
+    "usage: oa_reactdiff COMMAND [options]   (oa_reactdiff COMMAND --help for details)\n"
+    "  ts       TS candidates for a reactant and a product (or a list of reactions)\n"
+    "  sample   whole reactions (reactant, TS, product) from atom types\n"
+    "  rmsd     RMSD of two structures after superposition and atom matching\n"
+    "  score    the recommender's confidence score of a TS\n"
+    "  info     what a weights file holds\n"
+    "\n"
+    "Weights: --weights FILE, else $OA_REACTDIFF_WEIGHTS, else weights.bin beside the binary\n"
+    "(or PREFIX/share/oa_reactdiff/weights.bin after make install).\n"
+    "Exit status: 0 ok, 1 file I/O, 2 usage, 3 bad input, 4 bad weights, 5 memory,\n"
+    "6 NaN/Inf during sampling, 7 batch finished with failed reactions.\n";
+
+static const struct {
+    const char *cmd, *text;
+} HELP[] = {
+    {"ts",
+     "usage: oa_reactdiff ts REACTANT.xyz PRODUCT.xyz [options]\n"
+     "       oa_reactdiff ts --list FILE --outdir DIR [--shard I/N] [options]\n"
+     "\n"
+     "Generates N transition-state candidates by inpainting: the reactant and product are\n"
+     "fixed and the TS is generated with RePaint resampling. Reactant and product need the\n"
+     "same composition but not the same atom order (no atom mapping is needed). The TS is\n"
+     "written in the reactant's atom order, centred on the reactant's centroid, as a\n"
+     "multi-frame extended XYZ file with key=value metadata on each comment line.\n"
+     "\n"
+     "  -n N               candidates (default 1)\n"
+     "  --seed S           random seed (default 42); same seed, same candidates\n"
+     "  --steps T          denoising steps (default: the model's, 150)\n"
+     "  --resamplings R    RePaint resamplings (default 5)\n"
+     "  --jump J           RePaint jump length (default 5)\n"
+     "  --weights FILE     denoiser weights (default: see oa_reactdiff --help)\n"
+     "  --confidence FILE  score candidates with this confidence model, best first\n"
+     "  --threads K        OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+     "  -o OUT.xyz         output file (default ts.xyz)\n"
+     "\n"
+     "Batch mode: FILE has one reaction per line, 'REACTANT.xyz PRODUCT.xyz [NAME]' ('#'\n"
+     "comments; paths relative to FILE's directory; NAME defaults to the reactant's file\n"
+     "name without .xyz). Each result is written atomically to DIR/NAME.xyz; reactions whose\n"
+     "output exists are skipped, so an interrupted run is resumed by running it again.\n"
+     "--shard I/N (0 <= I < N) takes the reactions with line index k, k mod N == I, e.g.\n"
+     "--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT. Each reaction's seed is derived\n"
+     "from --seed and its NAME (recorded in the output), independent of the sharding.\n"},
+    {"sample",
+     "usage: oa_reactdiff sample --atoms ATOMS [options]\n"
+     "\n"
+     "Generates whole reactions (reactant, TS, product) for the given atoms and writes\n"
+     "PREFIX_<i>_react.xyz, PREFIX_<i>_ts.xyz and PREFIX_<i>_prod.xyz for sample i.\n"
+     "\n"
+     "  --atoms ATOMS      e.g. C,N,O,H or C2H4O or C2,H4,O\n"
+     "  -n N               reactions (default 1)\n"
+     "  --seed S           random seed (default 42)\n"
+     "  --steps T          denoising steps (default: the model's, 150)\n"
+     "  --weights FILE     denoiser weights\n"
+     "  --threads K        OpenMP threads\n"
+     "  -o PREFIX          output prefix (default sample)\n"},
+    {"rmsd",
+     "usage: oa_reactdiff rmsd A.xyz B.xyz [--same-order] [--no-reflection] [--method M]\n"
+     "\n"
+     "Prints the RMSD (Angstrom) of A and B after optimal superposition (translation and\n"
+     "rotation) and optimal matching of the atoms within each element; mirror images are\n"
+     "allowed unless --no-reflection, as in the paper's evaluation.\n"
+     "\n"
+     "  --same-order       atom i of A is atom i of B (no matching)\n"
+     "  --no-reflection    proper rotations only\n"
+     "  --method M         auto (default): exhaustive over all element-preserving\n"
+     "                     permutations when there are at most 10^4, else hungarian:\n"
+     "                     optimal assignment per element alternated with superposition,\n"
+     "                     from principal-axes and anchor-atom start rotations\n"},
+    {"score",
+     "usage: oa_reactdiff score REACTANT.xyz TS.xyz PRODUCT.xyz --confidence FILE\n"
+     "\n"
+     "Prints the recommender's confidence score (higher is better) of the TS for the\n"
+     "reaction; the three structures need the same composition, in any atom order.\n"
+     "\n"
+     "  --confidence FILE  confidence model weights (kind confidence)\n"
+     "  --threads K        OpenMP threads\n"},
+    {"info",
+     "usage: oa_reactdiff info WEIGHTS\n"
+     "\n"
+     "Checks the file (format, checksum, tensors) and prints its kind, hyperparameters,\n"
+     "parameter count and provenance.\n"},
+};
+
+static void print_help(FILE *f, const char *cmd) {
+    for (size_t k = 0; cmd && k < sizeof(HELP) / sizeof(HELP[0]); k++)
+        if (!strcmp(cmd, HELP[k].cmd)) {
+            fputs(HELP[k].text, f);
+            return;
+        }
+    fprintf(f, HELP_MAIN, oard_version());
+}
+
 int main(int argc, char **argv) {
-    char err[OARD_ERRLEN] = "", wbuf[4096];
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        usage();
-        return argc < 2 ? 2 : 0;
+    char err[OARD_ERRLEN] = "";
+    if (argc < 2) {
+        print_help(stderr, NULL);
+        return EXIT_USAGE;
     }
-    if (!strcmp(argv[1], "--version")) {
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        print_help(stdout, argc > 2 && !strcmp(cmd, "help") ? argv[2] : NULL);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
         printf("oa_reactdiff %s\n", oard_version());
         return 0;
     }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
     Args a;
     memset(&a, 0, sizeof(a));
-    a.seed = 42;
-    int rc = parse_args(argc, argv, &a, err);
-    const char *wpath = a.weights ? a.weights : default_weights(argv[0], wbuf, sizeof(wbuf));
+    a.seed = 42, a.n = 1, a.resamplings = 5, a.jump = 5, a.shard_n = 1;
+    int rc;
+    static const char *const commands[] = {"ts", "sample", "rmsd", "score", "info"};
+    int known = 0;
+    for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++) known |= !strcmp(cmd, commands[k]);
+    if (!known) rc = fail(err, OARD_ERR_ARG, "unknown command '%s' (ts, sample, rmsd, score, info; --help)", cmd);
+    else rc = parse_args(cmd, argc, argv, &a, err);
+    if (!rc && a.help) {
+        print_help(stdout, cmd);
+        return 0;
+    }
     if (!rc) {
-        if (!strcmp(argv[1], "ts")) rc = cmd_ts(&a, wpath, err);
-        else if (!strcmp(argv[1], "sample")) rc = cmd_sample(&a, wpath, err);
-        else if (!strcmp(argv[1], "info")) rc = cmd_info(&a, err);
-        else rc = fail(err, OARD_ERR_ARG, "unknown command '%s' (ts, sample, info; --help)", argv[1]);
+        if (!strcmp(cmd, "ts")) rc = cmd_ts(&a, err);
+        else if (!strcmp(cmd, "sample")) rc = cmd_sample(&a, err);
+        else if (!strcmp(cmd, "rmsd")) rc = cmd_rmsd(&a, err);
+        else if (!strcmp(cmd, "score")) rc = cmd_score(&a, err);
+        else rc = cmd_info(&a, err);
+    }
+    if (rc == -EXIT_BATCH) {
+        fprintf(stderr, "oa_reactdiff: %s\n", err);
+        return EXIT_BATCH;
     }
     if (rc) {
         fprintf(stderr, "oa_reactdiff: %s\n", err);
-        return rc == OARD_ERR_ARG ? 2 : 1;
+        return exit_status(rc);
     }
     return 0;
 }
 #endif
+
+/* ------------------------------------------------------------------------------------ */
+/* Structure comparison: RMSD after optimal superposition and atom matching                */
+/*
+ * The paper's evaluation (upstream analyze/rmsd.py, pymatgen matchers) compares a generated
+ * TS with the reference after removing translation, rotation, optionally reflection, and
+ * the order of atoms of the same element. Here:
+ *   - superposition: Horn's closed-form quaternion solution (J. Opt. Soc. Am. A 4, 629
+ *     (1987)), the proper rotation minimising sum |R a_i - b_i|^2 for centred a, b;
+ *     a reflection is handled by mirroring b (z -> -z) and keeping the better result;
+ *   - matching: if the number of element-preserving permutations is at most
+ *     RMSD_BRUTE_LIMIT, every one of them is superposed (the global optimum, exactly as
+ *     upstream's BruteForceOrderMatcher); otherwise the optimal assignment for a given
+ *     rotation is solved exactly per element by the Hungarian method and alternated with
+ *     the superposition until the RMSD stops decreasing, from several start rotations
+ *     (principal axes and pairs of anchor atoms). For a structure and a rotated, translated,
+ *     permuted or mirrored copy of it an anchor start is the true rotation, so the result
+ *     is zero to rounding.
+ */
+#define RMSD_BRUTE_LIMIT 10000.0
+#define RMSD_MAX_ANCHORS 64 /* start rotations per anchor atom */
+#define RMSD_ANCHOR_ATOMS 4
+
+/* Cyclic Jacobi eigen-decomposition of a symmetric n x n matrix (n <= 4 here): A is
+ * destroyed; w receives the eigenvalues, column j of V the eigenvector of w[j]. */
+static void sym_eigen(int n, double *A, double *V, double *w) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) V[i * n + j] = i == j;
+    for (int sweep = 0; sweep < 100; sweep++) {
+        double off = 0, diag = 0;
+        for (int i = 0; i < n; i++) {
+            diag += A[i * n + i] * A[i * n + i];
+            for (int j = i + 1; j < n; j++) off += A[i * n + j] * A[i * n + j];
+        }
+        if (off <= 1e-30 * diag || off == 0) break;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                double apq = A[p * n + q];
+                if (apq == 0) continue;
+                double theta = (A[q * n + q] - A[p * n + p]) / (2 * apq);
+                double t = (theta >= 0 ? 1 : -1) / (fabs(theta) + sqrt(theta * theta + 1));
+                double cs = 1 / sqrt(t * t + 1), sn = t * cs;
+                for (int k = 0; k < n; k++) { /* A <- J^T A J */
+                    double akp = A[k * n + p], akq = A[k * n + q];
+                    A[k * n + p] = cs * akp - sn * akq;
+                    A[k * n + q] = sn * akp + cs * akq;
+                }
+                for (int k = 0; k < n; k++) {
+                    double apk = A[p * n + k], aqk = A[q * n + k];
+                    A[p * n + k] = cs * apk - sn * aqk;
+                    A[q * n + k] = sn * apk + cs * aqk;
+                }
+                for (int k = 0; k < n; k++) {
+                    double vkp = V[k * n + p], vkq = V[k * n + q];
+                    V[k * n + p] = cs * vkp - sn * vkq;
+                    V[k * n + q] = sn * vkp + cs * vkq;
+                }
+            }
+    }
+    for (int i = 0; i < n; i++) w[i] = A[i * n + i];
+}
+
+/* Horn's method: the proper rotation R (row-major 3x3) minimising sum |R a_i - b_map(i)|^2
+ * over centred coordinates; map NULL means the identity. */
+static void superpose_rotation(int n, const double *a, const double *b, const int *map, double R[9]) {
+    double S[9] = {0}; /* S[3i+j] = sum a_i b_j */
+    for (int k = 0; k < n; k++) {
+        const double *pa = a + 3 * k, *pb = b + 3 * (map ? map[k] : k);
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) S[3 * i + j] += pa[i] * pb[j];
+    }
+    double xx = S[0], xy = S[1], xz = S[2], yx = S[3], yy = S[4], yz = S[5], zx = S[6], zy = S[7], zz = S[8];
+    double N[16] = {xx + yy + zz, yz - zy,      zx - xz,       xy - yx,
+                    yz - zy,      xx - yy - zz, xy + yx,       zx + xz,
+                    zx - xz,      xy + yx,      -xx + yy - zz, yz + zy,
+                    xy - yx,      zx + xz,      yz + zy,       -xx - yy + zz};
+    double V[16], w[4];
+    sym_eigen(4, N, V, w);
+    int best = 0;
+    for (int j = 1; j < 4; j++)
+        if (w[j] > w[best]) best = j;
+    double q0 = V[0 * 4 + best], q1 = V[1 * 4 + best], q2 = V[2 * 4 + best], q3 = V[3 * 4 + best];
+    double qn = sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3);
+    q0 /= qn, q1 /= qn, q2 /= qn, q3 /= qn;
+    R[0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3, R[1] = 2 * (q1 * q2 - q0 * q3), R[2] = 2 * (q1 * q3 + q0 * q2);
+    R[3] = 2 * (q1 * q2 + q0 * q3), R[4] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3, R[5] = 2 * (q2 * q3 - q0 * q1);
+    R[6] = 2 * (q1 * q3 - q0 * q2), R[7] = 2 * (q2 * q3 + q0 * q1), R[8] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3;
+}
+
+/* sqrt(mean |R a_i - b_map(i)|^2), computed from the coordinates (not from the eigenvalue,
+ * which loses all digits of a small RMSD to cancellation) */
+static double rotated_rmsd(int n, const double *a, const double *b, const int *map, const double R[9]) {
+    double s = 0;
+    for (int k = 0; k < n; k++) {
+        const double *pa = a + 3 * k, *pb = b + 3 * (map ? map[k] : k);
+        for (int i = 0; i < 3; i++) {
+            double d = R[3 * i] * pa[0] + R[3 * i + 1] * pa[1] + R[3 * i + 2] * pa[2] - pb[i];
+            s += d * d;
+        }
+    }
+    return sqrt(s / n);
+}
+
+static double superposed_rmsd(int n, const double *a, const double *b, const int *map) {
+    double R[9];
+    superpose_rotation(n, a, b, map, R);
+    return rotated_rmsd(n, a, b, map, R);
+}
+
+/* Optimal assignment (Hungarian method with potentials, O(n^3)): row i of the n x n cost
+ * matrix is assigned column col[i], minimising the total cost. */
+static int hungarian(int n, const double *cost, int *col) {
+    double *u = calloc((size_t)n + 1, sizeof(double)), *v = calloc((size_t)n + 1, sizeof(double));
+    double *minv = malloc(((size_t)n + 1) * sizeof(double));
+    int *p = calloc((size_t)n + 1, sizeof(int)), *way = calloc((size_t)n + 1, sizeof(int));
+    char *used = malloc((size_t)n + 1);
+    int ok = u && v && minv && p && way && used;
+    for (int i = 1; ok && i <= n; i++) { /* add row i; p[j] is the row on column j (1-based) */
+        p[0] = i;
+        int j0 = 0;
+        for (int j = 0; j <= n; j++) minv[j] = INFINITY, used[j] = 0;
+        do {
+            used[j0] = 1;
+            int i0 = p[j0], j1 = 0;
+            double delta = INFINITY;
+            for (int j = 1; j <= n; j++)
+                if (!used[j]) {
+                    double cur = cost[(size_t)(i0 - 1) * n + (j - 1)] - u[i0] - v[j];
+                    if (cur < minv[j]) minv[j] = cur, way[j] = j0;
+                    if (minv[j] < delta) delta = minv[j], j1 = j;
+                }
+            for (int j = 0; j <= n; j++)
+                if (used[j]) u[p[j]] += delta, v[j] -= delta;
+                else minv[j] -= delta;
+            j0 = j1;
+        } while (p[j0] != 0);
+        do { /* augment along the path */
+            int j1 = way[j0];
+            p[j0] = p[j1];
+            j0 = j1;
+        } while (j0);
+    }
+    for (int j = 1; ok && j <= n; j++) col[p[j] - 1] = j - 1;
+    free(u), free(v), free(minv), free(p), free(way), free(used);
+    return ok ? OARD_OK : OARD_ERR_NOMEM;
+}
+
+typedef struct {
+    int n, ngroups;
+    const int *ea, *eb;
+    const double *a, *b; /* centred */
+    int *ga, *gb;        /* atoms of each element group: group g holds goff[g]..goff[g+1] */
+    int *goff;
+    double *cost;
+    int *col;
+} Matcher;
+
+/* Given rotation R, the best element-preserving map of A's atoms onto B's (exact per
+ * element), then alternate with the superposition while the RMSD decreases. */
+static int match_from_rotation(Matcher *M, double R[9], int *map, double *best) {
+    double prev = INFINITY;
+    int *trial = malloc((size_t)M->n * sizeof(int));
+    if (!trial) return OARD_ERR_NOMEM;
+    *best = INFINITY;
+    for (int iter = 0; iter < 100; iter++) {
+        for (int g = 0; g < M->ngroups; g++) {
+            int lo = M->goff[g], m = M->goff[g + 1] - lo;
+            for (int i = 0; i < m; i++) {
+                const double *pa = M->a + 3 * M->ga[lo + i];
+                double ra[3];
+                for (int k = 0; k < 3; k++) ra[k] = R[3 * k] * pa[0] + R[3 * k + 1] * pa[1] + R[3 * k + 2] * pa[2];
+                for (int j = 0; j < m; j++) {
+                    const double *pb = M->b + 3 * M->gb[lo + j];
+                    double d0 = ra[0] - pb[0], d1 = ra[1] - pb[1], d2 = ra[2] - pb[2];
+                    M->cost[(size_t)i * m + j] = d0 * d0 + d1 * d1 + d2 * d2;
+                }
+            }
+            if (hungarian(m, M->cost, M->col)) {
+                free(trial);
+                return OARD_ERR_NOMEM;
+            }
+            for (int i = 0; i < m; i++) trial[M->ga[lo + i]] = M->gb[lo + M->col[i]];
+        }
+        superpose_rotation(M->n, M->a, M->b, trial, R);
+        double r = rotated_rmsd(M->n, M->a, M->b, trial, R);
+        if (r < *best) *best = r, memcpy(map, trial, (size_t)M->n * sizeof(int));
+        if (!(r < prev - 1e-12 * (1 + prev))) break;
+        prev = r;
+    }
+    free(trial);
+    return OARD_OK;
+}
+
+/* orthonormal frame (rows e1, e2, e3) from two vectors; 0 if they are (nearly) parallel */
+static int frame_from_pair(const double *u, const double *v, double F[9]) {
+    double nu = sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
+    if (nu < 1e-8) return 0;
+    for (int k = 0; k < 3; k++) F[k] = u[k] / nu;
+    double d = F[0] * v[0] + F[1] * v[1] + F[2] * v[2], w[3], nw;
+    for (int k = 0; k < 3; k++) w[k] = v[k] - d * F[k];
+    nw = sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]);
+    if (nw < 1e-6 * (1 + sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]))) return 0;
+    for (int k = 0; k < 3; k++) F[3 + k] = w[k] / nw;
+    F[6] = F[1] * F[5] - F[2] * F[4], F[7] = F[2] * F[3] - F[0] * F[5], F[8] = F[0] * F[4] - F[1] * F[3];
+    return 1;
+}
+
+static double dnorm3(const double *x) { return sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]); }
+
+/* Principal axes of the centred coordinates (unit weights): rows of P */
+static void principal_axes(int n, const double *x, double P[9]) {
+    double C[9] = {0}, V[9], w[3];
+    for (int k = 0; k < n; k++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 3; j++) C[3 * i + j] += x[3 * k + i] * x[3 * k + j];
+    sym_eigen(3, C, V, w);
+    int o[3] = {0, 1, 2}; /* ascending eigenvalues */
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++)
+            if (w[o[j]] < w[o[i]]) { int t = o[i]; o[i] = o[j]; o[j] = t; }
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 3; k++) P[3 * i + k] = V[3 * k + o[i]];
+}
+
+/* R = Fb^T Fa: maps frame Fa onto frame Fb */
+static void rotation_between(const double Fa[9], const double Fb[9], double R[9]) {
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) R[3 * i + j] = Fb[i] * Fa[j] + Fb[3 + i] * Fa[3 + j] + Fb[6 + i] * Fa[6 + j];
+}
+
+typedef struct {
+    double key;
+    int b1, b2;
+} AnchorPair;
+
+static int cmp_anchor(const void *x, const void *y) {
+    double a = ((const AnchorPair *)x)->key, b = ((const AnchorPair *)y)->key;
+    return a < b ? -1 : a > b;
+}
+
+/* Hungarian search from several starts; best RMSD over them */
+static int match_search(Matcher *M, double *best) {
+    int n = M->n, rc = OARD_OK;
+    int *map = malloc((size_t)n * sizeof(int));
+    AnchorPair *pairs = NULL;
+    if (!map) return OARD_ERR_NOMEM;
+    *best = INFINITY;
+    double R[9], r;
+    /* starts 1-4: principal axes with the four proper sign choices */
+    double Pa[9], Pb[9];
+    principal_axes(n, M->a, Pa);
+    principal_axes(n, M->b, Pb);
+    for (int s = 0; s < 4 && !rc; s++) {
+        double sg[3] = {(s & 1) ? -1 : 1, (s & 2) ? -1 : 1, 1}, Fa[9];
+        double det = Pa[0] * (Pa[4] * Pa[8] - Pa[5] * Pa[7]) - Pa[1] * (Pa[3] * Pa[8] - Pa[5] * Pa[6]) +
+                     Pa[2] * (Pa[3] * Pa[7] - Pa[4] * Pa[6]);
+        double detb = Pb[0] * (Pb[4] * Pb[8] - Pb[5] * Pb[7]) - Pb[1] * (Pb[3] * Pb[8] - Pb[5] * Pb[6]) +
+                      Pb[2] * (Pb[3] * Pb[7] - Pb[4] * Pb[6]);
+        sg[2] = sg[0] * sg[1] * (det * detb > 0 ? 1 : -1); /* keep R proper */
+        for (int i = 0; i < 3; i++)
+            for (int k = 0; k < 3; k++) Fa[3 * i + k] = sg[i] * Pa[3 * i + k];
+        rotation_between(Fa, Pb, R);
+        rc = match_from_rotation(M, R, map, &r);
+        if (r < *best) *best = r;
+    }
+    /* anchor starts: for each of RMSD_ANCHOR_ATOMS atoms a1 of A (the farthest from the
+     * centre, rarest elements first) and the atom a2 least parallel to it, every
+     * same-element pair (b1, b2) of B, closest in distances and angle first */
+    int *cand = malloc((size_t)n * sizeof(int));
+    pairs = malloc((size_t)n * n * sizeof(AnchorPair));
+    if (!rc && (!cand || !pairs)) rc = OARD_ERR_NOMEM;
+    int *gs = cand ? malloc((size_t)n * sizeof(int)) : NULL; /* size of each atom's element group */
+    if (!rc && !gs) rc = OARD_ERR_NOMEM;
+    for (int g = 0; !rc && g < M->ngroups; g++)
+        for (int k = M->goff[g]; k < M->goff[g + 1]; k++) gs[M->ga[k]] = M->goff[g + 1] - M->goff[g];
+    for (int i = 0; !rc && i < n; i++) { /* insertion sort: rarer element first, then farther out */
+        int j = i;
+        for (; j > 0; j--) {
+            int x = cand[j - 1];
+            if (gs[x] < gs[i] || (gs[x] == gs[i] && dnorm3(M->a + 3 * x) >= dnorm3(M->a + 3 * i))) break;
+            cand[j] = x;
+        }
+        cand[j] = i;
+    }
+    free(gs);
+    for (int c = 0; !rc && c < n && c < RMSD_ANCHOR_ATOMS; c++) {
+        int a1 = cand[c], a2 = -1;
+        double bestx = 0, Fa[9];
+        for (int i = 0; i < n; i++) {
+            const double *u = M->a + 3 * a1, *v = M->a + 3 * i;
+            double cr[3] = {u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]};
+            if (dnorm3(cr) > bestx) bestx = dnorm3(cr), a2 = i;
+        }
+        if (a2 < 0 || !frame_from_pair(M->a + 3 * a1, M->a + 3 * a2, Fa)) continue;
+        int np = 0;
+        double ra1 = dnorm3(M->a + 3 * a1), ra2 = dnorm3(M->a + 3 * a2), dot_a = 0;
+        for (int k = 0; k < 3; k++) dot_a += M->a[3 * a1 + k] * M->a[3 * a2 + k];
+        for (int b1 = 0; b1 < n; b1++) {
+            if (M->eb[b1] != M->ea[a1]) continue;
+            for (int b2 = 0; b2 < n; b2++) {
+                if (b2 == b1 || M->eb[b2] != M->ea[a2]) continue;
+                double dot_b = 0;
+                for (int k = 0; k < 3; k++) dot_b += M->b[3 * b1 + k] * M->b[3 * b2 + k];
+                pairs[np].key = fabs(dnorm3(M->b + 3 * b1) - ra1) + fabs(dnorm3(M->b + 3 * b2) - ra2) +
+                                fabs(dot_b - dot_a) / (1 + ra1 * ra2);
+                pairs[np].b1 = b1, pairs[np].b2 = b2, np++;
+            }
+        }
+        qsort(pairs, (size_t)np, sizeof(*pairs), cmp_anchor);
+        for (int k = 0; !rc && k < np && k < RMSD_MAX_ANCHORS; k++) {
+            double Fb[9];
+            if (!frame_from_pair(M->b + 3 * pairs[k].b1, M->b + 3 * pairs[k].b2, Fb)) continue;
+            rotation_between(Fa, Fb, R);
+            rc = match_from_rotation(M, R, map, &r);
+            if (r < *best) *best = r;
+        }
+    }
+    free(cand);
+    free(pairs);
+    free(map);
+    return rc;
+}
+
+/* every element-preserving permutation (depth-first), superposed */
+static void match_brute(Matcher *M, int depth, int *map, char *taken, double *best) {
+    if (depth == M->n) {
+        double r = superposed_rmsd(M->n, M->a, M->b, map);
+        if (r < *best) *best = r;
+        return;
+    }
+    for (int j = 0; j < M->n; j++)
+        if (!taken[j] && M->eb[j] == M->ea[depth]) {
+            taken[j] = 1, map[depth] = j;
+            match_brute(M, depth + 1, map, taken, best);
+            taken[j] = 0;
+        }
+}
+
+/* idx <- 0..n-1 ordered by element, then index (insertion sort: stable, no globals) */
+static void sort_by_elem(int n, const int *e, int *idx) {
+    for (int i = 0; i < n; i++) {
+        int j = i;
+        while (j > 0 && e[idx[j - 1]] > e[i]) idx[j] = idx[j - 1], j--;
+        idx[j] = i;
+    }
+}
+
+/* one handedness: b as given, everything centred already */
+static int rmsd_one(int n, const int *ea, const double *a, const int *eb, const double *b, int flags,
+                    double *out, char *err) {
+    if (flags & OARD_RMSD_SAME_ORDER) {
+        *out = superposed_rmsd(n, a, b, NULL);
+        return OARD_OK;
+    }
+    Matcher M;
+    memset(&M, 0, sizeof(M));
+    M.n = n, M.ea = ea, M.eb = eb, M.a = a, M.b = b;
+    M.ga = malloc((size_t)n * sizeof(int)), M.gb = malloc((size_t)n * sizeof(int));
+    M.goff = malloc(((size_t)n + 1) * sizeof(int));
+    M.cost = malloc((size_t)n * n * sizeof(double));
+    M.col = malloc((size_t)n * sizeof(int));
+    int *map = malloc((size_t)n * sizeof(int));
+    char *taken = calloc((size_t)n, 1);
+    int rc = (M.ga && M.gb && M.goff && M.cost && M.col && map && taken) ? OARD_OK
+                                                                         : fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
+    if (!rc) {
+        sort_by_elem(n, ea, M.ga);
+        sort_by_elem(n, eb, M.gb);
+        double perms = 1;
+        for (int i = 0; i < n; i++) {
+            if (i == 0 || ea[M.ga[i]] != ea[M.ga[i - 1]]) M.goff[M.ngroups++] = i;
+            perms *= i - M.goff[M.ngroups - 1] + 1; /* product of the group sizes' factorials */
+        }
+        M.goff[M.ngroups] = n;
+        int brute = (flags & OARD_RMSD_BRUTE) || (!(flags & OARD_RMSD_HUNGARIAN) && perms <= RMSD_BRUTE_LIMIT);
+        if (brute && perms > 1e8)
+            rc = fail(err, OARD_ERR_ARG, "rmsd: %.3g permutations are too many to enumerate", perms);
+        *out = INFINITY;
+        if (!rc && brute) match_brute(&M, 0, map, taken, out);
+        else if (!rc && match_search(&M, out)) rc = fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
+    }
+    free(M.ga), free(M.gb), free(M.goff), free(M.cost), free(M.col), free(map), free(taken);
+    return rc;
+}
+
+int oard_rmsd(int n, const int *elem_a, const double *xyz_a, const int *elem_b, const double *xyz_b, int flags,
+              double *rmsd, char *err) {
+    if (n < 1) return fail(err, OARD_ERR_ARG, "rmsd: no atoms");
+    for (int i = 0; i < 3 * n; i++)
+        if (!isfinite(xyz_a[i]) || !isfinite(xyz_b[i])) return fail(err, OARD_ERR_ARG, "rmsd: coordinates are not finite");
+    if (flags & OARD_RMSD_SAME_ORDER) {
+        for (int i = 0; i < n; i++)
+            if (elem_a[i] != elem_b[i])
+                return fail(err, OARD_ERR_ARG, "rmsd: atom %d differs in element between the structures (same order requested)", i + 1);
+    } else {
+        int *sa = malloc((size_t)n * sizeof(int)), *sb = malloc((size_t)n * sizeof(int)), bad = 0;
+        if (!sa || !sb) {
+            free(sa), free(sb);
+            return fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
+        }
+        sort_by_elem(n, elem_a, sa);
+        sort_by_elem(n, elem_b, sb);
+        for (int i = 0; i < n; i++) bad |= elem_a[sa[i]] != elem_b[sb[i]];
+        free(sa), free(sb);
+        if (bad) return fail(err, OARD_ERR_ARG, "rmsd: the structures differ in composition");
+    }
+    double *a = malloc((size_t)n * 3 * sizeof(double)), *b = malloc((size_t)n * 3 * sizeof(double));
+    if (!a || !b) {
+        free(a), free(b);
+        return fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
+    }
+    double ca[3] = {0, 0, 0}, cb[3] = {0, 0, 0};
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) ca[k] += xyz_a[3 * i + k] / n, cb[k] += xyz_b[3 * i + k] / n;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) a[3 * i + k] = xyz_a[3 * i + k] - ca[k], b[3 * i + k] = xyz_b[3 * i + k] - cb[k];
+    double r1 = INFINITY, r2 = INFINITY;
+    int rc = rmsd_one(n, elem_a, a, elem_b, b, flags, &r1, err);
+    if (!rc && !(flags & OARD_RMSD_NO_REFLECTION)) {
+        for (int i = 0; i < n; i++) b[3 * i + 2] = -b[3 * i + 2];
+        rc = rmsd_one(n, elem_a, a, elem_b, b, flags, &r2, err);
+    }
+    free(a), free(b);
+    if (!rc) *rmsd = r1 < r2 ? r1 : r2;
+    return rc;
+}

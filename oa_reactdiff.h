@@ -183,6 +183,18 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
                  const oard_real *cond, const oard_real *const xh_fixed[], oard_real *const out[],
                  oard_rng *rng, char *err);
 
+/* ---- structure comparison ----
+ * RMSD (Angstrom, if the coordinates are) of two structures of n atoms after removing
+ * translation, rotation and, unless OARD_RMSD_NO_REFLECTION, reflection; unless
+ * OARD_RMSD_SAME_ORDER, also the order of atoms within each element (elem_* are any
+ * integer labels, e.g. atomic numbers). Matching is by exhaustive search when there are
+ * at most 10^4 element-preserving permutations (as upstream's evaluation), else by the
+ * Hungarian method alternated with superposition from several start rotations.
+ * OARD_RMSD_HUNGARIAN / OARD_RMSD_BRUTE force one of the two methods. */
+enum { OARD_RMSD_SAME_ORDER = 1, OARD_RMSD_NO_REFLECTION = 2, OARD_RMSD_HUNGARIAN = 4, OARD_RMSD_BRUTE = 8 };
+int oard_rmsd(int n, const int *elem_a, const double *xyz_a, const int *elem_b, const double *xyz_b, int flags,
+              double *rmsd, char *err);
+
 /* ---- utilities ---- */
 uint32_t oard_crc32(uint32_t crc, const void *data, size_t n);
 const char *oard_version(void);
