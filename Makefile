@@ -5,6 +5,7 @@
 #   make test                golden fixtures in the repo, ../shared/golden if present,
 #                            tests/run_tests.sh if present
 #   make check-golden DIR=d  golden cases of any directory with a manifest.json
+#   make install PREFIX=p    binaries in p/bin, weights in p/share/oa_reactdiff
 #   make OPENMP=0            serial build (default: OpenMP if the compiler supports it)
 #   make CC=clang OPT=-O3    other compiler / optimisation
 #   make test GOLDEN_FLAGS="--cross -v"   also run the f64 cases in the float32 build
@@ -44,7 +45,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners test-programs check-golden test clean
+.PHONY: all runners test-programs check-golden test install clean
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -97,6 +98,15 @@ test: all runners
 	fi; \
 	if [ $$status -ne 0 ]; then echo "make test: FAILED"; else echo "make test: all passed"; fi; \
 	exit $$status
+
+# make install PREFIX=/opt/oard: PREFIX/bin/oa_reactdiff{,64} and
+# PREFIX/share/oa_reactdiff/weights.bin, where the installed binary looks for its weights.
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/oa_reactdiff
+	install -m 755 oa_reactdiff oa_reactdiff64 $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 weights.bin $(DESTDIR)$(PREFIX)/share/oa_reactdiff/weights.bin
 
 clean:
 	rm -rf build oa_reactdiff oa_reactdiff64

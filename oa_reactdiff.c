@@ -2506,25 +2506,48 @@ static int check_model_elements(const oard_config *c, const Molecule *m, char *e
     return OARD_OK;
 }
 
-/* Canonical atom order: by element, then by coordinates (x, then y, then z). The model
- * needs no atom mapping between R and P, and its output does not depend on the order of
- * the atoms of an object up to floating-point summation order; putting every object in
- * this order makes the results, noise included, identical for any input order. */
+/* Canonical atom order of one object: by element, then by distance from the object's
+ * centroid, then by coordinates (x, then y, then z).
+ * Why: the model needs no atom mapping between R and P, but upstream's output depends on
+ * the order of an object's atoms beyond summation order when the object is not within
+ * the cutoff as a whole: its centring groups are labelled by a first-visit scan over the
+ * nodes (centre_by_nodemask). Putting every object in an order defined by its geometry
+ * alone makes the results, noise included, independent of the input's atom order, and of
+ * its orientation unless two atoms of an element are equally far from the centroid. The
+ * centroid is summed in coordinate order, so it is bit-identical for any input order. */
+static int lex_before(const double *a, const double *b) {
+    return a[0] != b[0] ? a[0] < b[0] : a[1] != b[1] ? a[1] < b[1] : a[2] < b[2];
+}
+
 static void canonical_order(const Molecule *m, int *perm) {
-    for (int i = 0; i < m->n; i++) {
+    int n = m->n;
+    for (int i = 0; i < n; i++) { /* pass 1: coordinate order, for the centroid's sum */
         int j = i;
-        while (j > 0) {
+        for (; j > 0 && lex_before(m->xyz + 3 * i, m->xyz + 3 * perm[j - 1]); j--) perm[j] = perm[j - 1];
+        perm[j] = i;
+    }
+    double c[3] = {0, 0, 0};
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) c[k] += m->xyz[3 * perm[i] + k];
+    for (int k = 0; k < 3; k++) c[k] /= n;
+    double *d2 = malloc((size_t)n * sizeof(double));
+    for (int i = 0; d2 && i < n; i++) {
+        const double *x = m->xyz + 3 * i;
+        d2[i] = (x[0] - c[0]) * (x[0] - c[0]) + (x[1] - c[1]) * (x[1] - c[1]) + (x[2] - c[2]) * (x[2] - c[2]);
+    }
+    for (int i = 0; i < n; i++) { /* pass 2: element, distance, coordinates */
+        int j = i;
+        for (; j > 0; j--) {
             int p = perm[j - 1];
-            const double *a = m->xyz + 3 * p, *b = m->xyz + 3 * i;
-            int after = m->z[p] != m->z[i] ? m->z[p] > m->z[i]
-                        : a[0] != b[0]     ? a[0] > b[0]
-                        : a[1] != b[1]     ? a[1] > b[1]
-                                           : a[2] > b[2];
-            if (!after) break;
-            perm[j] = p, j--;
+            int before = m->z[i] != m->z[p] ? m->z[i] < m->z[p]
+                         : d2 && d2[i] != d2[p] ? d2[i] < d2[p]
+                                                : lex_before(m->xyz + 3 * i, m->xyz + 3 * p);
+            if (!before) break;
+            perm[j] = p;
         }
         perm[j] = i;
     }
+    free(d2);
 }
 
 /* one object's rows: positions, one-hot, Z, atoms taken in the order perm */
@@ -2662,8 +2685,15 @@ static int find_weights(const char *given, char *buf, size_t n, const char **out
     return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $OA_REACTDIFF_WEIGHTS)", buf, alt);
 }
 
-static int load_model(const char *path, int kind, oard_model **m, char *err) {
+/* A weights file that cannot be used (malformed, corrupted, wrong kind) is EXIT_WEIGHTS,
+ * not EXIT_INPUT: the loader reports it as OARD_ERR_FORMAT or OARD_ERR_MODEL. */
+static int load_weights(const char *path, int kind, oard_model **m, char *err) {
     int rc = oard_model_load(path, kind, m, err);
+    return rc == OARD_ERR_FORMAT ? OARD_ERR_MODEL : rc;
+}
+
+static int load_model(const char *path, int kind, oard_model **m, char *err) {
+    int rc = load_weights(path, kind, m, err);
     if (!rc && !oard_model_config(*m)->trained)
         fprintf(stderr, "oa_reactdiff: warning: %s holds UNTRAINED weights (%s); the structures it generates are not "
                         "chemically meaningful\n", path, oard_model_config(*m)->description);
@@ -3235,7 +3265,7 @@ static int cmd_score(const Args *a, char *err) {
 static int cmd_info(const Args *a, char *err) {
     if (a->npos != 1) return fail(err, OARD_ERR_ARG, "info needs one weights file");
     oard_model *m;
-    int rc = oard_model_load(a->pos[0], 0, &m, err);
+    int rc = load_weights(a->pos[0], 0, &m, err);
     if (rc) return rc;
     const oard_config *c = oard_model_config(m);
     char list[128];

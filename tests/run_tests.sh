@@ -8,6 +8,7 @@
 #   test_equivariance  rotation / translation symmetry of the denoiser (float64 build), tiny
 #                      and variant models, reactions rxn14 and rxnfar
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
+#   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #
 # The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
 # (again only when the checkpoint or the converter is newer). If ../shared/golden/full.ckpt
@@ -77,6 +78,7 @@ if [ -n "$FULL" ]; then
     run "equivariance full model" build/test_equivariance "$FULL" - "$FIX/cases/forward_tiny_rxn14_f64"
 fi
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
+run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 
 echo
 if [ "$status" -ne 0 ]; then
