@@ -2403,61 +2403,69 @@ static void mol_free(Molecule *m) {
 }
 
 /* XYZ: atom count, comment line, then "Symbol x y z" per atom (extra columns, as in
- * extended XYZ, are ignored). Every problem is one line naming the file and the line. */
-static int read_xyz(const char *path, Molecule *mol, char *err) {
+ * extended XYZ, are ignored); a multi-frame file repeats that. Every problem is one line
+ * naming the file and the line. read_xyz_frame reads one frame from f; at the end of the
+ * file (only blank lines left) it returns OARD_OK with mol->n = 0. */
+static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol, char *err) {
     memset(mol, 0, sizeof(*mol));
     mol->path = path;
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char line[4096];
-    int rc = OARD_OK, lineno = 1;
-    if (!fgets(line, sizeof(line), f)) {
-        rc = ferror(f) ? fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno))
-                       : fail(err, OARD_ERR_FORMAT, "%s: empty file", path);
-        fclose(f);
-        return rc;
+    char line[4096], *end;
+    int rc = OARD_OK;
+    for (;;) { /* the count line; blank lines before it are allowed only at the end */
+        if (!fgets(line, sizeof(line), f)) {
+            if (ferror(f)) return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+            return OARD_OK; /* end of file */
+        }
+        ++*lineno;
+        char *q = line;
+        while (*q && isspace((unsigned char)*q)) q++;
+        if (*q) break;
+        int c;
+        while ((c = fgetc(f)) != EOF && isspace(c)) /* only blank lines may follow */
+            if (c == '\n') ++*lineno;
+        if (c == EOF) return OARD_OK; /* trailing blank lines */
+        ungetc(c, f);
+        return fail(err, OARD_ERR_FORMAT, "%s:%d: blank line where an atom count was expected", path, *lineno);
     }
-    char *end;
     errno = 0;
     long n = strtol(line, &end, 10);
     while (*end && isspace((unsigned char)*end)) end++;
     if (end == line || *end || errno || n <= 0 || n > 100000) {
-        fclose(f);
         line[strcspn(line, "\r\n")] = 0;
-        return fail(err, OARD_ERR_FORMAT, "%s:1: first line must be the atom count (1 to 100000), got '%.40s'", path, line);
+        return fail(err, OARD_ERR_FORMAT, "%s:%d: expected the atom count (1 to 100000), got '%.40s'", path, *lineno, line);
     }
     mol->n = (int)n;
     mol->z = xcalloc((size_t)n, sizeof(int));
     mol->xyz = xcalloc((size_t)n * 3, sizeof(double));
     if (!mol->z || !mol->xyz) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-    if (!rc && !fgets(line, sizeof(line), f)) rc = fail(err, OARD_ERR_FORMAT, "%s: missing comment line", path);
-    lineno = 2;
+    if (!rc && !fgets(line, sizeof(line), f)) rc = fail(err, OARD_ERR_FORMAT, "%s: missing comment line after line %d", path, *lineno);
+    ++*lineno;
     for (int a = 0; !rc && a < n; a++) {
-        lineno++;
+        ++*lineno;
         if (!fgets(line, sizeof(line), f)) {
             rc = fail(err, OARD_ERR_FORMAT, "%s: atom count says %ld atoms, file ends after %d", path, n, a);
             break;
         }
         if (!strchr(line, '\n') && !feof(f)) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: line longer than %d characters", path, lineno, (int)sizeof(line) - 2);
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: line longer than %d characters", path, *lineno, (int)sizeof(line) - 2);
             break;
         }
         char sym[16];
         int off = 0;
         if (sscanf(line, "%15s%n", sym, &off) != 1) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'Element x y z', got a blank line", path, lineno);
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'Element x y z', got a blank line (atom count %ld too large?)", path, *lineno, n);
             break;
         }
         mol->z[a] = atomic_number(sym);
         if (!mol->z[a]) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: unknown element '%s'", path, lineno, sym);
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: unknown element '%s'", path, *lineno, sym);
             break;
         }
         char *p = line + off;
         for (int k = 0; k < 3; k++) {
             double v = strtod(p, &end);
             if (end == p || !isfinite(v) || (*end && !isspace((unsigned char)*end))) {
-                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: coordinate %c is %s", path, lineno, "xyz"[k],
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: coordinate %c is %s", path, *lineno, "xyz"[k],
                           end == p ? "missing or not a number" : !isfinite(v) ? "not finite (NaN or Inf)" : "not a number");
                 break;
             }
@@ -2465,20 +2473,53 @@ static int read_xyz(const char *path, Molecule *mol, char *err) {
             p = end;
         }
     }
-    if (!rc) { /* anything but blank lines after the atoms means the count is wrong */
-        while (fgets(line, sizeof(line), f)) {
-            lineno++;
-            char *q = line;
-            while (*q && isspace((unsigned char)*q)) q++;
-            if (*q) {
-                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: more atoms than the count of %ld on line 1 (multi-frame files are not read)", path, lineno, n);
+    if (rc) mol_free(mol);
+    return rc;
+}
+
+/* Every frame of a file; *frames is an array of *count molecules. */
+static int read_xyz_frames(const char *path, Molecule **frames, int *count, char *err) {
+    *frames = NULL, *count = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int rc = OARD_OK, lineno = 0, cap = 0;
+    for (;;) {
+        Molecule m;
+        rc = read_xyz_frame(f, path, &lineno, &m, err);
+        if (rc || m.n == 0) break;
+        if (*count == cap) {
+            cap = cap ? 2 * cap : 4;
+            Molecule *nf = realloc(*frames, (size_t)cap * sizeof(Molecule));
+            if (!nf) {
+                mol_free(&m);
+                rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
                 break;
             }
+            *frames = nf;
         }
+        (*frames)[(*count)++] = m;
     }
-    if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: read error", path);
     fclose(f);
-    if (rc) mol_free(mol);
+    if (!rc && *count == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: empty file (no atoms)", path);
+    if (rc) {
+        for (int i = 0; i < *count; i++) mol_free(&(*frames)[i]);
+        free(*frames);
+        *frames = NULL, *count = 0;
+    }
+    return rc;
+}
+
+/* A file of exactly one frame. */
+static int read_xyz(const char *path, Molecule *mol, char *err) {
+    Molecule *fr;
+    int n, rc = read_xyz_frames(path, &fr, &n, err);
+    memset(mol, 0, sizeof(*mol));
+    if (rc) return rc;
+    if (n == 1) *mol = fr[0];
+    else rc = fail(err, OARD_ERR_FORMAT, "%s: %d frames (more atoms than the count on line 1?); one structure expected here", path, n);
+    for (int i = 1; i < n; i++) mol_free(&fr[i]);
+    if (rc && n > 0) mol_free(&fr[0]);
+    free(fr);
     return rc;
 }
 
@@ -3220,23 +3261,30 @@ static int cmd_sample(const Args *a, char *err) {
 }
 
 /* ---- rmsd ---- */
+/* A may hold several frames (e.g. the candidates of ts.xyz): one line per frame. */
 static int cmd_rmsd(const Args *a, char *err) {
     if (a->npos != 2) return fail(err, OARD_ERR_ARG, "rmsd needs two xyz files");
-    Molecule A, B;
-    int rc = read_xyz(a->pos[0], &A, err);
+    Molecule *A, B;
+    int nA, rc = read_xyz_frames(a->pos[0], &A, &nA, err);
     if (rc) return rc;
     rc = read_xyz(a->pos[1], &B, err);
-    if (rc) return mol_free(&A), rc;
-    if (A.n != B.n) rc = fail(err, OARD_ERR_FORMAT, "%s has %d atoms, %s has %d", A.path, A.n, B.path, B.n);
-    if (!rc && !a->same_order) rc = same_composition(&A, &B, err);
-    double r = 0;
+    double *r = xcalloc((size_t)nA, sizeof(double));
+    if (!rc && !r) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     int flags = (a->same_order ? OARD_RMSD_SAME_ORDER : 0) | (a->no_reflection ? OARD_RMSD_NO_REFLECTION : 0) | a->method;
-    if (!rc) {
-        rc = oard_rmsd(A.n, A.z, A.xyz, B.z, B.xyz, flags, &r, err);
-        if (rc == OARD_ERR_ARG) rc = OARD_ERR_FORMAT; /* the files, not the command line, are at fault */
+    for (int i = 0; !rc && i < nA; i++) {
+        char where[32] = "";
+        if (nA > 1) snprintf(where, sizeof(where), " (frame %d)", i + 1);
+        if (A[i].n != B.n) rc = fail(err, OARD_ERR_FORMAT, "%s%s has %d atoms, %s has %d", A[i].path, where, A[i].n, B.path, B.n);
+        if (!rc && !a->same_order) rc = same_composition(&A[i], &B, err);
+        if (!rc) {
+            rc = oard_rmsd(B.n, A[i].z, A[i].xyz, B.z, B.xyz, flags, &r[i], err);
+            if (rc == OARD_ERR_ARG) rc = OARD_ERR_FORMAT; /* the files, not the command line, are at fault */
+        }
     }
-    if (!rc) printf("%.8f\n", r);
-    mol_free(&A), mol_free(&B);
+    for (int i = 0; !rc && i < nA; i++) printf("%.8f\n", r[i]); /* all or nothing */
+    for (int i = 0; i < nA; i++) mol_free(&A[i]);
+    free(A), free(r);
+    mol_free(&B);
     return rc;
 }
 
@@ -3355,7 +3403,8 @@ static const struct {
      "\n"
      "Prints the RMSD (Angstrom) of A and B after optimal superposition (translation and\n"
      "rotation) and optimal matching of the atoms within each element; mirror images are\n"
-     "allowed unless --no-reflection, as in the paper's evaluation.\n"
+     "allowed unless --no-reflection, as in the paper's evaluation. If A has several\n"
+     "frames (e.g. the candidates in ts.xyz), one RMSD per frame, one per line.\n"
      "\n"
      "  --same-order       atom i of A is atom i of B (no matching)\n"
      "  --no-reflection    proper rotations only\n"

@@ -12,7 +12,7 @@ ROOT=$PWD
 BIN=$(realpath "${1:-./oa_reactdiff}")
 CONF=$(realpath "${2:-build/conf_tiny.bin}")
 PYTHON=${PYTHON:-python3}
-EX=$ROOT/examples
+EX=$ROOT/tests/fixtures/xyz   # rxn14 (golden reaction: chiral, two-molecule product)
 XT="$PYTHON $ROOT/tests/xyz_transform.py"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/oard-cli-XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
@@ -67,6 +67,13 @@ done
 [ $? -eq 2 ] && pass "no command: exit 2" || bad "no command: exit status"
 
 echo "== ts"
+# the README's first command, on the bundled example reaction and weights
+if "$BIN" ts "$ROOT/examples/vinyl_alcohol_react.xyz" "$ROOT/examples/vinyl_alcohol_prod.xyz" -n 2 $Q -o example.xyz 2>err.txt &&
+    [ "$(grep -c '^Properties=' example.xyz)" -eq 2 ]; then
+    pass "README example: 2 candidates for vinyl alcohol -> acetaldehyde"
+else
+    bad "README example: $(errors_only err.txt)"
+fi
 if "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" -n 3 $Q -o ts.xyz 2>err.txt; then
     nframes=$(grep -c '^Properties=' ts.xyz)
     [ "$nframes" -eq 3 ] && pass "ts -n 3 wrote 3 frames" || bad "ts -n 3 wrote $nframes frames"
@@ -170,6 +177,8 @@ done
 $PYTHON -c "import sys; sys.exit(0 if $maxdiff < 1e-8 else 1)" &&
     pass "Hungarian = exhaustive (241,920 permutations) on 12 noisy copies (0.3 A): max difference $maxdiff" ||
     bad "Hungarian misses the optimum by $maxdiff"
+nl=$("$BIN" rmsd ts.xyz "$EX/rxn14_react.xyz" | wc -l)
+[ "$nl" -eq 3 ] && pass "rmsd of a 3-frame file: one line per frame" || bad "rmsd of a 3-frame file printed $nl lines"
 expect_error "rmsd composition mismatch" 3 "composition mismatch" none -- "$BIN" rmsd "$EX/rxn14_react.xyz" chlorine.xyz
 expect_error "rmsd different sizes" 3 "atoms" none -- "$BIN" rmsd "$EX/rxn14_react.xyz" short.xyz
 
