@@ -19,6 +19,7 @@ LDLIBS ?= -lm
 PYTHON ?= python3
 GOLDEN_FLAGS ?=
 DIR ?= ../shared/golden
+GOLDEN ?= ../shared/golden
 
 # OpenMP: OPENMP=auto (default) compiles and links a tiny OpenMP program with
 # $(OPENMP_FLAG); if that fails the build is serial, so `make` works with compilers that
@@ -45,7 +46,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners test-programs check-golden test install clean
+.PHONY: all runners test-programs check-golden test test-sanitize install clean
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -86,18 +87,30 @@ test: all runners
 	@status=0; \
 	echo "== golden fixtures (tests/fixtures/golden)"; \
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) tests/fixtures/golden || status=1; \
-	if [ -d ../shared/golden ]; then \
-		echo "== golden data (../shared/golden)"; \
-		$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) ../shared/golden || status=1; \
+	if [ -d $(GOLDEN) ]; then \
+		echo "== golden data ($(GOLDEN))"; \
+		$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(GOLDEN) || status=1; \
 	else \
-		echo "note: ../shared/golden not found; only the fixtures in tests/fixtures/golden were checked"; \
+		echo "note: $(GOLDEN) not found; only the fixtures in tests/fixtures/golden were checked"; \
 	fi; \
 	if [ -f tests/run_tests.sh ]; then \
 		echo "== tests/run_tests.sh"; \
-		bash tests/run_tests.sh || status=1; \
+		OARD_GOLDEN=$(GOLDEN) bash tests/run_tests.sh || status=1; \
 	fi; \
 	if [ $$status -ne 0 ]; then echo "make test: FAILED"; else echo "make test: all passed"; fi; \
 	exit $$status
+
+# The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (any report fails the run), in a copy of the tree under build/sanitize.
+SAN_FLAGS ?= -O1 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs
+test-sanitize:
+	rm -rf build/sanitize && mkdir -p build/sanitize
+	cp -r $(SAN_FILES) build/sanitize/
+	rm -rf build/sanitize/tests/fuzz/corpus
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(MAKE) --no-print-directory -C build/sanitize test CFLAGS="$(SAN_FLAGS)" LDLIBS="-lm" \
+		GOLDEN=$(abspath $(GOLDEN)) PYTHON=$(PYTHON)
 
 # make install PREFIX=/opt/oard: PREFIX/bin/oa_reactdiff{,64} and
 # PREFIX/share/oa_reactdiff/weights.bin, where the installed binary looks for its weights.

@@ -2432,6 +2432,9 @@ static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol,
     while (*end && isspace((unsigned char)*end)) end++;
     if (end == line || *end || errno || n <= 0 || n > 100000) {
         line[strcspn(line, "\r\n")] = 0;
+        if (*lineno > 1) /* after a frame: most likely the count was too small */
+            return fail(err, OARD_ERR_FORMAT, "%s:%d: more atoms than the atom count of the frame before (or a malformed next frame: '%.40s')",
+                        path, *lineno, line);
         return fail(err, OARD_ERR_FORMAT, "%s:%d: expected the atom count (1 to 100000), got '%.40s'", path, *lineno, line);
     }
     mol->n = (int)n;
@@ -2464,9 +2467,12 @@ static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol,
         char *p = line + off;
         for (int k = 0; k < 3; k++) {
             double v = strtod(p, &end);
-            if (end == p || !isfinite(v) || (*end && !isspace((unsigned char)*end))) {
+            if (end == p || !isfinite(v) || (*end && !isspace((unsigned char)*end)) || fabs(v) > 1e6) {
                 rc = fail(err, OARD_ERR_FORMAT, "%s:%d: coordinate %c is %s", path, *lineno, "xyz"[k],
-                          end == p ? "missing or not a number" : !isfinite(v) ? "not finite (NaN or Inf)" : "not a number");
+                          end == p              ? "missing or not a number"
+                          : !isfinite(v)        ? "not finite (NaN or Inf)"
+                          : fabs(v) > 1e6       ? "beyond 1e6 Angstrom"
+                                                : "not a number");
                 break;
             }
             mol->xyz[3 * a + k] = v;
@@ -2477,11 +2483,10 @@ static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol,
     return rc;
 }
 
-/* Every frame of a file; *frames is an array of *count molecules. */
-static int read_xyz_frames(const char *path, Molecule **frames, int *count, char *err) {
+/* Every frame of an open stream (path names it in messages); *frames is an array of
+ * *count molecules. */
+static int read_xyz_stream(FILE *f, const char *path, Molecule **frames, int *count, char *err) {
     *frames = NULL, *count = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     int rc = OARD_OK, lineno = 0, cap = 0;
     for (;;) {
         Molecule m;
@@ -2499,13 +2504,21 @@ static int read_xyz_frames(const char *path, Molecule **frames, int *count, char
         }
         (*frames)[(*count)++] = m;
     }
-    fclose(f);
     if (!rc && *count == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: empty file (no atoms)", path);
     if (rc) {
         for (int i = 0; i < *count; i++) mol_free(&(*frames)[i]);
         free(*frames);
         *frames = NULL, *count = 0;
     }
+    return rc;
+}
+
+static int read_xyz_frames(const char *path, Molecule **frames, int *count, char *err) {
+    *frames = NULL, *count = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int rc = read_xyz_stream(f, path, frames, count, err);
+    fclose(f);
     return rc;
 }
 
@@ -3017,10 +3030,8 @@ static char *path_join(const char *dir, const char *p) {
 /* List file: one reaction per line, "REACTANT.xyz PRODUCT.xyz [NAME]"; '#' starts a comment;
  * relative paths are relative to the list file's directory; NAME defaults to the reactant
  * file's name without .xyz, and must be unique (it names the output DIR/NAME.xyz). */
-static int read_list(const char *path, ListEntry **out, int *count, char *err) {
+static int read_list_stream(FILE *f, const char *path, ListEntry **out, int *count, char *err) {
     *out = NULL, *count = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     char dir[4096], line[8192];
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
@@ -3078,7 +3089,6 @@ static int read_list(const char *path, ListEntry **out, int *count, char *err) {
     }
     if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: read error", path);
     if (!rc && *count == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: no reactions in the list", path);
-    fclose(f);
     *out = L;
     return rc;
 }
@@ -3086,6 +3096,16 @@ static int read_list(const char *path, ListEntry **out, int *count, char *err) {
 static void list_free(ListEntry *L, int n) {
     for (int i = 0; i < n; i++) free(L[i].react), free(L[i].prod), free(L[i].name);
     free(L);
+}
+
+static int read_list(const char *path, ListEntry **out, int *count, char *err) {
+    *out = NULL, *count = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int rc = read_list_stream(f, path, out, count, err);
+    fclose(f);
+    if (rc) list_free(*out, *count), *out = NULL, *count = 0;
+    return rc;
 }
 
 static int ts_batch(const TsSetup *T, char *err) {
@@ -3616,11 +3636,16 @@ static int hungarian(int n, const double *cost, int *col) {
                     if (cur < minv[j]) minv[j] = cur, way[j] = j0;
                     if (minv[j] < delta) delta = minv[j], j1 = j;
                 }
+            if (j1 == 0) { /* no finite cost left (NaN/Inf input): give up, never loop */
+                ok = 0;
+                break;
+            }
             for (int j = 0; j <= n; j++)
                 if (used[j]) u[p[j]] += delta, v[j] -= delta;
                 else minv[j] -= delta;
             j0 = j1;
         } while (p[j0] != 0);
+        if (!ok) break;
         do { /* augment along the path */
             int j1 = way[j0];
             p[j0] = p[j1];
@@ -3628,8 +3653,9 @@ static int hungarian(int n, const double *cost, int *col) {
         } while (j0);
     }
     for (int j = 1; ok && j <= n; j++) col[p[j] - 1] = j - 1;
+    int alloc_ok = u && v && minv && p && way && used;
     free(u), free(v), free(minv), free(p), free(way), free(used);
-    return ok ? OARD_OK : OARD_ERR_NOMEM;
+    return ok ? OARD_OK : alloc_ok ? OARD_ERR_NUMERIC : OARD_ERR_NOMEM;
 }
 
 typedef struct {
@@ -3662,9 +3688,10 @@ static int match_from_rotation(Matcher *M, double R[9], int *map, double *best) 
                     M->cost[(size_t)i * m + j] = d0 * d0 + d1 * d1 + d2 * d2;
                 }
             }
-            if (hungarian(m, M->cost, M->col)) {
+            int hr = hungarian(m, M->cost, M->col);
+            if (hr) {
                 free(trial);
-                return OARD_ERR_NOMEM;
+                return hr;
             }
             for (int i = 0; i < m; i++) trial[M->ga[lo + i]] = M->gb[lo + M->col[i]];
         }
@@ -3864,7 +3891,8 @@ static int rmsd_one(int n, const int *ea, const double *a, const int *eb, const 
             rc = fail(err, OARD_ERR_ARG, "rmsd: %.3g permutations are too many to enumerate", perms);
         *out = INFINITY;
         if (!rc && brute) match_brute(&M, 0, map, taken, out);
-        else if (!rc && match_search(&M, out)) rc = fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
+        else if (!rc && (rc = match_search(&M, out)) != OARD_OK)
+            rc = fail(err, rc, rc == OARD_ERR_NOMEM ? "rmsd: out of memory" : "rmsd: non-finite distances");
     }
     free(M.ga), free(M.gb), free(M.goff), free(M.cost), free(M.col), free(map), free(taken);
     return rc;
@@ -3873,8 +3901,9 @@ static int rmsd_one(int n, const int *ea, const double *a, const int *eb, const 
 int oard_rmsd(int n, const int *elem_a, const double *xyz_a, const int *elem_b, const double *xyz_b, int flags,
               double *rmsd, char *err) {
     if (n < 1) return fail(err, OARD_ERR_ARG, "rmsd: no atoms");
-    for (int i = 0; i < 3 * n; i++)
-        if (!isfinite(xyz_a[i]) || !isfinite(xyz_b[i])) return fail(err, OARD_ERR_ARG, "rmsd: coordinates are not finite");
+    for (int i = 0; i < 3 * n; i++) /* beyond 1e6 squared distances could overflow */
+        if (!(fabs(xyz_a[i]) <= 1e6) || !(fabs(xyz_b[i]) <= 1e6))
+            return fail(err, OARD_ERR_ARG, "rmsd: coordinates must be finite and within 1e6 of the origin");
     if (flags & OARD_RMSD_SAME_ORDER) {
         for (int i = 0; i < n; i++)
             if (elem_a[i] != elem_b[i])

@@ -9,9 +9,11 @@
 #                      and variant models, reactions rxn14 and rxnfar
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
+#   test_errors.sh     one test per row of the README's failure table
 #
 # The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
-# (again only when the checkpoint or the converter is newer). If ../shared/golden/full.ckpt
+# (again only when the checkpoint or the converter is newer). If $OARD_GOLDEN/full.ckpt
+# (default ../shared/golden/full.ckpt)
 # exists, the official-architecture model is converted too (about 30 s the first time) and
 # also checked. Every part runs even if an earlier one failed; exit status 1 if any failed.
 set -u
@@ -60,15 +62,16 @@ for m in tiny variant conf_tiny; do
     fi
 done
 FULL=
-if [ -f ../shared/golden/full.ckpt ]; then
-    if convert ../shared/golden/full.ckpt build/full.bin; then
+GOLDEN=${OARD_GOLDEN:-../shared/golden}
+if [ -f "$GOLDEN/full.ckpt" ]; then
+    if convert "$GOLDEN/full.ckpt" build/full.bin; then
         FULL=build/full.bin
     else
         status=1
         failed+=("convert full")
     fi
 else
-    echo "note: ../shared/golden/full.ckpt not found; the official-architecture model is not checked"
+    echo "note: $GOLDEN/full.ckpt not found; the official-architecture model is not checked"
 fi
 
 run "schedules" build/test_schedules "$FIX/schedules" build/tiny.bin build/variant.bin build/conf_tiny.bin $FULL
@@ -79,6 +82,7 @@ if [ -n "$FULL" ]; then
 fi
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
+run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
 
 echo
 if [ "$status" -ne 0 ]; then

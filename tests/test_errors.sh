@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# test_errors.sh - one test per row of the README's table of user-caused failures.
+#
+#   bash tests/test_errors.sh [BINARY] [CONFIDENCE_WEIGHTS]
+#
+# Each row: the failure is provoked as a user would, then the command must exit with the
+# table's status, print exactly one error line on stderr ("oa_reactdiff: ..." naming the
+# file and the problem; the untrained-weights warning aside) that contains the table's
+# message, and leave no output file and no temporary file. Rows print PASS/FAIL with the
+# message seen. The row names are the README table's first column.
+set -u
+cd "$(dirname "$0")/.." || exit 2
+ROOT=$PWD
+BIN=$(realpath "${1:-./oa_reactdiff}")
+CONF=$(realpath "${2:-build/conf_tiny.bin}")
+PYTHON=${PYTHON:-python3}
+R=$ROOT/examples/vinyl_alcohol_react.xyz
+P=$ROOT/examples/vinyl_alcohol_prod.xyz
+W=$ROOT/weights.bin
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/oard-errors-XXXXXX")
+trap 'chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"' EXIT
+cd "$TMP" || exit 2
+Q="--steps 8 --resamplings 1 --jump 1"
+fails=0
+
+# row NAME STATUS MESSAGE OUTFILE -- COMMAND...
+row() {
+    local name=$1 want=$2 pat=$3 out=$4
+    shift 5
+    rm -f "$out" "$out".tmp.*
+    "$@" >stdout.txt 2>stderr.txt
+    local st=$? msg lines
+    lines=$(grep -vc "UNTRAINED" stderr.txt)
+    msg=$(grep -v "UNTRAINED" stderr.txt | head -1)
+    if [ "$st" -eq "$want" ] && [ "$lines" -eq 1 ] && grep -qF -- "$pat" <<<"$msg" &&
+        [ ! -e "$out" ] && ! ls "$out".tmp.* >/dev/null 2>&1 && [ ! -s stdout.txt ]; then
+        echo "  PASS  $name: exit $st: $msg"
+    else
+        echo "  FAIL  $name: exit $st (want $want), $lines error lines, '$msg' (want '$pat'), output $(ls "$out"* 2>/dev/null)"
+        fails=$((fails + 1))
+    fi
+}
+
+ts() { "$BIN" ts "$@" $Q -o out.xyz; }
+
+# --- input files
+row "missing file" 1 "missing.xyz: cannot open: No such file" out.xyz -- ts missing.xyz "$P"
+: >empty.xyz
+row "empty file" 3 "empty.xyz: empty file" out.xyz -- ts empty.xyz "$P"
+mkdir -p adir.xyz
+row "unreadable file (a directory)" 1 "adir.xyz: cannot read" out.xyz -- ts adir.xyz "$P"
+if [ "$(id -u)" -ne 0 ]; then
+    cp "$R" noperm.xyz && chmod 000 noperm.xyz
+    row "unreadable file (no permission)" 1 "noperm.xyz: cannot open: Permission denied" out.xyz -- ts noperm.xyz "$P"
+else
+    echo "  SKIP  unreadable file (no permission): running as root, permissions do not apply"
+fi
+sed '1s/.*/7 atoms/' "$R" >count.xyz
+row "wrong atom-count line" 3 "count.xyz:1: expected the atom count" out.xyz -- ts count.xyz "$P"
+sed '1s/.*/9/' "$R" >short.xyz
+row "atom count larger than the atoms" 3 "short.xyz: atom count says 9 atoms, file ends after 7" out.xyz -- ts short.xyz "$P"
+sed '1s/.*/5/' "$R" >long.xyz
+row "atom count smaller than the atoms" 3 "long.xyz:8: more atoms than the atom count of the frame before" out.xyz -- ts long.xyz "$P"
+sed '4s/\(^ *[A-Z][a-z]* *\)[^ ]*/\1abc/' "$R" >nonnum.xyz
+row "non-numeric coordinate" 3 "nonnum.xyz:4: coordinate x is missing or not a number" out.xyz -- ts nonnum.xyz "$P"
+sed '5s/\(^ *[A-Z][a-z]* *[^ ]* *\)[^ ]*/\1nan/' "$R" >nan.xyz
+row "NaN coordinate" 3 "nan.xyz:5: coordinate y is not finite (NaN or Inf)" out.xyz -- ts nan.xyz "$P"
+sed '6s/\(^ *[A-Z][a-z]* *[^ ]* *[^ ]* *\)[^ ]*/\1-inf/' "$R" >inf.xyz
+row "infinite coordinate" 3 "inf.xyz:6: coordinate z is not finite (NaN or Inf)" out.xyz -- ts inf.xyz "$P"
+sed '3s/^ *[A-Z][a-z]*/Xx/' "$R" >unknown.xyz
+row "unknown element" 3 "unknown.xyz:3: unknown element 'Xx'" out.xyz -- ts unknown.xyz "$P"
+sed '3s/^ *[A-Z][a-z]*/Si/' "$R" >si_r.xyz
+sed '3s/^ *[A-Z][a-z]*/Si/' "$P" >si_p.xyz
+row "element the model does not know" 3 "si_r.xyz: atom 1 is Si, which the model does not know (it knows H, C, N, O, F)" out.xyz -- ts si_r.xyz si_p.xyz
+sed '4s/^ *[A-Z][a-z]*/N/' "$P" >other_p.xyz
+row "reactant/product composition mismatch" 3 "composition mismatch (C: 2 vs 1)" out.xyz -- ts "$R" other_p.xyz
+
+# --- size: a 3 x 30,000-atom reaction is refused before anything large is allocated
+$PYTHON - <<'EOF'
+n = 30000
+with open("huge.xyz", "w") as f:
+    f.write("%d\nhuge\n" % n)
+    for i in range(n):
+        f.write("%s %.3f %.3f %.3f\n" % ("CH"[i % 2], (i % 40) * 1.5, (i // 40 % 40) * 1.5, (i // 1600) * 1.5))
+EOF
+if [ -z "${SKIP_HUGE:-}" ]; then
+    row "system too large for memory" 5 "GiB" out.xyz -- ts huge.xyz huge.xyz
+fi
+
+# --- weights
+$PYTHON - "$W" <<'EOF'
+import struct, sys, zlib
+raw = open(sys.argv[1], "rb").read()
+def fix_crc(b):
+    b = bytearray(b)
+    struct.pack_into("<I", b, 56, zlib.crc32(bytes(b[:56]) + bytes(b[60:])) & 0xFFFFFFFF)
+    return bytes(b)
+open("magic.bin", "wb").write(b"PK\x03\x04" + raw[4:])            # e.g. a checkpoint zip given by mistake
+v = bytearray(raw); struct.pack_into("<I", v, 8, 2); open("version.bin", "wb").write(fix_crc(v))
+open("truncated.bin", "wb").write(raw[:len(raw) // 2])
+c = bytearray(raw); c[len(c) - 100] ^= 0x40; open("corrupt.bin", "wb").write(bytes(c))
+EOF
+row "weights: wrong magic" 4 "magic.bin: not an oa_reactdiff weights file (bad magic)" out.xyz -- ts "$R" "$P" --weights magic.bin
+row "weights: wrong version" 4 "version.bin: weights format version 2, this build reads version 1" out.xyz -- ts "$R" "$P" --weights version.bin
+row "weights: truncated" 4 "truncated.bin: truncated or padded" out.xyz -- ts "$R" "$P" --weights truncated.bin
+row "weights: corrupted (checksum)" 4 "corrupt.bin: checksum mismatch" out.xyz -- ts "$R" "$P" --weights corrupt.bin
+row "weights: wrong kind" 4 "is a confidence model, a denoiser model is needed here" out.xyz -- ts "$R" "$P" --weights "$CONF"
+row "weights: missing" 1 "nothere.bin: cannot open weights file" out.xyz -- ts "$R" "$P" --weights nothere.bin
+
+# --- output
+row "unwritable output (no such directory)" 1 "nodir/out.xyz: cannot write: No such file or directory" nodir/out.xyz -- "$BIN" ts "$R" "$P" $Q -o nodir/out.xyz
+mkdir -p ro && chmod 555 ro
+if [ "$(id -u)" -ne 0 ]; then
+    row "unwritable output (read-only directory)" 1 "ro/out.xyz: cannot write: Permission denied" ro/out.xyz -- "$BIN" ts "$R" "$P" $Q -o ro/out.xyz
+else
+    echo "  SKIP  unwritable output (read-only directory): running as root, permissions do not apply"
+fi
+# write failure part-way: a file-size limit of 1 KiB (SIGXFSZ ignored, so write() fails
+# with EFBIG) stops the 8 frames after the first kilobyte
+row "write failure part-way (file size limit)" 1 "out.xyz: write failed: File too large" out.xyz -- \
+    bash -c 'trap "" XFSZ; ulimit -f 1; exec "$0" "$@"' "$BIN" ts "$R" "$P" -n 8 $Q -o out.xyz
+
+# --- NaN during sampling: weights scaled by 1e12 (finite, so they load) overflow float32
+$PYTHON - "$W" <<'EOF'
+import array, struct, sys, zlib
+raw = bytearray(open(sys.argv[1], "rb").read())
+meta_off, meta_size, data_off = struct.unpack_from("<QQQ", raw, 16)
+for line in raw[meta_off:meta_off + meta_size].decode().splitlines():
+    p = line.split()
+    if p and p[0] == "tensor" and "gamma" not in p[1] and p[2] == "f32":
+        off, nb = data_off + int(p[3]), int(p[4])
+        a = array.array("f", bytes(raw[off:off + nb]))
+        a = array.array("f", [x * 1e12 for x in a])
+        raw[off:off + nb] = a.tobytes()
+struct.pack_into("<I", raw, 56, zlib.crc32(bytes(raw[:56]) + bytes(raw[60:])) & 0xFFFFFFFF)
+open("overflow.bin", "wb").write(bytes(raw))
+EOF
+row "NaN during sampling" 6 "NaN/Inf for sample 0" out.xyz -- ts "$R" "$P" -n 2 --weights overflow.bin
+
+# --- command line and batch lists
+row "bad command line" 2 "ts: unknown option '--sed'" out.xyz -- "$BIN" ts "$R" "$P" --sed 1 -o out.xyz
+printf 'a.xyz\n' >list.txt
+row "malformed reaction list" 3 "list.txt:1: expected 'REACTANT.xyz PRODUCT.xyz [NAME]'" outdir -- "$BIN" ts --list list.txt --outdir outdir $Q
+cp "$R" r.xyz && cp "$P" p.xyz && cp other_p.xyz bad_p.xyz
+printf 'r.xyz p.xyz good\nr.xyz bad_p.xyz bad\n' >list2.txt
+"$BIN" ts --list list2.txt --outdir outdir2 $Q >stdout.txt 2>stderr.txt
+st=$?
+if [ $st -eq 7 ] && grep -q "bad (list2.txt:2): .*composition mismatch" stderr.txt && grep -q "1 of 2 reactions failed" stderr.txt &&
+    [ -s outdir2/good.xyz ] && [ ! -e outdir2/bad.xyz ]; then
+    echo "  PASS  batch with a failing reaction: exit 7, '$(grep 'bad (' stderr.txt)', the good reaction's output written"
+else
+    echo "  FAIL  batch with a failing reaction: exit $st, $(grep -v UNTRAINED stderr.txt | tr '\n' '|')"
+    fails=$((fails + 1))
+fi
+# an interrupted batch keeps its finished outputs and a rerun resumes: tests/test_cli.sh
+
+echo
+[ $fails -eq 0 ] && echo "test_errors: all passed" || echo "test_errors: $fails FAILED"
+[ $fails -eq 0 ]
