@@ -46,7 +46,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners test-programs check-golden test test-sanitize install clean
+.PHONY: all runners test-programs check-golden test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay install clean
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -82,8 +82,35 @@ test-programs: build/test_schedules build/test_equivariance
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)
 
+# make test: everything CI runs (.ci/run installs the tools first). Parts whose tool is
+# missing here print SKIP: xtb (dataset pipeline), valgrind, clang (libFuzzer; without it
+# the fuzz corpora and regressions are replayed under ASan + UBSan instead).
+test:
+	@status=0; \
+	$(MAKE) --no-print-directory test-core || status=1; \
+	echo "== sanitizers: the test suite built with ASan + UBSan"; \
+	$(MAKE) --no-print-directory test-sanitize || status=1; \
+	echo "== fuzzing"; \
+	if command -v $(FUZZ_CC) >/dev/null 2>&1 && $(MAKE) --no-print-directory fuzz >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory fuzz-run FUZZ_TIME=$(CI_FUZZ_TIME) || status=1; \
+	else \
+		echo "SKIP libFuzzer runs ($(FUZZ_CC) with -fsanitize=fuzzer not available); replaying corpora"; \
+	fi; \
+	$(MAKE) --no-print-directory fuzz-replay || status=1; \
+	echo "== valgrind"; \
+	if command -v $(VALGRIND) >/dev/null 2>&1; then $(MAKE) --no-print-directory test-valgrind || status=1; \
+	else echo "SKIP valgrind not installed"; fi; \
+	echo "== dataset pipeline (tools/datagen/ci_check.sh)"; \
+	if command -v xtb >/dev/null 2>&1 && command -v obabel >/dev/null 2>&1; then bash tools/datagen/ci_check.sh || status=1; \
+	else echo "SKIP xtb or obabel not installed"; fi; \
+	if [ $$status -ne 0 ]; then echo "make test: FAILED (see above)"; else echo "make test: everything passed"; fi; \
+	exit $$status
+
+CI_FUZZ_TIME ?= 60
+
+# Golden data and unit tests, in the build of this tree.
 # Every part runs even if an earlier one failed; the target fails if any part did.
-test: all runners
+test-core: all runners
 	@status=0; \
 	echo "== golden fixtures (tests/fixtures/golden)"; \
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) tests/fixtures/golden || status=1; \
@@ -97,19 +124,77 @@ test: all runners
 		echo "== tests/run_tests.sh"; \
 		OARD_GOLDEN=$(GOLDEN) bash tests/run_tests.sh || status=1; \
 	fi; \
-	if [ $$status -ne 0 ]; then echo "make test: FAILED"; else echo "make test: all passed"; fi; \
+	if [ $$status -ne 0 ]; then echo "test-core: FAILED"; else echo "test-core: all passed"; fi; \
 	exit $$status
+
+# ---- fuzzing (tests/fuzz): libFuzzer harnesses for the xyz reader, the reaction-list
+# reader and the weights loader. `make fuzz-run FUZZ_TIME=1800` fuzzes each for that many
+# seconds (new corpus entries in build/fuzz/corpus_*, crashes in build/fuzz/crash_*; keep a
+# crash as tests/fuzz/regressions/<harness>/<name> once fixed). `make fuzz-replay` runs the
+# seed corpora and the regression inputs through the harnesses built with the C compiler
+# and ASan + UBSan, no clang needed.
+FUZZ_CC ?= clang
+FUZZ_TIME ?= 60
+FUZZERS = xyz list weights
+FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(ENGINE)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_FLAGS) -I. $< -o $@ -lm
+
+build/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h tests/fuzz/replay_main.c $(ENGINE)
+	@mkdir -p build/fuzz
+	$(CC) $(REPLAY_FLAGS) -I. $< tests/fuzz/replay_main.c -o $@ -lm
+
+fuzz: $(FUZZERS:%=build/fuzz/fuzz_%)
+
+fuzz-run: fuzz
+	@status=0; for h in $(FUZZERS); do \
+		mkdir -p build/fuzz/corpus_$$h tests/fuzz/regressions/$$h; \
+		echo "== fuzz_$$h for $(FUZZ_TIME) s"; \
+		./build/fuzz/fuzz_$$h build/fuzz/corpus_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h \
+			-max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			-artifact_prefix=build/fuzz/crash_$$h- 2>build/fuzz/log_$$h.txt || status=1; \
+		grep -E "stat::number_of_executed_units|stat::new_units_added" build/fuzz/log_$$h.txt; \
+		if [ $$status -ne 0 ]; then tail -40 build/fuzz/log_$$h.txt; break; fi; \
+	done; exit $$status
+
+fuzz-replay: $(FUZZERS:%=build/fuzz/replay_%)
+	@status=0; for h in $(FUZZERS); do \
+		mkdir -p tests/fuzz/regressions/$$h; \
+		ASAN_OPTIONS=detect_leaks=1 ./build/fuzz/replay_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h || status=1; \
+	done; exit $$status
+
+# ---- valgrind memcheck of CLI commands (serial build: no OpenMP thread pools), success
+# and error paths; any error or leak fails.
+VALGRIND ?= valgrind
+VG = $(VALGRIND) -q --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all --error-exitcode=99
+build/valgrind/oa_reactdiff: $(ENGINE)
+	@mkdir -p build/valgrind
+	$(CC) -O1 -g -std=c99 oa_reactdiff.c -o $@ -lm
+test-valgrind: build/valgrind/oa_reactdiff
+	@set -e; B=build/valgrind/oa_reactdiff; T=build/valgrind; \
+	$(VG) $$B ts examples/vinyl_alcohol_react.xyz examples/vinyl_alcohol_prod.xyz -n 2 --steps 6 --resamplings 2 --jump 2 \
+		--weights weights.bin -o $$T/ts.xyz 2>$$T/ts.log || { cat $$T/ts.log; exit 1; }; \
+	$(VG) $$B rmsd $$T/ts.xyz examples/vinyl_alcohol_ts.xyz >/dev/null; \
+	$(VG) $$B info weights.bin >/dev/null; \
+	$(VG) $$B sample --atoms CH4O --steps 4 --weights weights.bin -o $$T/smp 2>/dev/null; \
+	printf '2\n\nC 0 0 0\nQ 1 0 0\n' >$$T/bad.xyz; \
+	st=0; $(VG) $$B ts $$T/bad.xyz examples/vinyl_alcohol_prod.xyz --weights weights.bin 2>$$T/err.log || st=$$?; \
+	if [ $$st -ne 3 ]; then cat $$T/err.log; echo "valgrind: error path exit $$st, expected 3"; exit 1; fi; \
+	echo "valgrind memcheck: ts, rmsd, info, sample and an error path: no errors, no leaks"
 
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
-SAN_FLAGS ?= -O1 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize
 	cp -r $(SAN_FILES) build/sanitize/
 	rm -rf build/sanitize/tests/fuzz/corpus
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	$(MAKE) --no-print-directory -C build/sanitize test CFLAGS="$(SAN_FLAGS)" LDLIBS="-lm" \
+	$(MAKE) --no-print-directory -C build/sanitize test-core CFLAGS="$(SAN_FLAGS)" LDLIBS="-lm" \
 		GOLDEN=$(abspath $(GOLDEN)) PYTHON=$(PYTHON)
 
 # make install PREFIX=/opt/oard: PREFIX/bin/oa_reactdiff{,64} and

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# CI check of the GFN2-xTB reaction generator (tools/datagen).
+#  (a) runs the pipeline end to end on formaldehyde and acetaldehyde (pinned
+#      reactant geometries, a few edits each) into a temporary directory and
+#      checks that reactions are accepted, files and index are written, and a
+#      rerun resumes (nothing left to do);
+#  (b) checks that the verifier accepts a generated TS and rejects non-saddles
+#      (an energy minimum, a second-order saddle, a non-stationary point).
+# Needs: xtb and obabel (Debian packages xtb, openbabel), python3.  ~1 minute.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+fix="$root/tests/datagen"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OMP_STACKSIZE="${OMP_STACKSIZE:-1G}"
+command -v xtb >/dev/null || { echo "ci_check: xtb not installed" >&2; exit 1; }
+command -v obabel >/dev/null || { echo "ci_check: obabel not installed" >&2; exit 1; }
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "ci_check: FAIL: $*" >&2; exit 1; }
+
+# ---- (a) end-to-end run
+mkdir -p "$tmp/data/reactants"
+cp "$fix"/m*.xyz "$tmp/data/reactants/"
+gen=(python3 "$here/datagen.py" --data "$tmp/data" --molecules "$fix/ci_molecules.smi"
+     --seed 1 --workers 2 --max-per-reactant 4)
+"${gen[@]}" > "$tmp/run1.log" 2>&1 || { cat "$tmp/run1.log"; fail "generator exited non-zero"; }
+cat "$tmp/run1.log"
+[ -s "$tmp/data/index.tsv" ] || fail "index.tsv missing"
+nacc=$(($(wc -l < "$tmp/data/index.tsv") - 1))
+natt=$(($(wc -l < "$tmp/data/attempts.tsv") - 1))
+echo "ci_check: $nacc accepted of $natt attempted"
+[ "$natt" -ge 3 ] || fail "expected at least 3 attempts, got $natt"
+[ "$nacc" -ge 2 ] || fail "expected at least 2 accepted reactions, got $nacc"
+first=""
+while IFS=$'\t' read -r id formula natoms rest; do
+  [ "$id" = id ] && continue
+  d="$tmp/data/reactions/$id"
+  for f in react.xyz ts.xyz prod.xyz info.json; do
+    [ -s "$d/$f" ] || fail "$id: $f missing"
+  done
+  for f in react ts prod; do
+    [ "$(head -1 "$d/$f.xyz" | tr -d ' ')" = "$natoms" ] || fail "$id: $f.xyz atom count"
+  done
+  # same atom order (element column identical)
+  a=$(tail -n +3 "$d/react.xyz" | awk '{print $1}'); b=$(tail -n +3 "$d/ts.xyz" | awk '{print $1}')
+  c=$(tail -n +3 "$d/prod.xyz" | awk '{print $1}')
+  [ "$a" = "$b" ] && [ "$b" = "$c" ] || fail "$id: atom order differs"
+  first=${first:-$id}
+done < "$tmp/data/index.tsv"
+python3 - "$tmp/data/index.tsv" <<'PY' || fail "index values out of range"
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+head, rows = rows[0], rows[1:]
+for r in rows:
+    d = dict(zip(head, r))
+    assert float(d["imag_freq_cm1"]) < -50, d
+    assert 0 < float(d["barrier_fwd_kcal"]) <= 150, d
+    assert float(d["barrier_rev_kcal"]) > 0, d
+    assert float(d["e_ts"]) > max(float(d["e_react"]), float(d["e_prod"])), d
+    assert d["split"] in ("train", "val", "test"), d
+PY
+"${gen[@]}" > "$tmp/run2.log" 2>&1 || { cat "$tmp/run2.log"; fail "rerun exited non-zero"; }
+grep -q " 0 to run" "$tmp/run2.log" || { cat "$tmp/run2.log"; fail "rerun did not resume"; }
+[ $(($(wc -l < "$tmp/data/attempts.tsv") - 1)) -eq "$natt" ] || fail "rerun repeated attempts"
+
+# ---- (b) verifier: accepts a real TS, rejects non-saddles
+d="$tmp/data/reactions/$first"
+python3 "$here/verify.py" "$d/ts.xyz" "$d/react.xyz" "$d/prod.xyz" || fail "verifier rejected an accepted TS"
+expect_reject() {
+  local out rc=0
+  out=$(python3 "$here/verify.py" "$@") || rc=$?
+  echo "$out"
+  [ "$rc" -eq 1 ] || fail "verifier did not reject ($*), exit $rc"
+}
+expect_reject "$d/react.xyz" "$d/react.xyz" "$d/prod.xyz"            # a minimum
+expect_reject "$d/prod.xyz" "$d/react.xyz" "$d/prod.xyz"             # the other minimum
+expect_reject "$fix/ch4_planar.xyz" "$fix/ch4_planar.xyz" "$fix/ch4_planar.xyz"  # non-stationary
+python3 - "$here" "$fix/ch4_planar.xyz" <<'PY' || fail "two-imaginary-mode saddle not rejected"
+# D4h methane optimised in-plane is a higher-order saddle: the frequency test must refuse it
+import sys
+sys.path.insert(0, sys.argv[1])
+import chem, tssearch, xtbrun
+syms, xyz, _ = chem.read_xyz(sys.argv[2])
+r = 1.0
+for it in range(30):                       # relax the C-H length in the plane (symmetric)
+    e, g = xtbrun.gradient(syms, xyz)
+    gr = g[3] * 0.52917721067              # dE/dx of H1 (Eh/Angstrom), along its bond
+    r -= 0.2 * gr
+    xyz = [[0, 0, 0], [r, 0, 0], [-r, 0, 0], [0, r, 0], [0, -r, 0]]
+_, h = xtbrun.hessian(syms, xyz)
+ok, reason, fs, _ = tssearch.check_frequencies(syms, xyz, h)
+print("planar CH4 r=%.3f: %s; lowest %s" % (r, reason, ["%.0f" % f for f in fs[:3]]))
+assert not ok and "second imaginary" in reason, reason
+PY
+echo "ci_check: OK"
