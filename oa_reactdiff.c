@@ -2569,39 +2569,47 @@ static int check_model_elements(const oard_config *c, const Molecule *m, char *e
  * alone makes the results, noise included, independent of the input's atom order, and of
  * its orientation unless two atoms of an element are equally far from the centroid. The
  * centroid is summed in coordinate order, so it is bit-identical for any input order. */
-static int lex_before(const double *a, const double *b) {
-    return a[0] != b[0] ? a[0] < b[0] : a[1] != b[1] ? a[1] < b[1] : a[2] < b[2];
+typedef struct {
+    int z, idx;
+    double d2, x[3];
+} AtomKey;
+
+static int cmp_coords(const void *pa, const void *pb) {
+    const double *a = ((const AtomKey *)pa)->x, *b = ((const AtomKey *)pb)->x;
+    for (int k = 0; k < 3; k++)
+        if (a[k] != b[k]) return a[k] < b[k] ? -1 : 1;
+    return 0;
 }
 
-static void canonical_order(const Molecule *m, int *perm) {
+static int cmp_canonical(const void *pa, const void *pb) {
+    const AtomKey *a = pa, *b = pb;
+    if (a->z != b->z) return a->z < b->z ? -1 : 1;
+    if (a->d2 != b->d2) return a->d2 < b->d2 ? -1 : 1;
+    int c = cmp_coords(pa, pb);
+    return c ? c : (a->idx > b->idx) - (a->idx < b->idx); /* coincident atoms: input order */
+}
+
+static int canonical_order(const Molecule *m, int *perm) {
     int n = m->n;
-    for (int i = 0; i < n; i++) { /* pass 1: coordinate order, for the centroid's sum */
-        int j = i;
-        for (; j > 0 && lex_before(m->xyz + 3 * i, m->xyz + 3 * perm[j - 1]); j--) perm[j] = perm[j - 1];
-        perm[j] = i;
+    AtomKey *k = malloc((size_t)n * sizeof(AtomKey));
+    if (!k) return OARD_ERR_NOMEM;
+    for (int i = 0; i < n; i++) {
+        k[i].z = m->z[i], k[i].idx = i, k[i].d2 = 0;
+        memcpy(k[i].x, m->xyz + 3 * i, sizeof(k[i].x));
     }
+    qsort(k, (size_t)n, sizeof(*k), cmp_coords); /* the centroid, summed in coordinate order */
     double c[3] = {0, 0, 0};
     for (int i = 0; i < n; i++)
-        for (int k = 0; k < 3; k++) c[k] += m->xyz[3 * perm[i] + k];
-    for (int k = 0; k < 3; k++) c[k] /= n;
-    double *d2 = malloc((size_t)n * sizeof(double));
-    for (int i = 0; d2 && i < n; i++) {
-        const double *x = m->xyz + 3 * i;
-        d2[i] = (x[0] - c[0]) * (x[0] - c[0]) + (x[1] - c[1]) * (x[1] - c[1]) + (x[2] - c[2]) * (x[2] - c[2]);
+        for (int d = 0; d < 3; d++) c[d] += k[i].x[d];
+    for (int d = 0; d < 3; d++) c[d] /= n;
+    for (int i = 0; i < n; i++) {
+        const double *x = k[i].x;
+        k[i].d2 = (x[0] - c[0]) * (x[0] - c[0]) + (x[1] - c[1]) * (x[1] - c[1]) + (x[2] - c[2]) * (x[2] - c[2]);
     }
-    for (int i = 0; i < n; i++) { /* pass 2: element, distance, coordinates */
-        int j = i;
-        for (; j > 0; j--) {
-            int p = perm[j - 1];
-            int before = m->z[i] != m->z[p] ? m->z[i] < m->z[p]
-                         : d2 && d2[i] != d2[p] ? d2[i] < d2[p]
-                                                : lex_before(m->xyz + 3 * i, m->xyz + 3 * p);
-            if (!before) break;
-            perm[j] = p;
-        }
-        perm[j] = i;
-    }
-    free(d2);
+    qsort(k, (size_t)n, sizeof(*k), cmp_canonical); /* element, distance, coordinates */
+    for (int i = 0; i < n; i++) perm[i] = k[i].idx;
+    free(k);
+    return OARD_OK;
 }
 
 /* one object's rows: positions, one-hot, Z, atoms taken in the order perm */
@@ -2861,7 +2869,8 @@ static int score_reaction(const oard_model *m, const Molecule *const M[3], int t
     for (int f = 0; !rc && f < 3; f++) {
         xh[f] = xcalloc((size_t)n * nf, sizeof(real));
         if (!xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        else canonical_order(M[f], perm), fill_rows(c, M[f], perm, 1, xh[f], nf);
+        else if (canonical_order(M[f], perm)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        else fill_rows(c, M[f], perm, 1, xh[f], nf);
     }
     if (!rc) {
         oard_batch batch = {1, &n, threads};
@@ -2948,8 +2957,9 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
     }
     if (!pr || !pp || !inv || !sizes || !order) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
     if (!rc) {
-        canonical_order(&R, pr);
-        canonical_order(&P, pp);
+        if (canonical_order(&R, pr) || canonical_order(&P, pp)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) {
         for (int k = 0; k < n; k++) inv[pr[k]] = k;
         for (int b = 0; b < N; b++) {
             sizes[b] = n, order[b] = b;

@@ -12,7 +12,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             Molecule *m = &fr[i];
             if (m->n < 1 || !m->z || !m->xyz) abort();
             int *perm = malloc((size_t)m->n * sizeof(int));
-            canonical_order(m, perm);
+            if (canonical_order(m, perm)) abort();
             for (int k = 0; k < m->n; k++) /* a permutation */
                 if (perm[k] < 0 || perm[k] >= m->n) abort();
             if (m->n <= 16) {
