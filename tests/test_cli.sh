@@ -7,18 +7,10 @@
 # CONFIDENCE_WEIGHTS defaults to build/conf_tiny.bin (tests/run_tests.sh converts it).
 # Every check prints what it measured; the script exits 1 if any check failed.
 set -u
-cd "$(dirname "$0")/.." || exit 2
-ROOT=$PWD
-BIN=$(realpath "${1:-./oa_reactdiff}")
-CONF=$(realpath "${2:-build/conf_tiny.bin}")
-PYTHON=${PYTHON:-python3}
+. "$(dirname "$0")/cli_env.sh" cli "$@"
 EX=$ROOT/tests/fixtures/xyz   # rxn14 (golden reaction: chiral, two-molecule product)
 XT="$PYTHON $ROOT/tests/xyz_transform.py"
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/oard-cli-XXXXXX")
-trap 'rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 2
 
-fails=0
 pass() { echo "  ok    $*"; }
 bad() { echo "  FAIL  $*"; fails=$((fails + 1)); }
 # quick sampler settings: the checks are about the command line, not the chemistry

@@ -9,19 +9,11 @@
 # message, and leave no output file and no temporary file. Rows print PASS/FAIL with the
 # message seen. The row names are the README table's first column.
 set -u
-cd "$(dirname "$0")/.." || exit 2
-ROOT=$PWD
-BIN=$(realpath "${1:-./oa_reactdiff}")
-CONF=$(realpath "${2:-build/conf_tiny.bin}")
-PYTHON=${PYTHON:-python3}
+. "$(dirname "$0")/cli_env.sh" errors "$@"
 R=$ROOT/examples/vinyl_alcohol_react.xyz
 P=$ROOT/examples/vinyl_alcohol_prod.xyz
 W=$ROOT/weights.bin
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/oard-errors-XXXXXX")
-trap 'chmod -R u+w "$TMP" 2>/dev/null; rm -rf "$TMP"' EXIT
-cd "$TMP" || exit 2
 Q="--steps 8 --resamplings 1 --jump 1"
-fails=0
 
 # row NAME STATUS MESSAGE OUTFILE -- COMMAND...
 row() {
