@@ -222,6 +222,9 @@ static int wfile_open(wfile *w, const char *path, char *err) {
     if (meta_off != WFILE_HEADER || meta_size > file_size || meta_off + meta_size > w->data_offset ||
         w->data_offset % 64 != 0 || w->data_offset > file_size || data_size != file_size - w->data_offset)
         return fail(err, OARD_ERR_FORMAT, "%s: inconsistent header offsets", path);
+    if (n_tensors > meta_size / 16) /* a tensor line is at least 16 bytes: refuse before allocating */
+        return fail(err, OARD_ERR_FORMAT, "%s: header announces %u tensors, more than its %llu bytes of metadata can list",
+                    path, n_tensors, (unsigned long long)meta_size);
     uint32_t c = oard_crc32(0, b, 56);
     c = oard_crc32(c, b + 60, w->size - 60);
     if (c != crc)
