@@ -797,12 +797,22 @@ NO_FMA_FN static void silu_inplace(real *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + SILU_EXP(-y[i]));
 }
 
+/* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
+ * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
+#if defined(OARD_DOUBLE) && defined(FP_FAST_FMA)
+#define MADD(a, b, c) fma(a, b, c)
+#elif !defined(OARD_DOUBLE) && defined(FP_FAST_FMAF)
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
 /* sum_k x[k] w[k] with VW partial sums (a reassociated dot product, vectorised) */
 static real dot(const real *x, const real *w, int n) {
     real acc[VEC_BYTES / sizeof(real)] = {0}, sum = 0;
     int k = 0;
     for (; k + VW <= n; k += VW)
-        for (int j = 0; j < VW; j++) acc[j] += x[k + j] * w[k + j];
+        for (int j = 0; j < VW; j++) acc[j] = MADD(x[k + j], w[k + j], acc[j]);
     for (int j = 0; j < VW; j++) sum += acc[j];
     for (; k < n; k++) sum += x[k] * w[k];
     return sum;
@@ -815,7 +825,9 @@ static real dot(const real *x, const real *w, int n) {
  * MATMUL_MC, so that a block of x stays in the L2 cache while W is swept across it.
  * Each output is its products summed in order of k, then the bias (or the previous y)
  * added: exact algebra, reassociated. */
+#ifndef TILE_M
 #define TILE_M 6
+#endif
 #define TILE_N (2 * (int)(VEC_BYTES / sizeof(real))) /* two vectors */
 #define MATMUL_MC 96
 
@@ -834,7 +846,7 @@ static inline void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ld
         const real *wk = w + (size_t)k * ldw;
         for (int r = 0; r < TILE_M; r++) {
             const real a = xr[r][k];
-            for (int j = 0; j < nc; j++) acc[r][j] += a * wk[j];
+            for (int j = 0; j < nc; j++) acc[r][j] = MADD(a, wk[j], acc[r][j]);
         }
     }
     for (int r = 0; r < mr; r++) {
@@ -848,8 +860,9 @@ static inline void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ld
     }
 }
 
-static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias, int K,
-                   int N, size_t rows, int accumulate) {
+/* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N) */
+static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
+                        int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
     if (N < VW) { /* narrow outputs (not padded): one row at a time */
         for (size_t r = 0; r < rows; r++) {
             const real *xr = x + r * ldx;
@@ -865,9 +878,9 @@ static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w
     }
     for (size_t r0 = 0; r0 < rows; r0 += MATMUL_MC) {
         size_t rb = rows - r0 < MATMUL_MC ? rows - r0 : MATMUL_MC;
-        for (int j0 = 0; j0 < N;) {
-            int nc = (N - j0 > VW && (size_t)j0 + TILE_N <= ldw) ? TILE_N : VW;
-            int ncv = N - j0 < nc ? N - j0 : nc;
+        for (int j0 = j_begin; j0 < j_end;) {
+            int nc = (j_end - j0 > VW && (size_t)j0 + TILE_N <= ldw) ? TILE_N : VW;
+            int ncv = j_end - j0 < nc ? j_end - j0 : nc;
             const real *bj = bias ? bias + j0 : NULL;
             for (size_t r = r0; r < r0 + rb; r += TILE_M) {
                 int mr = (int)(r0 + rb - r < TILE_M ? r0 + rb - r : TILE_M);
@@ -879,6 +892,11 @@ static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w
             j0 += nc;
         }
     }
+}
+
+static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias, int K,
+                   int N, size_t rows, int accumulate) {
+    matmul_cols(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, 0, N);
 }
 
 /* nn.Linear on rows: y (rows, out) = x (rows, in) W^T + b, then SiLU if act. */
@@ -1140,6 +1158,33 @@ static void thread_nodes(const int *prefix, int N, int tid, int T, int *n0, int 
 }
 
 static real *thread_scratch(const Work *w) { return w->scratch + (size_t)THREAD_ID * w->scratch_len; }
+
+/* A node-level product y (rows, N) = x W + bias [then SiLU], with its column tiles shared
+ * out between the threads (few rows, so the columns are where the parallelism is). */
+static void node_matmul(const Ctx *x, real *y, const real *in, size_t ldx, const real *w, size_t ldw, const real *bias,
+                        int K, int N, size_t rows, int act) {
+    const int strips = (N + TILE_N - 1) / TILE_N;
+    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 18)) {
+        matmul(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0);
+        if (act) silu_inplace(y, rows * (size_t)N);
+        return;
+    }
+#pragma omp parallel num_threads(x->nt)
+    {
+        int T = THREAD_COUNT, tid = THREAD_ID;
+        int j0 = strips * tid / T * TILE_N, j1 = strips * (tid + 1) / T * TILE_N;
+        if (j1 > N) j1 = N;
+        if (j0 < j1) {
+            matmul_cols(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0, j0, j1);
+            if (act)
+                for (size_t r = 0; r < rows; r++) silu_inplace(y + r * (size_t)N + j0, (size_t)(j1 - j0));
+        }
+    }
+}
+
+static void node_linear(const Ctx *x, const Linear *L, const real *in, size_t rows, real *y, int act) {
+    node_matmul(x, y, in, (size_t)L->in, L->wt, (size_t)L->ldw, L->b, L->in, L->out, rows, act);
+}
 
 /* LEFTNet.assemble_nodemask: labels nodes for centring. Visit nodes in index order; an
  * unlabelled node and all its masked-edge neighbours get a new label, overwriting labels
@@ -1453,8 +1498,8 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int last_laye
     real *xh = w->xh, *A = w->A, *Bn = w->Bn, *agg = w->agg;
     const int masked_out = !last_layer || x->dump;
     layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, xh);
-    matmul(A, (size_t)H, xh, (size_t)H, l0->wt, ld0, l0->b, H, H, (size_t)N, 0);             /* xh_i block + b */
-    matmul(Bn, (size_t)H, xh, (size_t)H, l0->wt + (size_t)H * ld0, ld0, NULL, H, H, (size_t)N, 0); /* xh_j block */
+    node_matmul(x, A, xh, (size_t)H, l0->wt, ld0, l0->b, H, H, (size_t)N, 0);             /* xh_i block + b */
+    node_matmul(x, Bn, xh, (size_t)H, l0->wt + (size_t)H * ld0, ld0, NULL, H, H, (size_t)N, 0); /* xh_j block */
     const real *We = l0->wt + (size_t)2 * H * ld0;                                              /* edgeweight block */
 #pragma omp parallel num_threads(x->nt)
     {
@@ -1503,7 +1548,8 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int last_laye
         memcpy(cat + (size_t)n * 2 * H, xh + (size_t)n * H, H * sizeof(real));
         memcpy(cat + (size_t)n * 2 * H + H, agg + (size_t)n * H, H * sizeof(real));
     }
-    mlp_forward(&P->node_mlp, cat, (size_t)N, w->nodetmp + (size_t)N * H, w->nodetmp);
+    node_linear(x, &P->node_mlp.l[0], cat, (size_t)N, w->nodetmp, 1);
+    node_linear(x, &P->node_mlp.l[1], w->nodetmp, (size_t)N, w->nodetmp + (size_t)N * H, P->node_mlp.last_act);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = xh[i] + w->nodetmp[(size_t)N * H + i];
 }
 
@@ -1522,8 +1568,8 @@ static void equi_message(const Ctx *x, const MsgParams *P, const real *s, const 
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     real *xh = w->xh; /* (N, 3H) */
     layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, w->nodetmp);
-    linear_forward(&P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
-    linear_forward(&P->x_proj2, w->nodecat, (size_t)N, xh, 0);
+    node_linear(x, &P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
+    node_linear(x, &P->x_proj2, w->nodecat, (size_t)N, xh, 0);
     memset(dx, 0, (size_t)N * H * sizeof(real));
     memset(dvec, 0, (size_t)N * 3 * H * sizeof(real));
 #pragma omp parallel num_threads(x->nt)
@@ -1576,7 +1622,7 @@ static void equi_update(const Ctx *x, const UpdParams *P, const real *s, const r
     const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     real *V = w->vtmp; /* (N, 3, 2H) */
-    linear_forward(&P->vec_proj, vec, (size_t)N * 3, V, 0);
+    node_linear(x, &P->vec_proj, vec, (size_t)N * 3, V, 0);
     real *cat = w->nodecat; /* (N, 2H): [s, scalar] */
     real *dot = w->agg;     /* (N, H) */
 #pragma omp parallel num_threads(x->nt)
@@ -1595,8 +1641,8 @@ static void equi_update(const Ctx *x, const UpdParams *P, const real *s, const r
         }
     }
     real *t = w->nodetmp, *X = w->xh; /* (N, H), (N, 3H) */
-    linear_forward(&P->xvec_proj0, cat, (size_t)N, t, 1);
-    linear_forward(&P->xvec_proj2, t, (size_t)N, X, 0);
+    node_linear(x, &P->xvec_proj0, cat, (size_t)N, t, 1);
+    node_linear(x, &P->xvec_proj2, t, (size_t)N, X, 0);
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
             const real *Xn = X + (size_t)n * 3 * H;
