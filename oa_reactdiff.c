@@ -1046,6 +1046,7 @@ typedef struct {
     real *dx, *dvec, *vtmp;      /* (N, 3H) (N, 3, H) (N, 3, 2H) */
     real *nodecat, *nodetmp;     /* (N, W), (N, 3W) scratch, W = max(4H, 48) */
     real *grad;                  /* (N, 3) pos_grad accumulator */
+    real *edge_const;            /* (H) first GCL layer: edge block of every masked edge */
     real *centre_sum, *bv;       /* (N, 3) each: node-mask centring, node frame partner */
     real *pos, *h, *delta, *hout; /* dynamics wrapper: (N, 3) (N, I) (N, 3) (N, I) */
     real *feat, *enc, *enc_tmp;  /* per fragment: (NF, F) (NF, I) (NF, 4F) */
@@ -1094,6 +1095,7 @@ static size_t work_layout(Work *w, const oard_config *c, size_t N, size_t E, siz
         {w ? (void **)&w->dvec : NULL, 3 * N * H, sizeof(real)},  {w ? (void **)&w->vtmp : NULL, 6 * N * H, sizeof(real)},
         {w ? (void **)&w->nodecat : NULL, N * W, sizeof(real)},   {w ? (void **)&w->nodetmp : NULL, 3 * N * W, sizeof(real)},
         {w ? (void **)&w->grad : NULL, 3 * N, sizeof(real)},      {w ? (void **)&w->centre_sum : NULL, 3 * N, sizeof(real)},
+        {w ? (void **)&w->edge_const : NULL, H, sizeof(real)},
         {w ? (void **)&w->bv : NULL, 3 * N, sizeof(real)},        {w ? (void **)&w->pos : NULL, 3 * N, sizeof(real)},
         {w ? (void **)&w->h : NULL, N * I, sizeof(real)},         {w ? (void **)&w->delta : NULL, 3 * N, sizeof(real)},
         {w ? (void **)&w->hout : NULL, N * I, sizeof(real)},      {w ? (void **)&w->feat : NULL, NF * F, sizeof(real)},
@@ -1483,12 +1485,14 @@ static void node_frame(const Ctx *x) {
  *   edgeweight += SiLU(edge_out_trans(m)).
  * The first edge_mlp layer is split exactly into its three input blocks: the node blocks
  * (xh_i W_i + b, xh_j W_j) are computed once per node and added to the edge block of each
- * edge. The edges out of a node are contiguous, so a thread owning a range of nodes runs
- * their edges in blocks and sums agg in edge order. In the last layer (last_layer) the
+ * edge. In the first layer every masked edge has the same edge weights (zero frame and
+ * RBF, r = 0), so their edge block is one row, computed once. The edges out of a node are
+ * contiguous, so a thread owning a range of nodes runs their edges in blocks and sums agg
+ * in edge order. In the last layer (last_layer) the
  * edge weights of masked edges are never read again (only the equivariant message reads
  * edge weights after it), so edge_out_trans runs on the unmasked edges only - unless a
  * dump of the layer outputs asks for all of them. */
-static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int last_layer) {
+static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_layer, int last_layer) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
     Work *w = x->w;
@@ -1501,6 +1505,10 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int last_laye
     node_matmul(x, A, xh, (size_t)H, l0->wt, ld0, l0->b, H, H, (size_t)N, 0);             /* xh_i block + b */
     node_matmul(x, Bn, xh, (size_t)H, l0->wt + (size_t)H * ld0, ld0, NULL, H, H, (size_t)N, 0); /* xh_j block */
     const real *We = l0->wt + (size_t)2 * H * ld0;                                              /* edgeweight block */
+    int e_masked = -1;
+    for (int e = 0; first_layer && e < g->E && e_masked < 0; e++)
+        if (w->mask[e] == 0) e_masked = e;
+    if (e_masked >= 0) matmul(w->edge_const, (size_t)H, w->ew + (size_t)e_masked * EW, (size_t)EW, We, ld0, NULL, EW, H, 1, 0);
 #pragma omp parallel num_threads(x->nt)
     {
         real *m1 = thread_scratch(w), *m2 = m1 + round_up((size_t)BE * H, 16);
@@ -1515,7 +1523,21 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int last_laye
                 real *r = m1 + (size_t)k * H;
                 for (int h = 0; h < H; h++) r[h] = ai[h] + bj[h];
             }
-            matmul(m1, (size_t)H, w->ew + (size_t)e0 * EW, (size_t)EW, We, ld0, NULL, EW, H, (size_t)nb, 1);
+            if (e_masked < 0) {
+                matmul(m1, (size_t)H, w->ew + (size_t)e0 * EW, (size_t)EW, We, ld0, NULL, EW, H, (size_t)nb, 1);
+            } else { /* first layer: the unmasked rows gathered, the masked ones share edge_const */
+                int nu = 0;
+                for (int k = 0; k < nb; k++) {
+                    real *r = m1 + (size_t)k * H;
+                    if (w->mask[e0 + k] == 0)
+                        for (int h = 0; h < H; h++) r[h] += w->edge_const[h];
+                    else
+                        memcpy(de + (size_t)nu * EW, w->ew + (size_t)(e0 + k) * EW, EW * sizeof(real)), rows[nu++] = k;
+                }
+                matmul(m2, (size_t)H, de, (size_t)EW, We, ld0, NULL, EW, H, (size_t)nu, 0);
+                for (int k = 0; k < nu; k++)
+                    for (int h = 0; h < H; h++) m1[(size_t)rows[k] * H + h] += m2[(size_t)k * H + h];
+            }
             silu_inplace(m1, (size_t)nb * H);
             linear_forward(&P->edge_mlp.l[1], m1, (size_t)nb, m2, 1);
             linear_forward(&P->att_mlp.l[0], m2, (size_t)nb, att, 1);
@@ -1723,7 +1745,7 @@ static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *
             linear_forward(&p->pos_exp1, t, (size_t)N, u, 0);
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += u[k];
         }
-        gcl_message(x, &p->gcl[i], s, i == c->num_layers - 1);
+        gcl_message(x, &p->gcl[i], s, i == 0, i == c->num_layers - 1);
         snprintf(name, sizeof(name), "gcl%d.out0", i);
         dump(x, name, s, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "gcl%d.out1", i);
