@@ -53,6 +53,8 @@ typedef oard_real real;
 #define VEC_BYTES 16
 #endif
 #define VW ((int)(VEC_BYTES / sizeof(real))) /* reals per vector */
+#define TILE_M 6                              /* matmul output tile: TILE_M rows x TILE_N columns */
+#define TILE_N (2 * (int)(VEC_BYTES / sizeof(real))) /* two vectors */
 #define PARAM_ALIGN 16                      /* every parameter tensor starts on 16 reals */
 
 const char *oard_version(void) { return OARD_VERSION " (" OARD_REAL_NAME ")"; }
@@ -365,9 +367,9 @@ static int meta_list(const wfile *w, const char *key, int n, double *out, char *
 
 /* nn.Linear(in, out). The weight is stored transposed, (in, ldw): row i holds the weights
  * of input i for every output, so a block of outputs is a sum of scaled weight rows (the
- * matmul kernel's inner loop). ldw is out rounded up to the vector width (zero padding),
- * so that every column tile of the kernel is full; layers with fewer outputs than one
- * vector are not padded. */
+ * matmul kernel's inner loop). ldw is out rounded up to a whole column tile (zero
+ * padding), so that every tile of the kernel is full (a narrower last tile computes at
+ * half speed); layers with fewer outputs than one vector are not padded. */
 typedef struct {
     const real *wt; /* (in, ldw) */
     const real *b;  /* (out) or NULL */
@@ -507,7 +509,7 @@ static int take_linear(loader *L, Linear *lin, int in, int out, int bias, const 
     int64_t wd[2] = {out, in}, bd[1] = {out};
     lin->in = in;
     lin->out = out;
-    lin->ldw = out < VW ? out : (out + VW - 1) / VW * VW;
+    lin->ldw = out < VW ? out : (out + TILE_N - 1) / TILE_N * TILE_N;
     lin->b = NULL;
     int rc = take(L, &lin->wt, 1, lin->ldw, 2, wd, "%s%s.weight", L->prefix, base);
     if (!rc && bias) rc = take(L, &lin->b, 0, 0, 1, bd, "%s%s.bias", L->prefix, base);
@@ -704,7 +706,7 @@ int oard_model_load(const char *path, int expected_kind, oard_model **out, char 
         for (int i = 0; i < m->file.n_t; i++) {
             const wtensor *t = &m->file.t[i];
             m->n_params += t->nbytes / (t->is_f64 ? 8 : 4) + PARAM_ALIGN;
-            if (t->ndim == 2) m->n_params += (size_t)t->dims[1] * VW;
+            if (t->ndim == 2) m->n_params += (size_t)t->dims[1] * TILE_N;
         }
         m->params = aligned_calloc(m->n_params, sizeof(real));
         if (!m->params) rc = fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %zu parameters", path, m->n_params);
@@ -820,15 +822,11 @@ static real dot(const real *x, const real *w, int n) {
 
 /* Matrix product y (rows, N) = x (rows, K) W (K, N) + bias, or y += x W (accumulate).
  * Leading dimensions ldx, ldy, ldw (W is a Linear's transposed weight, ldw a multiple of
- * VW). The output is computed in tiles of TILE_M rows x TILE_N columns held in registers:
+ * TILE_N, or of VW for a block of a split weight). The output is computed in tiles of TILE_M rows x TILE_N columns held in registers:
  * for each k, the TILE_M inputs x[r][k] scale one row of W. Rows come in blocks of
  * MATMUL_MC, so that a block of x stays in the L2 cache while W is swept across it.
  * Each output is its products summed in order of k, then the bias (or the previous y)
  * added: exact algebra, reassociated. */
-#ifndef TILE_M
-#define TILE_M 6
-#endif
-#define TILE_N (2 * (int)(VEC_BYTES / sizeof(real))) /* two vectors */
 #define MATMUL_MC 96
 
 /* One tile. nc (TILE_N or VW) is a constant after inlining, so acc lives in registers.
@@ -1166,7 +1164,7 @@ static real *thread_scratch(const Work *w) { return w->scratch + (size_t)THREAD_
 static void node_matmul(const Ctx *x, real *y, const real *in, size_t ldx, const real *w, size_t ldw, const real *bias,
                         int K, int N, size_t rows, int act) {
     const int strips = (N + TILE_N - 1) / TILE_N;
-    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 18)) {
+    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 22)) {
         matmul(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0);
         if (act) silu_inplace(y, rows * (size_t)N);
         return;
