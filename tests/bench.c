@@ -316,11 +316,13 @@ static void cmd_ts(char **argv) {
     oard_rng rng;
     oard_rng_seed(&rng, 1);
     const oard_real *fixed[3] = {in.xh[0], in.xh[1], in.xh[2]};
-    double t0 = now();
+    double t0 = now(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     if (oard_inpaint(m, &batch, &o, NULL, fixed, in.eps, &rng, err)) die(err);
-    double s = now() - t0;
-    printf("bench ts steps=%s resamplings=%s jump=%s threads=%s calls=%d seconds=%.2f ms_per_call=%.2f\n", argv[5],
+    double s = now() - t0, cs = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+    printf("bench ts steps=%s resamplings=%s jump=%s threads=%s calls=%d seconds=%.2f ms_per_call=%.2f", argv[5],
            argv[6], argv[7], argv[8], n_progress + 1, s, 1e3 * s / (n_progress + 1));
+    if (show_cpu) printf(" cpu_seconds=%.2f", cs);
+    printf("\n");
     free_input(&in);
     oard_model_free(m);
 }
