@@ -827,7 +827,14 @@ static real dot(const real *x, const real *w, int n) {
  * MATMUL_MC, so that a block of x stays in the L2 cache while W is swept across it.
  * Each output is its products summed in order of k, then the bias (or the previous y)
  * added: exact algebra, reassociated. */
-#define MATMUL_MC 96
+#define MATMUL_MC 192
+/* Unroll the tile loops completely, so that acc is held in registers (without it GCC
+ * vectorises the float64 tile across rows, through memory: ten times slower). */
+#if defined(__GNUC__)
+#define UNROLL_FULL _Pragma("GCC unroll 64")
+#else
+#define UNROLL_FULL
+#endif
 
 /* One tile. nc (TILE_N or VW) is a constant after inlining, so acc lives in registers.
  * Rows past mr repeat the last valid row and are not stored; columns past ncv are the
@@ -836,14 +843,18 @@ static inline void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ld
                                const real *w, size_t ldw, int K, const real *bias, int accumulate) {
     real acc[TILE_M][TILE_N];
     const real *xr[TILE_M];
+    UNROLL_FULL
     for (int r = 0; r < TILE_M; r++) {
         xr[r] = x + (size_t)(r < mr ? r : mr - 1) * ldx;
+        UNROLL_FULL
         for (int j = 0; j < TILE_N; j++) acc[r][j] = 0;
     }
     for (int k = 0; k < K; k++) {
         const real *wk = w + (size_t)k * ldw;
+        UNROLL_FULL
         for (int r = 0; r < TILE_M; r++) {
             const real a = xr[r][k];
+            UNROLL_FULL
             for (int j = 0; j < nc; j++) acc[r][j] = MADD(a, wk[j], acc[r][j]);
         }
     }
@@ -1058,7 +1069,7 @@ typedef struct {
 
 /* Edges are processed in blocks of EDGE_BLOCK rows: big enough for the matmul kernel to
  * reuse every weight row, small enough for a block of inputs to stay in cache. */
-#define EDGE_BLOCK 96
+#define EDGE_BLOCK 192
 
 static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
