@@ -8,7 +8,7 @@
 #   make OPENMP=0            serial build (default: OpenMP if the compiler supports it)
 #   make NATIVE=1            optimise for this machine (-O3 -march=native: AVX-512/AVX2 and
 #                            FMA where the CPU has them; about 4x faster than the portable build)
-#   make CC=clang OPT=-O2    other compiler / optimisation
+#   make CC=clang OPT=-O3    other compiler / optimisation
 #   make test GOLDEN_FLAGS="--cross -v"   also run the f64 cases in the float32 build
 #   make bench               speed of the denoiser (tiny and official-size model), 1 and 2
 #                            threads, float64/float32 ratio; built with $(BENCH_OPT)
@@ -19,7 +19,7 @@ CC ?= cc
 ifeq ($(NATIVE),1)
   OPT ?= -O3 -march=native
 endif
-OPT ?= -O3
+OPT ?= -O2
 CSTD ?= -std=c99
 WARN ?= -Wall -Wextra
 CFLAGS ?= $(OPT) $(CSTD) $(WARN)
