@@ -86,7 +86,11 @@ build/test_equivariance: tests/test_equivariance.c tests/npy_lite.h $(ENGINE)
 	@mkdir -p build
 	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_equivariance.c oa_reactdiff.c -o $@ $(LDLIBS)
 
-test-programs: build/test_schedules build/test_equivariance
+build/test_consistency: tests/test_consistency.c $(ENGINE)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -DOARD_NO_MAIN tests/test_consistency.c oa_reactdiff.c -o $@ $(LDLIBS)
+
+test-programs: build/test_schedules build/test_equivariance build/test_consistency
 
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)
