@@ -1171,11 +1171,12 @@ static void thread_nodes(const int *prefix, int N, int tid, int T, int *n0, int 
 static real *thread_scratch(const Work *w) { return w->scratch + (size_t)THREAD_ID * w->scratch_len; }
 
 /* A node-level product y (rows, N) = x W + bias [then SiLU], with its column tiles shared
- * out between the threads (few rows, so the columns are where the parallelism is). */
+ * out between the threads (few rows, so the columns are where the parallelism is); below
+ * about 2M multiply-adds (20 us) it runs on the calling thread. */
 static void node_matmul(const Ctx *x, real *y, const real *in, size_t ldx, const real *w, size_t ldw, const real *bias,
                         int K, int N, size_t rows, int act) {
     const int strips = (N + TILE_N - 1) / TILE_N;
-    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 22)) {
+    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 21)) {
         matmul(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0);
         if (act) silu_inplace(y, rows * (size_t)N);
         return;
