@@ -783,9 +783,18 @@ void oard_model_free(oard_model *m) {
 
 /* SiLU's exponential. PyTorch's CPU SiLU computes x / (1 + exp(-x)) on vectors with Sleef's
  * expf (u10), which torch_expf reproduces bit for bit with explicit fmaf; where fmaf is a
- * single instruction (FP_FAST_FMAF) its branch-free form silu_expf is both faster, as it
+ * single instruction (FAST_FMAF) its branch-free form silu_expf is both faster, as it
  * vectorises, and closer to upstream than libm's expf. Elsewhere (and in float64) libm. */
-#if !defined(OARD_DOUBLE) && defined(FP_FAST_FMAF)
+/* fmaf is one instruction: FP_FAST_FMAF (glibc, from the compiler) or x86's __FMA__ */
+#if defined(FP_FAST_FMAF) || defined(__FMA__)
+#define FAST_FMAF 1
+#endif
+#if defined(FP_FAST_FMA) || defined(__FMA__)
+#define FAST_FMA 1
+#endif
+
+#if !defined(OARD_DOUBLE) && defined(FAST_FMAF)
+#define SILU_SLEEF 1
 static inline float silu_expf(float d);
 #define SILU_EXP silu_expf
 #else
@@ -801,9 +810,9 @@ NO_FMA_FN static void silu_inplace(real *y, size_t n) {
 
 /* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
  * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
-#if defined(OARD_DOUBLE) && defined(FP_FAST_FMA)
+#if defined(OARD_DOUBLE) && defined(FAST_FMA)
 #define MADD(a, b, c) fma(a, b, c)
-#elif !defined(OARD_DOUBLE) && defined(FP_FAST_FMAF)
+#elif !defined(OARD_DOUBLE) && defined(FAST_FMAF)
 #define MADD(a, b, c) fmaf(a, b, c)
 #else
 #define MADD(a, b, c) ((a) * (b) + (c))
@@ -2289,11 +2298,13 @@ NO_FMA_FN static float torch_expf(float d) {
  * |x| < 2^22). Inside the range this is torch_expf bit for bit; outside, SiLU comes out
  * the same: below, 1 + exp(-104) rounds to 1 as 1 + 0 does; above, exp(104) overflows to
  * inf as torch_expf's override does. */
+#ifdef SILU_SLEEF
 NO_FMA_FN static inline float silu_expf(float d) {
     d = d >= -104.0f ? d : -104.0f;
     d = d <= 104.0f ? d : 104.0f;
     return expf_core(d, (d * R_LN2f + 12582912.0f) - 12582912.0f);
 }
+#endif
 
 /* ---------------- Sleef xlog1pf (u10) ----------------
  * AVX2 path: e = ilogb2k(dp1 * (1/0.75f)) from the exponent bits; AVX512 path uses
