@@ -32,12 +32,30 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h> /* sysconf: the physical memory, for the memory limit */
+#endif
 
 typedef oard_real real;
 
 #define OARD_VERSION "0.1.0"
 #define EPS_FRAME 1e-6 /* upstream leftnet.py EPS, added to every norm it divides by */
 #define OARD_PI 3.14159265358979323846
+
+/* Vector width of the target in bytes. It only sets the kernels' tile sizes and the weight
+ * padding (speed, never results beyond rounding): the kernels are plain C loops that the
+ * compiler vectorises; no intrinsics. */
+#if defined(__AVX512F__)
+#define VEC_BYTES 64
+#elif defined(__AVX__)
+#define VEC_BYTES 32
+#else
+#define VEC_BYTES 16
+#endif
+#define VW ((int)(VEC_BYTES / sizeof(real))) /* reals per vector */
+#define TILE_M 6                              /* matmul output tile: TILE_M rows x TILE_N columns */
+#define TILE_N (2 * (int)(VEC_BYTES / sizeof(real))) /* two vectors */
+#define PARAM_ALIGN 16                      /* every parameter tensor starts on 16 reals */
 
 const char *oard_version(void) { return OARD_VERSION " (" OARD_REAL_NAME ")"; }
 
@@ -75,6 +93,24 @@ static void *xcalloc(size_t n, size_t size) {
     if (n == 0 || size == 0) return calloc(1, 1);
     if (n > SIZE_MAX / size) return NULL;
     return calloc(n, size);
+}
+
+/* Zeroed memory aligned to 64 bytes (a cache line, a full vector); free with aligned_free.
+ * The pointer calloc returned is kept just below the aligned block. */
+static void *aligned_calloc(size_t n, size_t size) {
+    if (size && n > (SIZE_MAX - 128) / size) return NULL;
+    unsigned char *raw = calloc(n * size + 64 + sizeof(void *), 1);
+    if (!raw) return NULL;
+    uintptr_t a = ((uintptr_t)(raw + sizeof(void *)) + 63) & ~(uintptr_t)63;
+    memcpy((unsigned char *)a - sizeof(void *), &raw, sizeof(void *));
+    return (void *)a;
+}
+
+static void aligned_free(void *p) {
+    if (!p) return;
+    void *raw;
+    memcpy(&raw, (unsigned char *)p - sizeof(void *), sizeof(void *));
+    free(raw);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -332,12 +368,15 @@ static int meta_list(const wfile *w, const char *key, int n, double *out, char *
 /* ------------------------------------------------------------------------------------ */
 /* Model parameters                                                                        */
 
-/* nn.Linear(in, out). The weight is stored transposed, (in, out), so that a row of the
- * output is a sum of scaled weight rows: that loop vectorises without reassociation. */
+/* nn.Linear(in, out). The weight is stored transposed, (in, ldw): row i holds the weights
+ * of input i for every output, so a block of outputs is a sum of scaled weight rows (the
+ * matmul kernel's inner loop). ldw is out rounded up to a whole column tile (zero
+ * padding), so that every tile of the kernel is full (a narrower last tile computes at
+ * half speed); layers with fewer outputs than one vector are not padded. */
 typedef struct {
-    const real *wt; /* (in, out) */
+    const real *wt; /* (in, ldw) */
     const real *b;  /* (out) or NULL */
-    int in, out;
+    int in, out, ldw;
 } Linear;
 
 /* upstream model/core.py MLP: Linear layers with SiLU after each, the last one optional */
@@ -382,7 +421,7 @@ typedef struct { /* leftnet.py LEFTNet */
     Linear neighbor_emb;               /* NeighborEmb.embedding */
     Linear s2v_lin1;                   /* CFConvS2V.lin1[0] */
     Linear radial_lin0, radial_lin2;
-    Linear lin3_0, lin3_2;   /* 3 -> H/4 -> 1 */
+    Linear lin3[2];          /* 3 -> H/4 -> 1 */
     Linear pos_exp0, pos_exp1; /* 3 -> H/2 -> H, no bias */
     Linear dyn0, dyn2;       /* pos_grad: dynamic_mlp_modules H -> H/2 -> 3 */
     GCLParams gcl[MAX_LAYERS];
@@ -412,8 +451,9 @@ typedef struct {
 } loader;
 
 /* Find a tensor by its upstream name, check its shape, copy it (converted to the build's
- * precision, transposed when asked) into the parameter block. */
-static int take(loader *L, const real **out, int transpose, int ndim, const int64_t *dims, const char *fmt, ...) {
+ * precision, transposed when asked, into rows of ld >= dims[0] values with zero padding)
+ * into the parameter block. */
+static int take(loader *L, const real **out, int transpose, int ld, int ndim, const int64_t *dims, const char *fmt, ...) {
     char name[200];
     va_list ap;
     va_start(ap, fmt);
@@ -436,11 +476,12 @@ static int take(loader *L, const real **out, int transpose, int ndim, const int6
                     got, want);
     }
     size_t n = (size_t)(t->nbytes / (t->is_f64 ? 8 : 4));
-    if (L->m->params_used + n > L->m->n_params)
+    size_t rows = ndim == 2 ? (size_t)dims[0] : 1, cols = n / (rows ? rows : 1);
+    size_t ldt = transpose ? (size_t)ld : rows, n_alloc = transpose ? cols * ldt : n;
+    if (L->m->params_used + n_alloc > L->m->n_params)
         return fail(L->err, OARD_ERR_MODEL, "%s: tensor %s used twice", w->path, name);
     real *dst = L->m->params + L->m->params_used;
     const unsigned char *src = w->buf + w->data_offset + t->offset;
-    size_t rows = ndim == 2 ? (size_t)dims[0] : 1, cols = n / (rows ? rows : 1);
     for (size_t i = 0; i < n; i++) {
         double v;
         if (t->is_f64) {
@@ -452,10 +493,10 @@ static int take(loader *L, const real **out, int transpose, int ndim, const int6
         }
         if (!isfinite(v))
             return fail(L->err, OARD_ERR_MODEL, "%s: tensor %s holds a non-finite value", w->path, name);
-        size_t j = transpose ? (i % cols) * rows + i / cols : i;
+        size_t j = transpose ? (i % cols) * ldt + i / cols : i;
         dst[j] = (real)v;
     }
-    L->m->params_used += n;
+    L->m->params_used += (n_alloc + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN; /* keeps tensors aligned */
     t->used = 1;
     *out = dst;
     return OARD_OK;
@@ -471,9 +512,10 @@ static int take_linear(loader *L, Linear *lin, int in, int out, int bias, const 
     int64_t wd[2] = {out, in}, bd[1] = {out};
     lin->in = in;
     lin->out = out;
+    lin->ldw = out < VW ? out : (out + TILE_N - 1) / TILE_N * TILE_N;
     lin->b = NULL;
-    int rc = take(L, &lin->wt, 1, 2, wd, "%s%s.weight", L->prefix, base);
-    if (!rc && bias) rc = take(L, &lin->b, 0, 1, bd, "%s%s.bias", L->prefix, base);
+    int rc = take(L, &lin->wt, 1, lin->ldw, 2, wd, "%s%s.weight", L->prefix, base);
+    if (!rc && bias) rc = take(L, &lin->b, 0, 0, 1, bd, "%s%s.bias", L->prefix, base);
     return rc;
 }
 
@@ -492,7 +534,7 @@ static int take_vector(loader *L, const real **out, int n, const char *fmt, cons
     int64_t d[1] = {n};
     char name[200];
     snprintf(name, sizeof(name), fmt, base);
-    return take(L, out, 0, 1, d, "%s%s", L->prefix, name);
+    return take(L, out, 0, 0, 1, d, "%s%s", L->prefix, name);
 }
 
 static int load_leftnet(loader *L, const oard_config *c) {
@@ -507,8 +549,8 @@ static int load_leftnet(loader *L, const oard_config *c) {
     TRY(take_linear(L, &p->s2v_lin1, H, H, 1, "model.s2v.lin1.0"));
     TRY(take_linear(L, &p->radial_lin0, R, H, 1, "model.radial_lin.0"));
     TRY(take_linear(L, &p->radial_lin2, H, H, 1, "model.radial_lin.2"));
-    TRY(take_linear(L, &p->lin3_0, 3, H / 4, 1, "model.lin3.0"));
-    TRY(take_linear(L, &p->lin3_2, H / 4, 1, 1, "model.lin3.2"));
+    TRY(take_linear(L, &p->lin3[0], 3, H / 4, 1, "model.lin3.0"));
+    TRY(take_linear(L, &p->lin3[1], H / 4, 1, 1, "model.lin3.2"));
     TRY(take_linear(L, &p->pos_exp0, 3, H / 2, 0, "model.pos_expansion.mlp.0.linear"));
     TRY(take_linear(L, &p->pos_exp1, H / 2, H, 0, "model.pos_expansion.mlp.1.linear"));
     if (c->legacy) { /* built but never used in forward: loaded so the file is fully accounted for */
@@ -663,8 +705,13 @@ int oard_model_load(const char *path, int expected_kind, oard_model **out, char 
                   m->cfg.kind == OARD_KIND_DENOISER ? "denoiser" : "confidence",
                   expected_kind == OARD_KIND_DENOISER ? "denoiser" : "confidence");
     if (!rc) {
-        for (int i = 0; i < m->file.n_t; i++) m->n_params += m->file.t[i].nbytes / (m->file.t[i].is_f64 ? 8 : 4);
-        m->params = xcalloc(m->n_params, sizeof(real));
+        /* room for every tensor, the column padding of transposed weights and alignment */
+        for (int i = 0; i < m->file.n_t; i++) {
+            const wtensor *t = &m->file.t[i];
+            m->n_params += t->nbytes / (t->is_f64 ? 8 : 4) + PARAM_ALIGN;
+            if (t->ndim == 2) m->n_params += (size_t)t->dims[1] * TILE_N;
+        }
+        m->params = aligned_calloc(m->n_params, sizeof(real));
         if (!m->params) rc = fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %zu parameters", path, m->n_params);
     }
     if (!rc) {
@@ -718,7 +765,7 @@ int oard_model_load(const char *path, int expected_kind, oard_model **out, char 
 void oard_model_free(oard_model *m) {
     if (!m) return;
     wfile_free(&m->file);
-    free(m->params);
+    aligned_free(m->params);
     free(m);
 }
 
@@ -737,37 +784,146 @@ void oard_model_free(oard_model *m) {
 #define RFABS fabsf
 #endif
 
-static inline real silu(real x) { return x / ((real)1 + REXP(-x)); } /* torch SiLU */
+/* SiLU's exponential. PyTorch's CPU SiLU computes x / (1 + exp(-x)) on vectors with Sleef's
+ * expf (u10), which torch_expf reproduces bit for bit with explicit fmaf; where fmaf is a
+ * single instruction (FAST_FMAF) its branch-free form silu_expf is both faster, as it
+ * vectorises, and closer to upstream than libm's expf. Elsewhere (and in float64) libm. */
+/* fmaf is one instruction: FP_FAST_FMAF (glibc, from the compiler) or x86's __FMA__ */
+#if defined(FP_FAST_FMAF) || defined(__FMA__)
+#define FAST_FMAF 1
+#endif
+#if defined(FP_FAST_FMA) || defined(__FMA__)
+#define FAST_FMA 1
+#endif
 
-/* y (rows, out) = x (rows, in) W^T + b, then SiLU if act. */
-static void linear_forward(const Linear *L, const real *x, size_t rows, real *y, int act) {
-    const int in = L->in, out = L->out;
-    for (size_t r = 0; r < rows; r++) {
-        const real *xr = x + r * (size_t)in;
-        real *yr = y + r * (size_t)out;
-        if (L->b) memcpy(yr, L->b, (size_t)out * sizeof(real));
-        else memset(yr, 0, (size_t)out * sizeof(real));
-        for (int i = 0; i < in; i++) {
-            const real xi = xr[i];
-            const real *w = L->wt + (size_t)i * out;
-            for (int o = 0; o < out; o++) yr[o] += xi * w[o];
+#if !defined(OARD_DOUBLE) && defined(FAST_FMAF)
+#define SILU_SLEEF 1
+static inline float silu_expf(float d);
+#define SILU_EXP silu_expf
+#else
+#define SILU_EXP REXP
+#endif
+
+NO_FMA_FN static inline real silu(real x) { return x / ((real)1 + SILU_EXP(-x)); } /* torch SiLU */
+
+/* y[i] = SiLU(y[i]) over n values: one loop the compiler vectorises */
+NO_FMA_FN static void silu_inplace(real *y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + SILU_EXP(-y[i]));
+}
+
+/* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
+ * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
+#if defined(OARD_DOUBLE) && defined(FAST_FMA)
+#define MADD(a, b, c) fma(a, b, c)
+#elif !defined(OARD_DOUBLE) && defined(FAST_FMAF)
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* sum_k x[k] w[k] with VW partial sums (a reassociated dot product, vectorised) */
+static real dot(const real *x, const real *w, int n) {
+    real acc[VEC_BYTES / sizeof(real)] = {0}, sum = 0;
+    int k = 0;
+    for (; k + VW <= n; k += VW)
+        for (int j = 0; j < VW; j++) acc[j] = MADD(x[k + j], w[k + j], acc[j]);
+    for (int j = 0; j < VW; j++) sum += acc[j];
+    for (; k < n; k++) sum += x[k] * w[k];
+    return sum;
+}
+
+/* Matrix product y (rows, N) = x (rows, K) W (K, N) + bias, or y += x W (accumulate).
+ * Leading dimensions ldx, ldy, ldw (W is a Linear's transposed weight, ldw a multiple of
+ * TILE_N, or of VW for a block of a split weight). The output is computed in tiles of TILE_M rows x TILE_N columns held in registers:
+ * for each k, the TILE_M inputs x[r][k] scale one row of W. Rows come in blocks of
+ * MATMUL_MC, so that a block of x stays in the L2 cache while W is swept across it.
+ * Each output is its products summed in order of k, then the bias (or the previous y)
+ * added: exact algebra, reassociated. */
+#define MATMUL_MC 192
+/* Unroll the tile loops completely, so that acc is held in registers (without it GCC
+ * vectorises the float64 tile across rows, through memory: ten times slower). */
+#if defined(__GNUC__)
+#define UNROLL_FULL _Pragma("GCC unroll 64")
+#else
+#define UNROLL_FULL
+#endif
+
+/* One tile. nc (TILE_N or VW) is a constant after inlining, so acc lives in registers.
+ * Rows past mr repeat the last valid row and are not stored; columns past ncv are the
+ * zero padding of W and are not stored. */
+static inline void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ldy, const real *x, size_t ldx,
+                               const real *w, size_t ldw, int K, const real *bias, int accumulate) {
+    real acc[TILE_M][TILE_N];
+    const real *xr[TILE_M];
+    UNROLL_FULL
+    for (int r = 0; r < TILE_M; r++) {
+        xr[r] = x + (size_t)(r < mr ? r : mr - 1) * ldx;
+        UNROLL_FULL
+        for (int j = 0; j < TILE_N; j++) acc[r][j] = 0;
+    }
+    for (int k = 0; k < K; k++) {
+        const real *wk = w + (size_t)k * ldw;
+        UNROLL_FULL
+        for (int r = 0; r < TILE_M; r++) {
+            const real a = xr[r][k];
+            UNROLL_FULL
+            for (int j = 0; j < nc; j++) acc[r][j] = MADD(a, wk[j], acc[r][j]);
         }
-        if (act)
-            for (int o = 0; o < out; o++) yr[o] = silu(yr[o]);
+    }
+    for (int r = 0; r < mr; r++) {
+        real *yr = y + (size_t)r * ldy;
+        if (accumulate)
+            for (int j = 0; j < ncv; j++) yr[j] += acc[r][j];
+        else if (bias)
+            for (int j = 0; j < ncv; j++) yr[j] = acc[r][j] + bias[j];
+        else
+            for (int j = 0; j < ncv; j++) yr[j] = acc[r][j];
     }
 }
 
-/* y += x W^T over rows (no bias, no activation): one block of a split input */
-static void linear_accumulate(const real *wt, int in, int out, const real *x, size_t rows, real *y) {
-    for (size_t r = 0; r < rows; r++) {
-        const real *xr = x + r * (size_t)in;
-        real *yr = y + r * (size_t)out;
-        for (int i = 0; i < in; i++) {
-            const real xi = xr[i];
-            const real *w = wt + (size_t)i * out;
-            for (int o = 0; o < out; o++) yr[o] += xi * w[o];
+/* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N) */
+static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
+                        int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
+    if (N < VW) { /* narrow outputs (not padded): one row at a time */
+        for (size_t r = 0; r < rows; r++) {
+            const real *xr = x + r * ldx;
+            real *yr = y + r * ldy;
+            for (int o = 0; o < N; o++) {
+                real v = N == 1 ? dot(xr, w, K) : 0;
+                if (N > 1)
+                    for (int k = 0; k < K; k++) v += xr[k] * w[(size_t)k * ldw + o];
+                yr[o] = accumulate ? yr[o] + v : (bias ? v + bias[o] : v);
+            }
+        }
+        return;
+    }
+    for (size_t r0 = 0; r0 < rows; r0 += MATMUL_MC) {
+        size_t rb = rows - r0 < MATMUL_MC ? rows - r0 : MATMUL_MC;
+        for (int j0 = j_begin; j0 < j_end;) {
+            int nc = (j_end - j0 > VW && (size_t)j0 + TILE_N <= ldw) ? TILE_N : VW;
+            int ncv = j_end - j0 < nc ? j_end - j0 : nc;
+            const real *bj = bias ? bias + j0 : NULL;
+            for (size_t r = r0; r < r0 + rb; r += TILE_M) {
+                int mr = (int)(r0 + rb - r < TILE_M ? r0 + rb - r : TILE_M);
+                if (nc == TILE_N)
+                    matmul_tile(TILE_N, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, w + j0, ldw, K, bj, accumulate);
+                else
+                    matmul_tile(VW, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, w + j0, ldw, K, bj, accumulate);
+            }
+            j0 += nc;
         }
     }
+}
+
+static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias, int K,
+                   int N, size_t rows, int accumulate) {
+    matmul_cols(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, 0, N);
+}
+
+/* nn.Linear on rows: y (rows, out) = x (rows, in) W^T + b, then SiLU if act. */
+static void linear_forward(const Linear *L, const real *x, size_t rows, real *y, int act) {
+    matmul(y, (size_t)L->out, x, (size_t)L->in, L->wt, (size_t)L->ldw, L->b, L->in, L->out, rows, 0);
+    if (act) silu_inplace(y, rows * (size_t)L->out);
 }
 
 /* upstream core.py MLP on rows; tmp must hold rows x (widest hidden layer) */
@@ -895,7 +1051,10 @@ static int graph_build(Graph *g, const oard_batch *batch, char *err) {
 /* ------------------------------------------------------------------------------------ */
 /* LEFTNet (upstream model/leftnet.py)                                                     */
 
-/* Work buffers of one forward call, allocated once per call. */
+/* Work buffers: every array one forward pass needs, carved out of one allocation whose
+ * size work_layout() computes from the configuration and the graph (and which
+ * oard_memory_estimate reports before anything is allocated). A workspace keeps them
+ * from one denoiser call to the next. */
 typedef struct {
     real *mask, *dist, *rbound;  /* (E): geometry mask, masked distance, cosine cutoff */
     real *d, *c, *v;             /* (E, 3): edge frame (diff, cross, vertical), masked */
@@ -904,12 +1063,79 @@ typedef struct {
     real *pos_frame, *frame;     /* (N, 3), (N, 3, 3): node frame, frame[n][xyz][k] */
     real *pos_prjt;              /* (N, 3) */
     real *s, *vec;               /* (N, H), (N, 3, H) */
-    real *xh, *A, *Bn, *agg;     /* (N, H) each, (N, 3H) for xh in the message */
+    real *xh, *A, *Bn, *agg;     /* (N, 3H) (xh in the message), (N, H) x 3 */
     real *dx, *dvec, *vtmp;      /* (N, 3H) (N, 3, H) (N, 3, 2H) */
-    real *nodecat, *nodetmp;     /* (N, 4H) scratch */
+    real *nodecat, *nodetmp;     /* (N, W), (N, 3W) scratch, W = max(4H, 48) */
     real *grad;                  /* (N, 3) pos_grad accumulator */
+    real *edge_const;            /* (H) first GCL layer: edge block of every masked edge */
+    real *centre_sum, *bv;       /* (N, 3) each: node-mask centring, node frame partner */
+    real *pos, *h, *delta, *hout; /* dynamics wrapper: (N, 3) (N, I) (N, 3) (N, I) */
+    real *feat, *enc, *enc_tmp;  /* per fragment: (NF, F) (NF, I) (NF, 4F) */
+    real *scratch;               /* (threads, scratch_len): each thread's edge blocks */
+    int *ue;                     /* unmasked edges grouped by target node (see below) */
+    int *ue_start;               /* (N + 1) */
+    int *label, *count, *partner; /* (N) each */
+    size_t scratch_len;
+    void *block;                 /* the one allocation */
 } Work;
 
+/* Edges are processed in blocks of EDGE_BLOCK rows: big enough for the matmul kernel to
+ * reuse every weight row, small enough for a block of inputs to stay in cache. */
+#define EDGE_BLOCK 192
+
+static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* Lays out (or only measures, with w = NULL) the work buffers for graph g and nt threads:
+ * returns the bytes of the one allocation, assigning the pointers when `base` is given. */
+static size_t work_layout(Work *w, const oard_config *c, size_t N, size_t E, size_t NF, int nt, unsigned char *base) {
+    const size_t H = (size_t)c->hidden_channels, R = (size_t)c->num_radial, EW = 3 * H + R, BE = EDGE_BLOCK;
+    const size_t W = 4 * H > 48 ? 4 * H : 48, I = (size_t)c->in_hidden_channels;
+    const size_t F = (size_t)(c->node_nfs[0] - c->pos_dim), A = 64; /* every array on a cache line */
+    const size_t lin3w = H / 4 > 48 ? H / 4 : 48;
+    /* one thread's scratch: the largest of the per-block needs (each sub-array aligned) */
+    size_t gcl = 2 * round_up(BE * H, 16) + round_up(BE * EW, 16) + round_up(BE, 16);
+    size_t msg = round_up(BE * EW, 16) + round_up(BE * R, 16) + 3 * round_up(BE * 3 * H, 16);
+    size_t rad = round_up(BE * R, 16) + 2 * round_up(BE * H, 16);
+    size_t ch = 4 * round_up(H, 16) + (2 * lin3w + 8) * round_up(H, 16); /* q (3H), out (H), hidden */
+    size_t sl = gcl > msg ? gcl : msg;
+    sl = sl > rad ? sl : rad;
+    sl = sl > ch ? sl : ch;
+    struct {
+        void **p;
+        size_t n, size;
+    } slots[] = {
+        {w ? (void **)&w->mask : NULL, E, sizeof(real)},          {w ? (void **)&w->dist : NULL, E, sizeof(real)},
+        {w ? (void **)&w->rbound : NULL, E, sizeof(real)},        {w ? (void **)&w->d : NULL, 3 * E, sizeof(real)},
+        {w ? (void **)&w->c : NULL, 3 * E, sizeof(real)},         {w ? (void **)&w->v : NULL, 3 * E, sizeof(real)},
+        {w ? (void **)&w->rbf : NULL, E * R, sizeof(real)},       {w ? (void **)&w->ew : NULL, E * EW, sizeof(real)},
+        {w ? (void **)&w->pos_frame : NULL, 3 * N, sizeof(real)}, {w ? (void **)&w->frame : NULL, 9 * N, sizeof(real)},
+        {w ? (void **)&w->pos_prjt : NULL, 3 * N, sizeof(real)},  {w ? (void **)&w->s : NULL, N * H, sizeof(real)},
+        {w ? (void **)&w->vec : NULL, 3 * N * H, sizeof(real)},   {w ? (void **)&w->xh : NULL, 3 * N * H, sizeof(real)},
+        {w ? (void **)&w->A : NULL, N * H, sizeof(real)},         {w ? (void **)&w->Bn : NULL, N * H, sizeof(real)},
+        {w ? (void **)&w->agg : NULL, N * H, sizeof(real)},       {w ? (void **)&w->dx : NULL, 3 * N * H, sizeof(real)},
+        {w ? (void **)&w->dvec : NULL, 3 * N * H, sizeof(real)},  {w ? (void **)&w->vtmp : NULL, 6 * N * H, sizeof(real)},
+        {w ? (void **)&w->nodecat : NULL, N * W, sizeof(real)},   {w ? (void **)&w->nodetmp : NULL, 3 * N * W, sizeof(real)},
+        {w ? (void **)&w->grad : NULL, 3 * N, sizeof(real)},      {w ? (void **)&w->centre_sum : NULL, 3 * N, sizeof(real)},
+        {w ? (void **)&w->edge_const : NULL, H, sizeof(real)},
+        {w ? (void **)&w->bv : NULL, 3 * N, sizeof(real)},        {w ? (void **)&w->pos : NULL, 3 * N, sizeof(real)},
+        {w ? (void **)&w->h : NULL, N * I, sizeof(real)},         {w ? (void **)&w->delta : NULL, 3 * N, sizeof(real)},
+        {w ? (void **)&w->hout : NULL, N * I, sizeof(real)},      {w ? (void **)&w->feat : NULL, NF * F, sizeof(real)},
+        {w ? (void **)&w->enc : NULL, NF * I, sizeof(real)},      {w ? (void **)&w->enc_tmp : NULL, NF * 4 * F, sizeof(real)},
+        {w ? (void **)&w->scratch : NULL, (size_t)nt * sl, sizeof(real)},
+        {w ? (void **)&w->ue : NULL, E, sizeof(int)},             {w ? (void **)&w->ue_start : NULL, N + 1, sizeof(int)},
+        {w ? (void **)&w->label : NULL, N, sizeof(int)},          {w ? (void **)&w->count : NULL, N, sizeof(int)},
+        {w ? (void **)&w->partner : NULL, N, sizeof(int)},
+    };
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof(slots) / sizeof(slots[0]); i++) {
+        if (base) *slots[i].p = base + off;
+        off += round_up(slots[i].n * slots[i].size, A);
+    }
+    if (w) w->scratch_len = sl;
+    return off;
+}
+
+/* upstream LEFTNet.forward, whose inputs (graph, features, positions) the wrapper fills */
 typedef struct {
     const oard_model *m;
     const Graph *g;
@@ -923,21 +1149,78 @@ static void dump(const Ctx *x, const char *name, const real *data, size_t rows, 
     if (x->dump) x->dump(x->dump_ctx, name, data, rows, cols);
 }
 
+/* ---- threads ----
+ * Edge work is split between threads by node: each thread owns a contiguous range of nodes
+ * and every edge whose sums land on them, so no two threads write the same row and the
+ * sums run in the same order whatever the thread count. */
+#ifdef _OPENMP
+#define THREAD_ID omp_get_thread_num()
+#define THREAD_COUNT omp_get_num_threads()
+#else
+#define THREAD_ID 0
+#define THREAD_COUNT 1
+#endif
+
+/* smallest n in [0, N] with prefix[n] >= target (prefix is non-decreasing) */
+static int first_node_at(const int *prefix, int N, long long target) {
+    int lo = 0, hi = N;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (prefix[mid] >= target) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+/* The nodes [*n0, *n1) of thread tid of T, cut so that the threads get about equal shares
+ * of the work; prefix (N + 1) is the running total of the work before each node. */
+static void thread_nodes(const int *prefix, int N, int tid, int T, int *n0, int *n1) {
+    long long total = prefix[N] - prefix[0];
+    *n0 = first_node_at(prefix, N, prefix[0] + total * tid / T);
+    *n1 = tid == T - 1 ? N : first_node_at(prefix, N, prefix[0] + total * (tid + 1) / T);
+}
+
+static real *thread_scratch(const Work *w) { return w->scratch + (size_t)THREAD_ID * w->scratch_len; }
+
+/* A node-level product y (rows, N) = x W + bias [then SiLU], with its column tiles shared
+ * out between the threads (few rows, so the columns are where the parallelism is); below
+ * about 2M multiply-adds (20 us) it runs on the calling thread. */
+static void node_matmul(const Ctx *x, real *y, const real *in, size_t ldx, const real *w, size_t ldw, const real *bias,
+                        int K, int N, size_t rows, int act) {
+    const int strips = (N + TILE_N - 1) / TILE_N;
+    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 21)) {
+        matmul(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0);
+        if (act) silu_inplace(y, rows * (size_t)N);
+        return;
+    }
+#pragma omp parallel num_threads(x->nt)
+    {
+        int T = THREAD_COUNT, tid = THREAD_ID;
+        int j0 = strips * tid / T * TILE_N, j1 = strips * (tid + 1) / T * TILE_N;
+        if (j1 > N) j1 = N;
+        if (j0 < j1) {
+            matmul_cols(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0, j0, j1);
+            if (act)
+                for (size_t r = 0; r < rows; r++) silu_inplace(y + r * (size_t)N + j0, (size_t)(j1 - j0));
+        }
+    }
+}
+
+static void node_linear(const Ctx *x, const Linear *L, const real *in, size_t rows, real *y, int act) {
+    node_matmul(x, y, in, (size_t)L->in, L->wt, (size_t)L->ldw, L->b, L->in, L->out, rows, act);
+}
+
 /* LEFTNet.assemble_nodemask: labels nodes for centring. Visit nodes in index order; an
  * unlabelled node and all its masked-edge neighbours get a new label, overwriting labels
  * they had. Not connected components: reproduced as upstream wrote it. pos_frame is the
  * position minus the mean of its label group (remove_mean_batch). */
-static int centre_by_nodemask(const Ctx *x, const real *pos, real *pos_frame) {
+static void centre_by_nodemask(const Ctx *x, const real *pos, real *pos_frame) {
     const Graph *g = x->g;
     const real *mask = x->w->mask;
-    int N = g->N;
-    int *label = malloc((size_t)N * sizeof(int));
-    real *sum = xcalloc((size_t)N * 3, sizeof(real));
-    int *cnt = xcalloc((size_t)N, sizeof(int));
-    if (!label || !sum || !cnt) {
-        free(label), free(sum), free(cnt);
-        return OARD_ERR_NOMEM;
-    }
+    int N = g->N, *label = x->w->label, *cnt = x->w->count;
+    real *sum = x->w->centre_sum;
+    memset(sum, 0, (size_t)N * 3 * sizeof(real));
+    memset(cnt, 0, (size_t)N * sizeof(int));
     for (int n = 0; n < N; n++) label[n] = -1;
     int ind = 0;
     for (int n = 0; n < N; n++) {
@@ -953,8 +1236,21 @@ static int centre_by_nodemask(const Ctx *x, const real *pos, real *pos_frame) {
     }
     for (int n = 0; n < N; n++)
         for (int k = 0; k < 3; k++) pos_frame[3 * n + k] = pos[3 * n + k] - sum[3 * label[n] + k] / (real)cnt[label[n]];
-    free(label), free(sum), free(cnt);
-    return OARD_OK;
+}
+
+/* The unmasked edges (same fragment when object_aware, within the cutoff), grouped by
+ * target node n = edge_index[1] in the order of n's neighbours: the only edges that carry
+ * geometry (radial filter, edge scalarisation, equivariant message). */
+static void unmasked_edges(const Ctx *x) {
+    const Graph *g = x->g;
+    Work *w = x->w;
+    int k = 0;
+    for (int n = 0; n < g->N; n++) {
+        w->ue_start[n] = k;
+        for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++)
+            if (w->mask[g->rev[e]] != 0) w->ue[k++] = g->rev[e];
+    }
+    w->ue_start[g->N] = k;
 }
 
 /* LEFTNet.scalarization + masking: edge frame (d, c, v) from pos_frame, distance and the
@@ -995,29 +1291,41 @@ static void edge_frame(const Ctx *x) {
     }
 }
 
+
 /* f = radial_lin(rbf) * 0.5(cos(pi r / cutoff) + 1), written into ew[:, 2H:3H]. On a masked
  * edge rbf = 0 and r = 0, so f = radial_lin(0): a constant that carries the scalar messages
- * between fragments. */
+ * between fragments. It is computed once, from a zero row, and copied to every masked edge;
+ * the unmasked edges run in blocks. */
 static void radial_filter(const Ctx *x) {
     const oard_config *c = &x->m->cfg;
     const LEFTNetParams *p = &x->m->net;
+    const Graph *g = x->g;
     Work *w = x->w;
-    const int R = c->num_radial, H = c->hidden_channels, EW = 3 * H + R;
-    const int E = x->g->E;
-    const int BLK = 64;
+    const int R = c->num_radial, H = c->hidden_channels, EW = 3 * H + R, BE = EDGE_BLOCK;
+    real *f0 = w->A, *zero = w->scratch, *t0 = zero + round_up((size_t)R, 16); /* before the threads start */
+    memset(zero, 0, (size_t)R * sizeof(real));
+    linear_forward(&p->radial_lin0, zero, 1, t0, 1);
+    linear_forward(&p->radial_lin2, t0, 1, f0, 0);
 #pragma omp parallel num_threads(x->nt)
     {
-        real *t1 = malloc((size_t)BLK * H * sizeof(real)), *t2 = malloc((size_t)BLK * H * sizeof(real));
-#pragma omp for schedule(static)
-        for (int e0 = 0; e0 < E; e0 += BLK) {
-            int n = E - e0 < BLK ? E - e0 : BLK;
-            if (!t1 || !t2) continue;
-            linear_forward(&p->radial_lin0, w->rbf + (size_t)e0 * R, (size_t)n, t1, 1);
-            linear_forward(&p->radial_lin2, t1, (size_t)n, t2, 0);
-            for (int k = 0; k < n; k++)
-                for (int h = 0; h < H; h++) w->ew[(size_t)(e0 + k) * EW + 2 * H + h] = t2[k * H + h] * w->rbound[e0 + k];
+        real *rb = thread_scratch(w), *t1 = rb + round_up((size_t)BE * R, 16), *t2 = t1 + round_up((size_t)BE * H, 16);
+        int n0, n1;
+        thread_nodes(w->ue_start, g->N, THREAD_ID, THREAD_COUNT, &n0, &n1);
+        for (int u0 = w->ue_start[n0]; u0 < w->ue_start[n1]; u0 += BE) {
+            int nb = w->ue_start[n1] - u0 < BE ? w->ue_start[n1] - u0 : BE;
+            for (int k = 0; k < nb; k++) memcpy(rb + (size_t)k * R, w->rbf + (size_t)w->ue[u0 + k] * R, R * sizeof(real));
+            linear_forward(&p->radial_lin0, rb, (size_t)nb, t1, 1);
+            linear_forward(&p->radial_lin2, t1, (size_t)nb, t2, 0);
+            for (int k = 0; k < nb; k++) {
+                int e = w->ue[u0 + k];
+                real *f = w->ew + (size_t)e * EW + 2 * H;
+                for (int h = 0; h < H; h++) f[h] = t2[(size_t)k * H + h] * w->rbound[e];
+            }
         }
-        free(t1), free(t2);
+#pragma omp for schedule(static)
+        for (int e = 0; e < g->E; e++)
+            if (w->mask[e] == 0)
+                for (int h = 0; h < H; h++) w->ew[(size_t)e * EW + 2 * H + h] = f0[h] * w->rbound[e];
     }
 }
 
@@ -1062,41 +1370,74 @@ static void scalar_to_vector(const Ctx *x, const real *s, real *ne1) {
         }
 }
 
-/* LEFTNet.lin3 applied per channel: Linear(3, H/4) SiLU Linear(H/4, 1) */
-static real lin3_channel(const Linear *l0, const Linear *l1, const real in[3], real *tmp) {
-    for (int o = 0; o < l0->out; o++)
-        tmp[o] = silu(l0->b[o] + in[0] * l0->wt[o] + in[1] * l0->wt[l0->out + o] + in[2] * l0->wt[2 * l0->out + o]);
-    real y = l1->b[0];
-    for (int i = 0; i < l0->out; i++) y += tmp[i] * l1->wt[i];
-    return y;
+
+/* LEFTNet's lin3 (Linear(3, a) SiLU [Linear(a, b) SiLU] Linear(., 1)), the same small MLP
+ * applied to every channel h of q (rows q0, q1, q2 of H values), vectorised across the
+ * channels: out[h]. Activations are kept channel-last, (width, H), in t (2 x 48 x H at
+ * least). Each output is its bias plus its products in input order, as nn.Linear. */
+static void lin3_channels(const Linear *l, int n_layers, const real *q, int H, real *out, real *t) {
+    const real *in = q;
+    const size_t Hs = round_up((size_t)H, 16);
+    for (int k = 0; k < n_layers; k++) {
+        const Linear *L = &l[k];
+        int last = k == n_layers - 1;
+        real *o = last ? out : t + (k % 2) * (size_t)(H / 4 > 48 ? H / 4 : 48) * Hs;
+        for (int j = 0; j < L->out; j++) {
+            real *oj = o + (size_t)j * Hs;
+            for (int h = 0; h < H; h++) oj[h] = L->b[j];
+            for (int i = 0; i < L->in; i++) {
+                const real wv = L->wt[(size_t)i * L->ldw + j], *ii = in + (size_t)i * Hs;
+                for (int h = 0; h < H; h++) oj[h] += ii[h] * wv;
+            }
+            if (!last) silu_inplace(oj, (size_t)H);
+        }
+        in = o;
+    }
+}
+
+/* q (3 rows of H, stride Hs): a vector feature nv (x, y, z rows of H, ld apart) projected
+ * on the axes fr[0..2] (each x, y, z) of a frame, |row 1| with reflect_equiv. */
+static void frame_rows(const real *nv, size_t ld, int H, const real *const fr[3], int reflect, real *q) {
+    const size_t Hs = round_up((size_t)H, 16);
+    for (int k = 0; k < 3; k++) {
+        real *qk = q + (size_t)k * Hs;
+        for (int h = 0; h < H; h++) qk[h] = nv[h] * fr[k][0] + nv[ld + h] * fr[k][1] + nv[2 * ld + h] * fr[k][2];
+    }
+    if (reflect)
+        for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
 }
 
 /* Edge weights from the vector features: project NE1 of each end on the edge frame,
- * |c-row| with reflect_equiv, scalar = lin3(rows) + d-row, times the cosine cutoff. */
+ * |c-row| with reflect_equiv, scalar = lin3(rows) + d-row, times the cosine cutoff. On a
+ * masked edge the frame is zero, so the scalar is lin3(0) for every channel: computed once. */
 static void edge_scalarization(const Ctx *x, const real *ne1) {
     const oard_config *c = &x->m->cfg;
     const LEFTNetParams *p = &x->m->net;
     const Graph *g = x->g;
     Work *w = x->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
+    const size_t Hs = round_up((size_t)H, 16);
+    real *cst = w->A, *zq = w->scratch, *ct = zq + 3 * Hs; /* before the threads start */
+    memset(zq, 0, 3 * Hs * sizeof(real));
+    lin3_channels(p->lin3, 2, zq, H, cst, ct);
 #pragma omp parallel num_threads(x->nt)
     {
-        real tmp[2048];
+        real *q = thread_scratch(w), *out = q + 3 * Hs, *t = out + Hs;
 #pragma omp for schedule(static)
-        for (int e = 0; e < g->E; e++) {
+        for (int u = 0; u < w->ue_start[g->N]; u++) {
+            int e = w->ue[u];
             const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
             for (int side = 0; side < 2; side++) {
-                const real *nv = ne1 + (size_t)(side == 0 ? g->src[e] : g->dst[e]) * 3 * H;
-                real *out = w->ew + (size_t)e * EW + side * H;
-                for (int hh = 0; hh < H; hh++) {
-                    real q[3];
-                    for (int k = 0; k < 3; k++)
-                        q[k] = nv[hh] * fr[k][0] + nv[H + hh] * fr[k][1] + nv[2 * H + hh] * fr[k][2];
-                    if (c->reflect_equiv) q[1] = RFABS(q[1]);
-                    out[hh] = (lin3_channel(&p->lin3_0, &p->lin3_2, q, tmp) + q[0]) * w->rbound[e];
-                }
+                frame_rows(ne1 + (size_t)(side == 0 ? g->src[e] : g->dst[e]) * 3 * H, (size_t)H, H, fr, c->reflect_equiv, q);
+                lin3_channels(p->lin3, 2, q, H, out, t);
+                real *ew = w->ew + (size_t)e * EW + side * H;
+                for (int h = 0; h < H; h++) ew[h] = (out[h] + q[h]) * w->rbound[e];
             }
         }
+#pragma omp for schedule(static)
+        for (int e = 0; e < g->E; e++)
+            if (w->mask[e] == 0)
+                for (int h = 0; h < 2 * H; h++) w->ew[(size_t)e * EW + h] = cst[h % H] * w->rbound[e];
     }
 }
 
@@ -1107,15 +1448,15 @@ static void edge_scalarization(const Ctx *x, const real *ne1) {
  * float32. The checkpoint was trained with this frame; it is kept as it is.
  * non-legacy: b = position of the nearest masked neighbour, with upstream nn_vector's
  * `pairs` shortcut (a node chosen as nearest by n takes n as its own partner). */
-static int node_frame(const Ctx *x) {
+static void node_frame(const Ctx *x) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
     Work *w = x->w;
     const int N = g->N;
     const real eps = (real)EPS_FRAME;
     const real *pf = w->pos_frame;
-    real *bv = xcalloc((size_t)N * 3, sizeof(real));
-    if (!bv) return OARD_ERR_NOMEM;
+    real *bv = w->bv;
+    memset(bv, 0, (size_t)N * 3 * sizeof(real));
     if (c->legacy) {
         for (int n = 0; n < N; n++) {
             int cnt = 0;
@@ -1124,11 +1465,7 @@ static int node_frame(const Ctx *x) {
             for (int k = 0; k < 3; k++) bv[3 * n + k] = cnt ? bv[3 * n + k] / (real)cnt : 0;
         }
     } else {
-        int *partner = malloc((size_t)N * sizeof(int));
-        if (!partner) {
-            free(bv);
-            return OARD_ERR_NOMEM;
-        }
+        int *partner = w->partner;
         for (int n = 0; n < N; n++) partner[n] = -1;
         for (int n = 0; n < N; n++) {
             int nn = n;
@@ -1145,7 +1482,6 @@ static int node_frame(const Ctx *x) {
             }
             for (int k = 0; k < 3; k++) bv[3 * n + k] = pf[3 * nn + k];
         }
-        free(partner);
     }
     for (int n = 0; n < N; n++) {
         const real *a = pf + 3 * n, *b = bv + 3 * n;
@@ -1162,75 +1498,103 @@ static int node_frame(const Ctx *x) {
         for (int k = 0; k < 3; k++)
             w->pos_prjt[3 * n + k] = a[0] * fr[0 + k] + a[1] * fr[3 + k] + a[2] * fr[6 + k];
     }
-    free(bv);
-    return OARD_OK;
 }
+
 
 /* GCLMessage (scalar message over every edge, masked or not):
  *   xh = LN(s); m = edge_mlp([xh_i, xh_j, edgeweight]); m *= SiLU(att_mlp(m));
  *   agg = mean of m over edges at edge_index[0]; s = xh + node_mlp([xh, agg]);
  *   edgeweight += SiLU(edge_out_trans(m)).
- * The first edge_mlp layer is split exactly into its three input blocks, so the node
- * blocks are computed once per node instead of once per edge. */
-static int gcl_message(const Ctx *x, const GCLParams *P, real *s) {
+ * The first edge_mlp layer is split exactly into its three input blocks: the node blocks
+ * (xh_i W_i + b, xh_j W_j) are computed once per node and added to the edge block of each
+ * edge. In the first layer every masked edge has the same edge weights (zero frame and
+ * RBF, r = 0), so their edge block is one row, computed once. The edges out of a node are
+ * contiguous, so a thread owning a range of nodes runs their edges in blocks and sums agg
+ * in edge order. In the last layer (last_layer) the
+ * edge weights of masked edges are never read again (only the equivariant message reads
+ * edge weights after it), so edge_out_trans runs on the unmasked edges only - unless a
+ * dump of the layer outputs asks for all of them. */
+static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_layer, int last_layer) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
     Work *w = x->w;
-    const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N, BE = EDGE_BLOCK;
     const Linear *l0 = &P->edge_mlp.l[0];
+    const size_t ld0 = (size_t)l0->ldw;
     real *xh = w->xh, *A = w->A, *Bn = w->Bn, *agg = w->agg;
+    const int masked_out = !last_layer || x->dump;
     layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, xh);
-    memset(A, 0, (size_t)N * H * sizeof(real));
-    memset(Bn, 0, (size_t)N * H * sizeof(real));
-    linear_accumulate(l0->wt, H, H, xh, (size_t)N, A);                    /* xh_i block */
-    linear_accumulate(l0->wt + (size_t)H * H, H, H, xh, (size_t)N, Bn);   /* xh_j block */
-    const real *We = l0->wt + (size_t)2 * H * H;                          /* edgeweight block */
-    int bad = 0;
+    node_matmul(x, A, xh, (size_t)H, l0->wt, ld0, l0->b, H, H, (size_t)N, 0);             /* xh_i block + b */
+    node_matmul(x, Bn, xh, (size_t)H, l0->wt + (size_t)H * ld0, ld0, NULL, H, H, (size_t)N, 0); /* xh_j block */
+    const real *We = l0->wt + (size_t)2 * H * ld0;                                              /* edgeweight block */
+    int e_masked = -1;
+    for (int e = 0; first_layer && e < g->E && e_masked < 0; e++)
+        if (w->mask[e] == 0) e_masked = e;
+    if (e_masked >= 0) matmul(w->edge_const, (size_t)H, w->ew + (size_t)e_masked * EW, (size_t)EW, We, ld0, NULL, EW, H, 1, 0);
 #pragma omp parallel num_threads(x->nt)
     {
-        size_t D = (size_t)g->max_deg;
-        real *m1 = malloc(D * H * sizeof(real)), *m2 = malloc(D * H * sizeof(real));
-        real *de = malloc(D * EW * sizeof(real));
-        if (!m1 || !m2 || !de) {
-#pragma omp atomic write
-            bad = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int n = 0; n < N; n++) {
-            if (!m1 || !m2 || !de) continue;
-            int e0 = g->out_start[n], cnt = g->out_start[n + 1] - e0;
-            for (int k = 0; k < cnt; k++) memcpy(m1 + (size_t)k * H, l0->b, H * sizeof(real));
-            linear_accumulate(We, EW, H, w->ew + (size_t)e0 * EW, (size_t)cnt, m1);
-            for (int k = 0; k < cnt; k++) {
-                const real *bj = Bn + (size_t)g->dst[e0 + k] * H, *ai = A + (size_t)n * H;
+        real *m1 = thread_scratch(w), *m2 = m1 + round_up((size_t)BE * H, 16);
+        real *de = m2 + round_up((size_t)BE * H, 16), *att = de + round_up((size_t)BE * EW, 16);
+        int n0, n1, rows[EDGE_BLOCK];
+        thread_nodes(g->out_start, N, THREAD_ID, THREAD_COUNT, &n0, &n1);
+        memset(agg + (size_t)n0 * H, 0, (size_t)(n1 - n0) * H * sizeof(real));
+        for (int e0 = g->out_start[n0]; e0 < g->out_start[n1]; e0 += BE) {
+            int nb = g->out_start[n1] - e0 < BE ? g->out_start[n1] - e0 : BE;
+            for (int k = 0; k < nb; k++) {
+                const real *ai = A + (size_t)g->src[e0 + k] * H, *bj = Bn + (size_t)g->dst[e0 + k] * H;
                 real *r = m1 + (size_t)k * H;
-                for (int h = 0; h < H; h++) r[h] = silu(r[h] + ai[h] + bj[h]);
+                for (int h = 0; h < H; h++) r[h] = ai[h] + bj[h];
             }
-            linear_forward(&P->edge_mlp.l[1], m1, (size_t)cnt, m2, 1);
-            real *ag = agg + (size_t)n * H;
-            memset(ag, 0, H * sizeof(real));
-            for (int k = 0; k < cnt; k++) {
-                real *r = m2 + (size_t)k * H, att;
-                linear_forward(&P->att_mlp.l[0], r, 1, &att, 1);
-                for (int h = 0; h < H; h++) r[h] *= att, ag[h] += r[h];
+            if (e_masked < 0) {
+                matmul(m1, (size_t)H, w->ew + (size_t)e0 * EW, (size_t)EW, We, ld0, NULL, EW, H, (size_t)nb, 1);
+            } else { /* first layer: the unmasked rows gathered, the masked ones share edge_const */
+                int nu = 0;
+                for (int k = 0; k < nb; k++) {
+                    real *r = m1 + (size_t)k * H;
+                    if (w->mask[e0 + k] == 0)
+                        for (int h = 0; h < H; h++) r[h] += w->edge_const[h];
+                    else
+                        memcpy(de + (size_t)nu * EW, w->ew + (size_t)(e0 + k) * EW, EW * sizeof(real)), rows[nu++] = k;
+                }
+                matmul(m2, (size_t)H, de, (size_t)EW, We, ld0, NULL, EW, H, (size_t)nu, 0);
+                for (int k = 0; k < nu; k++)
+                    for (int h = 0; h < H; h++) m1[(size_t)rows[k] * H + h] += m2[(size_t)k * H + h];
             }
-            for (int h = 0; h < H; h++) ag[h] = cnt ? ag[h] / (real)cnt : 0;
-            linear_forward(&P->edge_out_trans.l[0], m2, (size_t)cnt, de, 1);
-            real *ew = w->ew + (size_t)e0 * EW;
-            for (size_t i = 0; i < (size_t)cnt * EW; i++) ew[i] += de[i];
+            silu_inplace(m1, (size_t)nb * H);
+            linear_forward(&P->edge_mlp.l[1], m1, (size_t)nb, m2, 1);
+            linear_forward(&P->att_mlp.l[0], m2, (size_t)nb, att, 1);
+            for (int k = 0; k < nb; k++) {
+                real *r = m2 + (size_t)k * H, *ag = agg + (size_t)g->src[e0 + k] * H;
+                for (int h = 0; h < H; h++) r[h] *= att[k], ag[h] += r[h];
+            }
+            /* edgeweight += SiLU(edge_out_trans(m)), on the rows that are read again */
+            int nk = 0;
+            for (int k = 0; k < nb; k++)
+                if (masked_out || w->mask[e0 + k] != 0) rows[nk++] = k;
+            if (nk < nb) /* gather the rows that are needed */
+                for (int k = 0; k < nk; k++) memcpy(m1 + (size_t)k * H, m2 + (size_t)rows[k] * H, H * sizeof(real));
+            const real *mo = (nk == nb) ? m2 : m1;
+            linear_forward(&P->edge_out_trans.l[0], mo, (size_t)nk, de, 1);
+            for (int k = 0; k < nk; k++) {
+                real *ew = w->ew + (size_t)(e0 + rows[k]) * EW;
+                const real *dk = de + (size_t)k * EW;
+                for (int i = 0; i < EW; i++) ew[i] += dk[i];
+            }
         }
-        free(m1), free(m2), free(de);
+        for (int n = n0; n < n1; n++) {
+            int cnt = g->out_start[n + 1] - g->out_start[n];
+            for (int h = 0; h < H; h++) agg[(size_t)n * H + h] = cnt ? agg[(size_t)n * H + h] / (real)cnt : 0;
+        }
     }
-    if (bad) return OARD_ERR_NOMEM;
     /* node update: s = xh + node_mlp([xh, agg]) (the residual starts from the normed xh) */
     real *cat = w->nodecat;
     for (int n = 0; n < N; n++) {
         memcpy(cat + (size_t)n * 2 * H, xh + (size_t)n * H, H * sizeof(real));
         memcpy(cat + (size_t)n * 2 * H + H, agg + (size_t)n * H, H * sizeof(real));
     }
-    mlp_forward(&P->node_mlp, cat, (size_t)N, w->nodetmp + (size_t)N * H, w->nodetmp);
+    node_linear(x, &P->node_mlp.l[0], cat, (size_t)N, w->nodetmp, 1);
+    node_linear(x, &P->node_mlp.l[1], w->nodetmp, (size_t)N, w->nodetmp + (size_t)N * H, P->node_mlp.last_act);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = xh[i] + w->nodetmp[(size_t)N * H + i];
-    return OARD_OK;
 }
 
 /* EquiMessage (equivariant message, inside a fragment only):
@@ -1238,52 +1602,41 @@ static int gcl_message(const Ctx *x, const GCLParams *P, real *s) {
  *   (xh_src + xh_dst) * w_e split into (x, a, b), a /= sqrt(3);
  *   dvec = (vec_src a + b (x) d [+ x (x) c without reflect_equiv]) / sqrt(H), dx = x,
  *   both summed at the edge's target. rbf_proj has no bias and rbf = 0 on a masked edge,
- *   so masked edges contribute exactly zero: they are skipped. */
-static int equi_message(const Ctx *x, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+ *   so masked edges contribute exactly zero: only the unmasked edges run, in blocks,
+ *   grouped by target node (each thread owns a range of targets). */
+static void equi_message(const Ctx *x, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
     Work *w = x->w;
-    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = g->N;
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = g->N, BE = EDGE_BLOCK;
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     real *xh = w->xh; /* (N, 3H) */
     layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, w->nodetmp);
-    linear_forward(&P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
-    linear_forward(&P->x_proj2, w->nodecat, (size_t)N, xh, 0);
+    node_linear(x, &P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
+    node_linear(x, &P->x_proj2, w->nodecat, (size_t)N, xh, 0);
     memset(dx, 0, (size_t)N * H * sizeof(real));
     memset(dvec, 0, (size_t)N * 3 * H * sizeof(real));
-    int bad = 0;
 #pragma omp parallel num_threads(x->nt)
     {
-        size_t D = (size_t)g->max_deg;
-        real *ewb = malloc(D * EW * sizeof(real)), *rbb = malloc(D * R * sizeof(real));
-        real *t1 = malloc(D * 3 * H * sizeof(real)), *t2 = malloc(D * 3 * H * sizeof(real));
-        real *t3 = malloc(D * 3 * H * sizeof(real));
-        int *ein = malloc(D * sizeof(int));
-        int ok = ewb && rbb && t1 && t2 && t3 && ein;
-        if (!ok) {
-#pragma omp atomic write
-            bad = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int n = 0; n < N; n++) {
-            if (!ok) continue;
-            int cnt = 0;
-            for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
-                int r = g->rev[e];
-                if (w->mask[r] == 0) continue;
-                memcpy(ewb + (size_t)cnt * EW, w->ew + (size_t)r * EW, EW * sizeof(real));
-                memcpy(rbb + (size_t)cnt * R, w->rbf + (size_t)r * R, R * sizeof(real));
-                ein[cnt++] = r;
+        real *ewb = thread_scratch(w), *rbb = ewb + round_up((size_t)BE * EW, 16);
+        real *t1 = rbb + round_up((size_t)BE * R, 16), *t2 = t1 + round_up((size_t)BE * 3 * H, 16);
+        real *t3 = t2 + round_up((size_t)BE * 3 * H, 16);
+        int n0, n1;
+        thread_nodes(w->ue_start, N, THREAD_ID, THREAD_COUNT, &n0, &n1);
+        for (int u0 = w->ue_start[n0]; u0 < w->ue_start[n1]; u0 += BE) {
+            int nb = w->ue_start[n1] - u0 < BE ? w->ue_start[n1] - u0 : BE;
+            for (int k = 0; k < nb; k++) {
+                int e = w->ue[u0 + k];
+                memcpy(ewb + (size_t)k * EW, w->ew + (size_t)e * EW, EW * sizeof(real));
+                memcpy(rbb + (size_t)k * R, w->rbf + (size_t)e * R, R * sizeof(real));
             }
-            if (!cnt) continue;
-            linear_forward(&P->dir_proj0, ewb, (size_t)cnt, t1, 1);
-            linear_forward(&P->dir_proj2, t1, (size_t)cnt, t2, 0);
-            linear_forward(&P->rbf_proj, rbb, (size_t)cnt, t3, 0);
-            real *dxn = dx + (size_t)n * H, *dvn = dvec + (size_t)n * 3 * H;
-            const real *xhn = xh + (size_t)n * 3 * H;
-            for (int k = 0; k < cnt; k++) {
-                int e = ein[k], m = g->src[e];
-                const real *xhm = xh + (size_t)m * 3 * H, *vm = vec + (size_t)m * 3 * H;
+            linear_forward(&P->dir_proj0, ewb, (size_t)nb, t1, 1);
+            linear_forward(&P->dir_proj2, t1, (size_t)nb, t2, 0);
+            linear_forward(&P->rbf_proj, rbb, (size_t)nb, t3, 0);
+            for (int k = 0; k < nb; k++) {
+                int e = w->ue[u0 + k], m = g->src[e], n = g->dst[e];
+                real *dxn = dx + (size_t)n * H, *dvn = dvec + (size_t)n * 3 * H;
+                const real *xhn = xh + (size_t)n * 3 * H, *xhm = xh + (size_t)m * 3 * H, *vm = vec + (size_t)m * 3 * H;
                 const real *wk = t2 + (size_t)k * 3 * H, *rk = t3 + (size_t)k * 3 * H;
                 const real *d = w->d + 3 * e, *cc = w->c + 3 * e;
                 for (int h = 0; h < H; h++) {
@@ -1299,9 +1652,7 @@ static int equi_message(const Ctx *x, const MsgParams *P, const real *s, const r
                 }
             }
         }
-        free(ewb), free(rbb), free(t1), free(t2), free(t3), free(ein);
     }
-    return bad ? OARD_ERR_NOMEM : OARD_OK;
 }
 
 /* EquiUpdate: vec_proj(vec) -> vec1, vec2; vec1 in the node frame (|y1-row| with
@@ -1312,30 +1663,30 @@ static void equi_update(const Ctx *x, const UpdParams *P, const real *s, const r
     const oard_config *c = &x->m->cfg;
     Work *w = x->w;
     const int H = c->hidden_channels, N = x->g->N;
+    const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     real *V = w->vtmp; /* (N, 3, 2H) */
-    linear_forward(&P->vec_proj, vec, (size_t)N * 3, V, 0);
+    node_linear(x, &P->vec_proj, vec, (size_t)N * 3, V, 0);
     real *cat = w->nodecat; /* (N, 2H): [s, scalar] */
     real *dot = w->agg;     /* (N, H) */
-#pragma omp parallel for num_threads(x->nt) schedule(static)
-    for (int n = 0; n < N; n++) {
-        const real *fr = w->frame + 9 * n;
-        real h48[48], h8[8];
-        memcpy(cat + (size_t)n * 2 * H, s + (size_t)n * H, H * sizeof(real));
-        for (int h = 0; h < H; h++) {
-            const real *v1 = V + (size_t)n * 6 * H + h, *v2 = v1 + H; /* row q at + q*2H */
-            real q[3];
-            for (int k = 0; k < 3; k++) q[k] = v1[0] * fr[k] + v1[2 * H] * fr[3 + k] + v1[4 * H] * fr[6 + k];
-            if (c->reflect_equiv) q[1] = RFABS(q[1]);
-            linear_forward(&P->lin3[0], q, 1, h48, 1);
-            linear_forward(&P->lin3[1], h48, 1, h8, 1);
-            linear_forward(&P->lin3[2], h8, 1, &cat[(size_t)n * 2 * H + H + h], 0);
-            dot[(size_t)n * H + h] = (v1[0] * v2[0] + v1[2 * H] * v2[2 * H] + v1[4 * H] * v2[4 * H]) * inv_sqrt_h;
+#pragma omp parallel num_threads(x->nt)
+    {
+        real *q = thread_scratch(w), *t = q + 3 * Hs;
+#pragma omp for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const real *fr = w->frame + 9 * n, *v1 = V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
+            const real axes[3][3] = {{fr[0], fr[3], fr[6]}, {fr[1], fr[4], fr[7]}, {fr[2], fr[5], fr[8]}};
+            const real *ax[3] = {axes[0], axes[1], axes[2]};
+            memcpy(cat + (size_t)n * 2 * H, s + (size_t)n * H, H * sizeof(real));
+            frame_rows(v1, 2 * (size_t)H, H, ax, c->reflect_equiv, q);
+            lin3_channels(P->lin3, 3, q, H, cat + (size_t)n * 2 * H + H, t);
+            for (int h = 0; h < H; h++)
+                dot[(size_t)n * H + h] = (v1[h] * v2[h] + v1[2 * H + h] * v2[2 * H + h] + v1[4 * H + h] * v2[4 * H + h]) * inv_sqrt_h;
         }
     }
     real *t = w->nodetmp, *X = w->xh; /* (N, H), (N, 3H) */
-    linear_forward(&P->xvec_proj0, cat, (size_t)N, t, 1);
-    linear_forward(&P->xvec_proj2, t, (size_t)N, X, 0);
+    node_linear(x, &P->xvec_proj0, cat, (size_t)N, t, 1);
+    node_linear(x, &P->xvec_proj2, t, (size_t)N, X, 0);
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
             const real *Xn = X + (size_t)n * 3 * H;
@@ -1374,58 +1725,16 @@ static void gated_output(const GatedParams *P, int N, const real *xin, const rea
         }
 }
 
-static void work_free(Work *w) {
-    real **p = (real **)w;
-    for (size_t i = 0; i < sizeof(Work) / sizeof(real *); i++) free(p[i]);
-    memset(w, 0, sizeof(*w));
-}
-
-static int work_alloc(Work *w, const oard_config *c, const Graph *g) {
-    const size_t H = (size_t)c->hidden_channels, R = (size_t)c->num_radial, E = (size_t)g->E, N = (size_t)g->N;
-    const size_t W = 4 * H > 48 ? 4 * H : 48;
-    memset(w, 0, sizeof(*w));
-    w->mask = xcalloc(E, sizeof(real));
-    w->dist = xcalloc(E, sizeof(real));
-    w->rbound = xcalloc(E, sizeof(real));
-    w->d = xcalloc(E * 3, sizeof(real));
-    w->c = xcalloc(E * 3, sizeof(real));
-    w->v = xcalloc(E * 3, sizeof(real));
-    w->rbf = xcalloc(E * R, sizeof(real));
-    w->ew = xcalloc(E * (3 * H + R), sizeof(real));
-    w->pos_frame = xcalloc(N * 3, sizeof(real));
-    w->frame = xcalloc(N * 9, sizeof(real));
-    w->pos_prjt = xcalloc(N * 3, sizeof(real));
-    w->s = xcalloc(N * H, sizeof(real));
-    w->vec = xcalloc(N * 3 * H, sizeof(real));
-    w->xh = xcalloc(N * 3 * H, sizeof(real));
-    w->A = xcalloc(N * H, sizeof(real));
-    w->Bn = xcalloc(N * H, sizeof(real));
-    w->agg = xcalloc(N * H, sizeof(real));
-    w->dx = xcalloc(N * 3 * H, sizeof(real));
-    w->dvec = xcalloc(N * 3 * H, sizeof(real));
-    w->vtmp = xcalloc(N * 6 * H, sizeof(real));
-    w->nodecat = xcalloc(N * W, sizeof(real));
-    w->nodetmp = xcalloc(N * 3 * W, sizeof(real));
-    w->grad = xcalloc(N * 3, sizeof(real));
-    real **p = (real **)w;
-    for (size_t i = 0; i < sizeof(Work) / sizeof(real *); i++)
-        if (!p[i]) {
-            work_free(w);
-            return OARD_ERR_NOMEM;
-        }
-    return OARD_OK;
-}
 
 /* LEFTNet.forward. h (N, in_hidden), pos (N, 3). Outputs: s (N, H) always; unless
  * for_conf, dpos + gradient (N, 3) in `delta` and embedding_out(s) (N, in_hidden) in h_out. */
-static int leftnet_forward(const Ctx *x, const real *h, const real *pos, real *delta, real *h_out) {
+static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *delta, real *h_out) {
     const oard_config *c = &x->m->cfg;
     const LEFTNetParams *p = &x->m->net;
     const Graph *g = x->g;
     Work *w = x->w;
     const int H = c->hidden_channels, R = c->num_radial, N = g->N;
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
-    int rc = 0;
 
     /* geometry: mask, centring, edge frames, radial basis, node frames */
     for (int e = 0; e < g->E; e++) { /* the mask is needed before centring */
@@ -1433,10 +1742,11 @@ static int leftnet_forward(const Ctx *x, const real *h, const real *pos, real *d
         real r[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
         w->mask[e] = (norm3(r) < (real)c->cutoff && (!c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]])) ? 1 : 0;
     }
-    TRY(centre_by_nodemask(x, pos, w->pos_frame));
+    unmasked_edges(x);
+    centre_by_nodemask(x, pos, w->pos_frame);
     edge_frame(x);
     radial_filter(x);
-    TRY(node_frame(x));
+    node_frame(x);
 
     /* initial node features and vector features */
     real *s = w->s, *vec = w->vec;
@@ -1457,13 +1767,13 @@ static int leftnet_forward(const Ctx *x, const real *h, const real *pos, real *d
             linear_forward(&p->pos_exp1, t, (size_t)N, u, 0);
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += u[k];
         }
-        TRY(gcl_message(x, &p->gcl[i], s));
+        gcl_message(x, &p->gcl[i], s, i == 0, i == c->num_layers - 1);
         snprintf(name, sizeof(name), "gcl%d.out0", i);
         dump(x, name, s, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "gcl%d.out1", i);
         dump(x, name, w->ew, (size_t)g->E, (size_t)(3 * H + R));
 
-        TRY(equi_message(x, &p->msg[i], s, vec, w->dx, w->dvec));
+        equi_message(x, &p->msg[i], s, vec, w->dx, w->dvec);
         snprintf(name, sizeof(name), "msg%d.out0", i);
         dump(x, name, w->dx, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "msg%d.out1", i);
@@ -1493,7 +1803,7 @@ static int leftnet_forward(const Ctx *x, const real *h, const real *pos, real *d
             }
         }
     }
-    if (c->for_conf) return OARD_OK;
+    if (c->for_conf) return;
 
     /* EquiOutput: one or two gated blocks -> dpos (N, 3) */
     real *xo = w->A, *vo = w->dx; /* block outputs */
@@ -1508,8 +1818,8 @@ static int leftnet_forward(const Ctx *x, const real *h, const real *pos, real *d
     for (int n = 0; n < N; n++)
         for (int k = 0; k < 3; k++) delta[3 * n + k] = vin[3 * n + k];
     linear_forward(&p->embedding_out, s, (size_t)N, h_out, 0);
-    return OARD_OK;
 }
+
 
 /* ------------------------------------------------------------------------------------ */
 /* Denoiser and confidence wrappers (upstream dynamics/egnn_dynamics.py, confidence.py)    */
@@ -1520,58 +1830,162 @@ static int check_finite(const real *a, size_t n) {
     return 1;
 }
 
+/* ---- workspace: graph and work buffers of one batch shape, allocated once ---- */
+struct oard_workspace {
+    const oard_model *m;
+    int B, nt;
+    int *sizes; /* (B) a copy of the batch's sizes */
+    Graph g;
+    Work w;
+};
+
+static int batch_threads(const oard_batch *batch) {
+#ifdef _OPENMP
+    return batch->n_threads > 0 ? batch->n_threads : omp_get_max_threads();
+#else
+    (void)batch;
+    return 1;
+#endif
+}
+
+/* nodes and edges of a batch, checking it as graph_build does */
+static int batch_shape(const oard_batch *batch, long long *N, long long *E, char *err) {
+    *N = *E = 0;
+    if (!batch || batch->n_samples <= 0 || !batch->sizes) return fail(err, OARD_ERR_ARG, "batch: no samples");
+    for (int b = 0; b < batch->n_samples; b++) {
+        long long n = batch->sizes[b];
+        if (n <= 0 || n > 100000) return fail(err, OARD_ERR_ARG, "batch: sample %d has %lld atoms", b, n);
+        *N += 3 * n;
+        *E += 3 * n * (3 * n - 1);
+    }
+    return OARD_OK;
+}
+
+size_t oard_memory_estimate(const oard_model *m, const oard_batch *batch) {
+    long long N, E;
+    if (batch_shape(batch, &N, &E, NULL)) return 0;
+    size_t graph = ((size_t)E * 3 + (size_t)N * 4 + (size_t)batch->n_samples + 2) * sizeof(int);
+    return sizeof(struct oard_workspace) + graph +
+           work_layout(NULL, &m->cfg, (size_t)N, (size_t)E, (size_t)N / 3, batch_threads(batch), NULL);
+}
+
+static void format_bytes(double bytes, char *buf, size_t n) {
+    if (bytes >= 1024.0 * 1024 * 1024) snprintf(buf, n, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
+    else snprintf(buf, n, "%.1f MiB", bytes / (1024.0 * 1024));
+}
+
+/* The most a workspace may take: max_bytes when given, else $OA_REACTDIFF_MAX_MEMORY
+ * (bytes, or with a K, M, G suffix), else the physical memory where sysconf reports it,
+ * else no limit. *what says which. */
+static double memory_limit(size_t max_bytes, const char **what) {
+    if (max_bytes) {
+        *what = "the caller's limit";
+        return (double)max_bytes;
+    }
+    const char *env = getenv("OA_REACTDIFF_MAX_MEMORY");
+    if (env && *env) {
+        char *end;
+        double v = strtod(env, &end);
+        double unit = (*end == 'K' || *end == 'k') ? 1024.0 : (*end == 'M' || *end == 'm') ? 1024.0 * 1024
+                    : (*end == 'G' || *end == 'g') ? 1024.0 * 1024 * 1024 : 1.0;
+        if (end != env && v > 0) {
+            *what = "OA_REACTDIFF_MAX_MEMORY";
+            return v * unit;
+        }
+    }
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) {
+        *what = "the physical memory; OA_REACTDIFF_MAX_MEMORY sets another limit";
+        return (double)pages * (double)page;
+    }
+#endif
+    *what = "none";
+    return HUGE_VAL;
+}
+
+int oard_workspace_new(const oard_model *m, const oard_batch *batch, size_t max_bytes, oard_workspace **out,
+                       char *err) {
+    *out = NULL;
+    long long N, E;
+    int rc = batch_shape(batch, &N, &E, err);
+    if (rc) return rc;
+    if (N == 3) /* upstream's torch.cross without dim would cross along the node axis */
+        return fail(err, OARD_ERR_ARG, "a reaction of one atom per fragment is not supported");
+    const char *what;
+    double need = (double)oard_memory_estimate(m, batch), limit = memory_limit(max_bytes, &what);
+    if (E > INT32_MAX || need > limit) {
+        char a[32], b[32];
+        format_bytes(need, a, sizeof a);
+        format_bytes(limit, b, sizeof b);
+        return fail(err, OARD_ERR_NOMEM, "system too large: %lld nodes, %lld edges need about %s of work memory; the limit is %s (%s)",
+                    N, E, a, b, E > INT32_MAX ? "2^31 edges" : what);
+    }
+    oard_workspace *ws = xcalloc(1, sizeof(*ws));
+    if (!ws) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    ws->m = m;
+    ws->B = batch->n_samples;
+    ws->nt = batch_threads(batch);
+    ws->sizes = xcalloc((size_t)ws->B, sizeof(int));
+    if (ws->sizes) memcpy(ws->sizes, batch->sizes, (size_t)ws->B * sizeof(int));
+    rc = ws->sizes ? graph_build(&ws->g, batch, err) : fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        size_t bytes = work_layout(NULL, &m->cfg, (size_t)N, (size_t)E, (size_t)N / 3, ws->nt, NULL);
+        ws->w.block = aligned_calloc(bytes, 1);
+        if (ws->w.block) work_layout(&ws->w, &m->cfg, (size_t)N, (size_t)E, (size_t)N / 3, ws->nt, ws->w.block);
+        else {
+            char a[32];
+            format_bytes((double)bytes, a, sizeof a);
+            rc = fail(err, OARD_ERR_NOMEM, "cannot allocate %s of work memory for %lld nodes, %lld edges", a, N, E);
+        }
+    }
+    if (rc) {
+        oard_workspace_free(ws);
+        return rc;
+    }
+    *out = ws;
+    return OARD_OK;
+}
+
+void oard_workspace_free(oard_workspace *ws) {
+    if (!ws) return;
+    aligned_free(ws->w.block);
+    graph_free(&ws->g);
+    free(ws->sizes);
+    free(ws);
+}
+
 /* Shared front half: positions, per-fragment encoders, time and condition channels,
  * LEFTNet. h = [encoder_f(one-hot, Z), t, condition] (N, in_hidden). */
-static int dynamics_run(const oard_model *m, const oard_batch *batch, const real *const xh[], const real *t,
-                        const real *cond, Graph *g, Work *w, real **pos_out, real **delta_out, real **hout_out,
+static int dynamics_run(oard_workspace *ws, const real *const xh[], const real *t, const real *cond,
                         oard_dump_fn dumpfn, void *dump_ctx, char *err) {
+    const oard_model *m = ws->m;
     const oard_config *c = &m->cfg;
-    int rc = graph_build(g, batch, err);
-    if (rc) return rc;
-    if (g->N == 3) /* upstream's torch.cross without dim would cross along the node axis */
-        return fail(err, OARD_ERR_ARG, "a reaction of one atom per fragment is not supported");
-    const int N = g->N, NF = g->NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
+    const Graph *g = &ws->g;
+    Work *w = &ws->w;
+    const int NF = g->NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
     const int Eemb = I - c->condition_time - c->condition_nf;
     for (int f = 0; f < 3; f++)
         if (!check_finite(xh[f], (size_t)NF * c->node_nfs[f]))
             return fail(err, OARD_ERR_NUMERIC, "denoiser input: fragment %d holds NaN or Inf", f);
-    real *pos = xcalloc((size_t)N * 3, sizeof(real)), *h = xcalloc((size_t)N * I, sizeof(real));
-    real *delta = xcalloc((size_t)N * 3, sizeof(real)), *hout = xcalloc((size_t)N * I, sizeof(real));
-    real *feat = xcalloc((size_t)NF * F, sizeof(real)), *enc = xcalloc((size_t)NF * Eemb, sizeof(real));
-    real *tmp = xcalloc((size_t)NF * 4 * F, sizeof(real));
-    *pos_out = pos, *delta_out = delta, *hout_out = hout;
-    if (!pos || !h || !delta || !hout || !feat || !enc || !tmp) {
-        free(h), free(feat), free(enc), free(tmp);
-        return fail(err, OARD_ERR_NOMEM, "out of memory for %d nodes", N);
-    }
     for (int f = 0; f < 3; f++) {
         const int nf = c->node_nfs[f];
         for (int i = 0; i < NF; i++) {
-            for (int k = 0; k < 3; k++) pos[3 * ((size_t)f * NF + i) + k] = xh[f][(size_t)i * nf + k];
-            for (int k = 0; k < F; k++) feat[(size_t)i * F + k] = xh[f][(size_t)i * nf + 3 + k];
+            for (int k = 0; k < 3; k++) w->pos[3 * ((size_t)f * NF + i) + k] = xh[f][(size_t)i * nf + k];
+            for (int k = 0; k < F; k++) w->feat[(size_t)i * F + k] = xh[f][(size_t)i * nf + 3 + k];
         }
-        mlp_forward(&m->enc[f], feat, (size_t)NF, enc, tmp);
+        mlp_forward(&m->enc[f], w->feat, (size_t)NF, w->enc, w->enc_tmp);
         for (int i = 0; i < NF; i++) {
             size_t n = (size_t)f * NF + i;
             int b = g->sample[n], col = Eemb;
-            memcpy(h + n * I, enc + (size_t)i * Eemb, (size_t)Eemb * sizeof(real));
-            if (c->condition_time) h[n * I + col++] = t ? t[b] : 0;
-            for (int k = 0; k < c->condition_nf; k++) h[n * I + col++] = cond ? cond[(size_t)b * c->condition_nf + k] : 0;
+            real *hn = w->h + n * I;
+            memcpy(hn, w->enc + (size_t)i * Eemb, (size_t)Eemb * sizeof(real));
+            if (c->condition_time) hn[col++] = t ? t[b] : 0;
+            for (int k = 0; k < c->condition_nf; k++) hn[col++] = cond ? cond[(size_t)b * c->condition_nf + k] : 0;
         }
     }
-    free(feat), free(enc), free(tmp);
-    rc = work_alloc(w, c, g);
-    if (rc) {
-        free(h);
-        return fail(err, rc, "cannot allocate work buffers for %d nodes / %d edges", N, g->E);
-    }
-    Ctx x = {m, g, w, batch->n_threads > 0 ? batch->n_threads : 1, dumpfn, dump_ctx};
-#ifdef _OPENMP
-    if (batch->n_threads <= 0) x.nt = omp_get_max_threads();
-#endif
-    rc = leftnet_forward(&x, h, pos, delta, hout);
-    free(h);
-    if (rc) return fail(err, rc, "out of memory in the LEFTNet forward pass");
+    Ctx x = {m, g, w, ws->nt, dumpfn, dump_ctx};
+    leftnet_forward(&x, w->h, w->pos, w->delta, w->hout);
     return OARD_OK;
 }
 
@@ -1589,51 +2003,54 @@ static void centre_fragment(real *x, int ld, const int *frag_off, int B) {
     }
 }
 
+/* EGNNDynamics.forward on a workspace: velocity and decoded features */
+static int denoise_run(oard_workspace *ws, const real *const xh[], const real *t, const real *cond, real *const eps[],
+                       oard_dump_fn dumpfn, void *dump_ctx, char *err) {
+    const oard_config *c = &ws->m->cfg;
+    if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "oard_denoise needs a denoiser model");
+    int rc = dynamics_run(ws, xh, t, cond, dumpfn, dump_ctx, err);
+    if (rc) return rc;
+    const Graph *g = &ws->g;
+    Work *w = &ws->w;
+    const int NF = g->NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
+    const int Eemb = I - c->condition_time - c->condition_nf;
+    real *hin = w->enc, *tmp = w->enc_tmp, *dec = w->feat; /* free again after dynamics_run */
+    for (int f = 0; f < 3; f++) {
+        const int nf = c->node_nfs[f];
+        for (int i = 0; i < NF; i++) {
+            size_t n = (size_t)f * NF + i;
+            for (int k = 0; k < 3; k++) { /* vel = pos_final - pos, pos_final = pos + dpos + gradient */
+                real p = w->pos[3 * n + k];
+                eps[f][(size_t)i * nf + k] = ((p + w->delta[3 * n + k]) + w->grad[3 * n + k]) - p;
+            }
+            memcpy(hin + (size_t)i * Eemb, w->hout + n * I, (size_t)Eemb * sizeof(real));
+        }
+        /* upstream replaces a NaN velocity by random noise; we report it instead */
+        for (int i = 0; i < NF; i++)
+            for (int k = 0; k < 3; k++)
+                if (!isfinite(eps[f][(size_t)i * nf + k]))
+                    return fail(err, OARD_ERR_NUMERIC, "denoiser produced NaN/Inf for sample %d (fragment %d)",
+                                g->sample[(size_t)f * NF + i], f);
+        centre_fragment(eps[f], nf, g->frag_off, g->B);
+        mlp_forward(&ws->m->dec[f], hin, (size_t)NF, dec, tmp);
+        for (int i = 0; i < NF; i++) memcpy(eps[f] + (size_t)i * nf + 3, dec + (size_t)i * F, (size_t)F * sizeof(real));
+    }
+    return OARD_OK;
+}
+
+int oard_denoise_ws(oard_workspace *ws, const oard_real *const xh[], const oard_real *t, const oard_real *cond,
+                    oard_real *const eps[], char *err) {
+    return denoise_run(ws, xh, t, cond, eps, NULL, NULL, err);
+}
+
 int oard_denoise(const oard_model *m, const oard_batch *batch, const oard_real *const xh[], const oard_real *t,
                  const oard_real *cond, oard_real *const eps[], oard_dump_fn dumpfn, void *dump_ctx, char *err) {
-    const oard_config *c = &m->cfg;
-    if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "oard_denoise needs a denoiser model");
-    Graph g;
-    Work w;
-    memset(&w, 0, sizeof(w));
-    real *pos = NULL, *delta = NULL, *hout = NULL;
-    int rc = dynamics_run(m, batch, xh, t, cond, &g, &w, &pos, &delta, &hout, dumpfn, dump_ctx, err);
-    if (!rc) {
-        const int NF = g.NF, I = c->in_hidden_channels, F = c->node_nfs[0] - c->pos_dim;
-        const int Eemb = I - c->condition_time - c->condition_nf;
-        real *hin = xcalloc((size_t)NF * Eemb, sizeof(real)), *tmp = xcalloc((size_t)NF * 4 * F, sizeof(real));
-        real *dec = xcalloc((size_t)NF * F, sizeof(real));
-        if (!hin || !tmp || !dec) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        for (int f = 0; !rc && f < 3; f++) {
-            const int nf = c->node_nfs[f];
-            for (int i = 0; i < NF; i++) {
-                size_t n = (size_t)f * NF + i;
-                for (int k = 0; k < 3; k++) { /* vel = pos_final - pos, pos_final = pos + dpos + gradient */
-                    real p = pos[3 * n + k];
-                    eps[f][(size_t)i * nf + k] = ((p + delta[3 * n + k]) + w.grad[3 * n + k]) - p;
-                }
-                memcpy(hin + (size_t)i * Eemb, hout + n * I, (size_t)Eemb * sizeof(real));
-            }
-            /* upstream replaces a NaN velocity by random noise; we report it instead */
-            for (int i = 0; i < NF; i++)
-                for (int k = 0; k < 3; k++)
-                    if (!isfinite(eps[f][(size_t)i * nf + k])) {
-                        rc = fail(err, OARD_ERR_NUMERIC, "denoiser produced NaN/Inf for sample %d (fragment %d)",
-                                  g.sample[(size_t)f * NF + i], f);
-                        i = NF;
-                        break;
-                    }
-            if (rc) break;
-            centre_fragment(eps[f], nf, g.frag_off, g.B);
-            mlp_forward(&m->dec[f], hin, (size_t)NF, dec, tmp);
-            for (int i = 0; i < NF; i++)
-                memcpy(eps[f] + (size_t)i * nf + 3, dec + (size_t)i * F, (size_t)F * sizeof(real));
-        }
-        free(hin), free(tmp), free(dec);
-    }
-    free(pos), free(delta), free(hout);
-    work_free(&w);
-    graph_free(&g);
+    if (m->cfg.kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "oard_denoise needs a denoiser model");
+    oard_workspace *ws;
+    int rc = oard_workspace_new(m, batch, 0, &ws, err);
+    if (rc) return rc;
+    rc = denoise_run(ws, xh, t, cond, eps, dumpfn, dump_ctx, err);
+    oard_workspace_free(ws);
     return rc;
 }
 
@@ -1641,37 +2058,31 @@ int oard_confidence(const oard_model *m, const oard_batch *batch, const oard_rea
                     oard_real *score, char *err) {
     const oard_config *c = &m->cfg;
     if (c->kind != OARD_KIND_CONFIDENCE) return fail(err, OARD_ERR_MODEL, "oard_confidence needs a confidence model");
-    Graph g;
-    Work w;
-    memset(&w, 0, sizeof(w));
-    real *pos = NULL, *delta = NULL, *hout = NULL;
+    oard_workspace *ws;
+    int rc = oard_workspace_new(m, batch, 0, &ws, err);
+    if (rc) return rc;
     /* upstream passes t = tensor([0]): every node's time channel is 0 */
-    int rc = dynamics_run(m, batch, xh, NULL, cond, &g, &w, &pos, &delta, &hout, NULL, NULL, err);
-    if (!rc) {
-        const int H = c->hidden_channels;
-        real *gf = xcalloc((size_t)H, sizeof(real)), *a = xcalloc((size_t)H * 4, sizeof(real));
-        if (!gf || !a) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        for (int b = 0; !rc && b < g.B; b++) {
-            /* scatter_mean of s over every node of the sample (all three fragments) */
-            int cnt = 0;
-            memset(gf, 0, (size_t)H * sizeof(real));
-            for (int n = 0; n < g.N; n++)
-                if (g.sample[n] == b) {
-                    for (int h = 0; h < H; h++) gf[h] += w.s[(size_t)n * H + h];
-                    cnt++;
-                }
-            for (int h = 0; h < H; h++) gf[h] /= (real)cnt;
-            real y, gate; /* GatedMLP: mlp(x) * sigmoid(gmlp(x)) */
-            mlp_forward(&m->readout_mlp, gf, 1, &y, a);
-            mlp_forward(&m->readout_gmlp, gf, 1, &gate, a);
-            score[b] = y * ((real)1 / ((real)1 + REXP(-gate)));
-            if (!isfinite(score[b])) rc = fail(err, OARD_ERR_NUMERIC, "confidence score of sample %d is NaN/Inf", b);
-        }
-        free(gf), free(a);
+    rc = dynamics_run(ws, xh, NULL, cond, NULL, NULL, err);
+    const Graph *g = &ws->g;
+    const int H = c->hidden_channels;
+    real *gf = ws->w.nodetmp, *a = gf + H; /* (H), (4H) */
+    for (int b = 0; !rc && b < g->B; b++) {
+        /* scatter_mean of s over every node of the sample (all three fragments) */
+        int cnt = 0;
+        memset(gf, 0, (size_t)H * sizeof(real));
+        for (int n = 0; n < g->N; n++)
+            if (g->sample[n] == b) {
+                for (int h = 0; h < H; h++) gf[h] += ws->w.s[(size_t)n * H + h];
+                cnt++;
+            }
+        for (int h = 0; h < H; h++) gf[h] /= (real)cnt;
+        real y, gate; /* GatedMLP: mlp(x) * sigmoid(gmlp(x)) */
+        mlp_forward(&m->readout_mlp, gf, 1, &y, a);
+        mlp_forward(&m->readout_gmlp, gf, 1, &gate, a);
+        score[b] = y * ((real)1 / ((real)1 + REXP(-gate)));
+        if (!isfinite(score[b])) rc = fail(err, OARD_ERR_NUMERIC, "confidence score of sample %d is NaN/Inf", b);
     }
-    free(pos), free(delta), free(hout);
-    work_free(&w);
-    graph_free(&g);
+    oard_workspace_free(ws);
     return rc;
 }
 
@@ -1865,10 +2276,10 @@ NO_FMA_FN static inline f2 df_div(f2 n, f2 d) {
 #define R_LN2f 1.442695040888963407359924681001892137426645954152985934135449406931f
 #define L2Uf 0.693145751953125f
 #define L2Lf 1.428606765330187045e-06f
-NO_FMA_FN static float torch_expf(float d) {
-    int q = rint_i(d * R_LN2f);
-    float s = fmaf((float)q, -L2Uf, d);
-    s = fmaf((float)q, -L2Lf, s);
+/* its core: e^d for d = q ln2 + s, q = rint(d / ln2) given as the float qf */
+NO_FMA_FN static inline float expf_core(float d, float qf) {
+    float s = fmaf(qf, -L2Uf, d);
+    s = fmaf(qf, -L2Lf, s);
     float u = 0.000198527617612853646278381f;
     u = fmaf(u, s, 0.00139304355252534151077271f);
     u = fmaf(u, s, 0.00833336077630519866943359f);
@@ -1876,11 +2287,27 @@ NO_FMA_FN static float torch_expf(float d) {
     u = fmaf(u, s, 0.166666671633720397949219f);
     u = fmaf(u, s, 0.5f);
     u = 1.0f + fmaf(s * s, u, s);
-    u = ldexp2k(u, q);
+    return ldexp2k(u, (int)qf);
+}
+NO_FMA_FN static float torch_expf(float d) {
+    float u = expf_core(d, (float)rint_i(d * R_LN2f));
     if (d < -104) u = 0;
     if (d > 104) u = INFINITY;
     return u;
 }
+/* The same for SiLU's x / (1 + exp(-x)), without branches so that a loop of it vectorises:
+ * the input is clamped to [-104, 104] (NaN to -104; x is NaN then and so is the result)
+ * and rounded to an integer multiple of ln2 by adding and subtracting 1.5 * 2^23 (rint for
+ * |x| < 2^22). Inside the range this is torch_expf bit for bit; outside, SiLU comes out
+ * the same: below, 1 + exp(-104) rounds to 1 as 1 + 0 does; above, exp(104) overflows to
+ * inf as torch_expf's override does. */
+#ifdef SILU_SLEEF
+NO_FMA_FN static inline float silu_expf(float d) {
+    d = d >= -104.0f ? d : -104.0f;
+    d = d <= 104.0f ? d : 104.0f;
+    return expf_core(d, (d * R_LN2f + 12582912.0f) - 12582912.0f);
+}
+#endif
 
 /* ---------------- Sleef xlog1pf (u10) ----------------
  * AVX2 path: e = ilogb2k(dp1 * (1/0.75f)) from the exponent bits; AVX512 path uses
@@ -2082,6 +2509,7 @@ int oard_rng_normal(oard_rng *r, oard_real *out, size_t rows, size_t cols, char 
 typedef struct {
     const oard_model *m;
     const oard_batch *batch;
+    oard_workspace *ws; /* the denoiser's buffers, allocated once for the whole run */
     oard_schedule sch;
     const real *cond;
     oard_rng *rng;
@@ -2095,6 +2523,7 @@ typedef struct {
 static void sampler_free(Sampler *S) {
     for (int f = 0; f < 3; f++) free(S->eps[f]), free(S->noise[f]), free(S->h0[f]);
     free(S->tmp), free(S->t), free(S->frag_off);
+    oard_workspace_free(S->ws);
     oard_schedule_free(&S->sch);
 }
 
@@ -2124,6 +2553,7 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
     int T = (o && o->timesteps > 0) ? o->timesteps : c->sampling_timesteps;
     double prec = (o && o->precision > 0) ? o->precision : c->sampling_precision;
     int rc = oard_schedule_init(&S->sch, name, T, prec, err);
+    if (!rc) rc = oard_workspace_new(m, batch, 0, &S->ws, err);
     if (rc) return rc;
     size_t n = (size_t)S->NF * S->nf;
     for (int f = 0; f < 3; f++) {
@@ -2165,7 +2595,7 @@ static void restore_features(Sampler *S, real *const z[3]) {
 static int denoise_at(Sampler *S, real *const z[3], real tval) {
     for (int b = 0; b < S->B; b++) S->t[b] = tval;
     const real *zin[3] = {z[0], z[1], z[2]};
-    return oard_denoise(S->m, S->batch, zin, S->t, S->cond, S->eps, NULL, NULL, S->err);
+    return denoise_run(S->ws, zin, S->t, S->cond, S->eps, NULL, NULL, S->err);
 }
 
 /* sample_p_zs_given_zt: one reverse step from t = s + 1 to s (all fragments) */

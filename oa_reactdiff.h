@@ -111,6 +111,29 @@ int oard_denoise(const oard_model *m, const oard_batch *batch, const oard_real *
                  const oard_real *t, const oard_real *cond, oard_real *const eps[],
                  oard_dump_fn dump, void *dump_ctx, char *err);
 
+/* ---- repeated calls and memory ----
+ * A workspace holds the graph and every work buffer of one batch shape, so that repeated
+ * denoiser calls (the samplers make one per step) allocate nothing. oard_denoise makes a
+ * workspace per call. */
+typedef struct oard_workspace oard_workspace;
+
+/* Bytes of work memory (graph and buffers) a denoiser or confidence call on this batch
+ * needs, computed from the configuration and the sizes alone; 0 for an invalid batch. */
+size_t oard_memory_estimate(const oard_model *m, const oard_batch *batch);
+
+/* Allocate a workspace for batches of this shape (sample count and sizes; the thread count
+ * is taken from batch too). It is refused with OARD_ERR_NOMEM and a message giving the
+ * estimate, before anything is allocated, when the estimate exceeds max_bytes; max_bytes
+ * 0 means $OA_REACTDIFF_MAX_MEMORY (bytes, or with a K, M or G suffix) if set, else the
+ * physical memory. */
+int oard_workspace_new(const oard_model *m, const oard_batch *batch, size_t max_bytes, oard_workspace **out,
+                       char *err);
+void oard_workspace_free(oard_workspace *ws);
+
+/* oard_denoise on a workspace (same batch shape as when it was made), without a dump. */
+int oard_denoise_ws(oard_workspace *ws, const oard_real *const xh[], const oard_real *t, const oard_real *cond,
+                    oard_real *const eps[], char *err);
+
 /* Confidence (recommender) score per sample (upstream Confidence.forward). */
 int oard_confidence(const oard_model *m, const oard_batch *batch, const oard_real *const xh[],
                     const oard_real *cond, oard_real *score, char *err);

@@ -7,6 +7,8 @@
 #                      the gamma tables stored in the converted weights vs recomputed ones
 #   test_equivariance  rotation / translation symmetry of the denoiser (float64 build), tiny
 #                      and variant models, reactions rxn14 and rxnfar
+#   test_consistency   speed paths: dump vs no dump, 1 vs 2 threads, workspace reuse give
+#                      bit-identical outputs (float32 build); the memory limit refuses
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #   test_errors.sh     one test per row of the README's failure table
@@ -23,7 +25,7 @@ PYTHON=${PYTHON:-python3}
 FIX=tests/fixtures/golden
 
 echo "== building the test programs"
-if ! $MAKE --no-print-directory oa_reactdiff build/test_schedules build/test_equivariance; then
+if ! $MAKE --no-print-directory oa_reactdiff build/test_schedules build/test_equivariance build/test_consistency; then
     echo "run_tests: build FAILED"
     exit 1
 fi
@@ -80,6 +82,7 @@ run "equivariance rxnfar" build/test_equivariance build/tiny.bin build/variant.b
 if [ -n "$FULL" ]; then
     run "equivariance full model" build/test_equivariance "$FULL" - "$FIX/cases/forward_tiny_rxn14_f64"
 fi
+run "consistency" build/test_consistency build/tiny.bin build/variant.bin $FULL
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
