@@ -222,7 +222,7 @@ install: all
 	install -m 644 weights.bin $(DESTDIR)$(PREFIX)/share/oa_reactdiff/weights.bin
 # Benchmarks (tests/bench.c): optimised for this machine with $(BENCH_OPT); nothing is asserted.
 BENCH_CFLAGS = $(BENCH_OPT) $(CSTD) $(WARN) $(OMP_FLAGS) -I.
-RXN = examples/rxn14_react.xyz examples/rxn14_prod.xyz
+RXN = tests/fixtures/xyz/rxn14_react.xyz tests/fixtures/xyz/rxn14_prod.xyz
 
 build/bench: tests/bench.c $(ENGINE)
 	@mkdir -p build
