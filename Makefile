@@ -169,7 +169,7 @@ fuzz-run: fuzz
 		mkdir -p build/fuzz/corpus_$$h tests/fuzz/regressions/$$h; \
 		echo "== fuzz_$$h for $(FUZZ_TIME) s"; \
 		./build/fuzz/fuzz_$$h build/fuzz/corpus_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h \
-			-max_total_time=$(FUZZ_TIME) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+			-max_total_time=$(FUZZ_TIME) -timeout=60 -rss_limit_mb=2048 -print_final_stats=1 \
 			-artifact_prefix=build/fuzz/crash_$$h- 2>build/fuzz/log_$$h.txt || status=1; \
 		grep -E "stat::number_of_executed_units|stat::new_units_added" build/fuzz/log_$$h.txt; \
 		if [ $$status -ne 0 ]; then tail -40 build/fuzz/log_$$h.txt; break; fi; \
