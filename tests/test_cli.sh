@@ -11,37 +11,11 @@ set -u
 EX=$ROOT/tests/fixtures/xyz   # rxn14 (golden reaction: chiral, two-molecule product)
 XT="$PYTHON $ROOT/tests/xyz_transform.py"
 
-pass() { echo "  ok    $*"; }
-bad() { echo "  FAIL  $*"; fails=$((fails + 1)); }
 # quick sampler settings: the checks are about the command line, not the chemistry
 Q="--steps 12 --resamplings 2 --jump 2"
 
 # errors_only FILE: stderr lines that are not the untrained-weights warning
 errors_only() { grep -v "UNTRAINED" "$1" || true; }
-
-# expect_error NAME STATUS PATTERN OUTFILE -- COMMAND...: the command fails with exit status
-# STATUS, prints exactly one line matching PATTERN on stderr and leaves no OUTFILE (nor
-# a temporary file beside it)
-expect_error() {
-    local name=$1 want=$2 pat=$3 out=$4
-    shift 5
-    rm -f "$out" "$out".tmp.*
-    "$@" >stdout.txt 2>stderr.txt
-    local st=$? lines msg
-    lines=$(errors_only stderr.txt | wc -l)
-    msg=$(errors_only stderr.txt | head -1)
-    if [ "$st" -ne "$want" ]; then
-        bad "$name: exit status $st, expected $want ($msg)"
-    elif [ "$lines" -ne 1 ]; then
-        bad "$name: $lines stderr lines, expected one: $(errors_only stderr.txt | tr '\n' '|')"
-    elif ! grep -q -- "$pat" <<<"$msg"; then
-        bad "$name: message '$msg' does not match '$pat'"
-    elif [ -e "$out" ] || ls "$out".tmp.* >/dev/null 2>&1; then
-        bad "$name: output $out (or a temporary file) exists"
-    else
-        pass "$name: exit $st, '$msg'"
-    fi
-}
 
 # coordinates of an xyz file (comment lines dropped)
 coords() { awk 'NR==1{n=$1} {i=(NR-1)%(n+2)} i>=2' "$1"; }
@@ -124,17 +98,17 @@ EOF
 
 echo "== ts: errors (one line, non-zero exit, no output file)"
 head -8 "$EX/rxn14_prod.xyz" | sed '1s/.*/6/' >short.xyz
-expect_error "composition mismatch" 3 "composition mismatch" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" short.xyz $Q -o out.xyz
+expect_failure "composition mismatch" 3 "composition mismatch" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" short.xyz $Q -o out.xyz
 sed '3s/^ *[A-Z][a-z]*/Xq/' "$EX/rxn14_react.xyz" >unknown.xyz
-expect_error "unknown element" 3 "unknown element 'Xq'" out.xyz -- "$BIN" ts unknown.xyz "$EX/rxn14_prod.xyz" $Q -o out.xyz
+expect_failure "unknown element" 3 "unknown element 'Xq'" out.xyz -- "$BIN" ts unknown.xyz "$EX/rxn14_prod.xyz" $Q -o out.xyz
 sed '3s/^ *[A-Z][a-z]*/Cl/' "$EX/rxn14_react.xyz" >chlorine.xyz
 sed '3s/^ *[A-Z][a-z]*/Cl/' "$EX/rxn14_prod.xyz" >chlorine_p.xyz
-expect_error "element not in the model" 3 "Cl, which the model does not know" out.xyz -- "$BIN" ts chlorine.xyz chlorine_p.xyz $Q -o out.xyz
-expect_error "missing file" 1 "missing.xyz: cannot open" out.xyz -- "$BIN" ts missing.xyz "$EX/rxn14_prod.xyz" $Q -o out.xyz
-expect_error "unknown option" 2 "unknown option '--bogus'" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" --bogus -o out.xyz
-expect_error "bad count" 2 "not an integer" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" -n 0 -o out.xyz
-expect_error "missing weights" 1 "nothere.bin: cannot open" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" --weights nothere.bin -o out.xyz
-expect_error "unwritable output" 1 "cannot write" nodir/out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" $Q -o nodir/out.xyz
+expect_failure "element not in the model" 3 "Cl, which the model does not know" out.xyz -- "$BIN" ts chlorine.xyz chlorine_p.xyz $Q -o out.xyz
+expect_failure "missing file" 1 "missing.xyz: cannot open" out.xyz -- "$BIN" ts missing.xyz "$EX/rxn14_prod.xyz" $Q -o out.xyz
+expect_failure "unknown option" 2 "unknown option '--bogus'" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" --bogus -o out.xyz
+expect_failure "bad count" 2 "not an integer" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" -n 0 -o out.xyz
+expect_failure "missing weights" 1 "nothere.bin: cannot open" out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" --weights nothere.bin -o out.xyz
+expect_failure "unwritable output" 1 "cannot write" nodir/out.xyz -- "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" $Q -o nodir/out.xyz
 
 echo "== rmsd"
 worst=0
@@ -171,8 +145,8 @@ $PYTHON -c "import sys; sys.exit(0 if $maxdiff < 1e-8 else 1)" &&
     bad "Hungarian misses the optimum by $maxdiff"
 nl=$("$BIN" rmsd ts.xyz "$EX/rxn14_react.xyz" | wc -l)
 [ "$nl" -eq 3 ] && pass "rmsd of a 3-frame file: one line per frame" || bad "rmsd of a 3-frame file printed $nl lines"
-expect_error "rmsd composition mismatch" 3 "composition mismatch" none -- "$BIN" rmsd "$EX/rxn14_react.xyz" chlorine.xyz
-expect_error "rmsd different sizes" 3 "atoms" none -- "$BIN" rmsd "$EX/rxn14_react.xyz" short.xyz
+expect_failure "rmsd composition mismatch" 3 "composition mismatch" none -- "$BIN" rmsd "$EX/rxn14_react.xyz" chlorine.xyz
+expect_failure "rmsd different sizes" 3 "atoms" none -- "$BIN" rmsd "$EX/rxn14_react.xyz" short.xyz
 
 echo "== score and ts --confidence"
 "$BIN" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" -n 4 $Q --confidence "$CONF" -o ranked.xyz 2>/dev/null
@@ -204,8 +178,8 @@ for b in "$BIN:1e-3" "${BIN}64:1e-9"; do
         pass "score invariant to moving, mirroring and permuting TS and P ($(basename "$exe"), tol $tol)" ||
         bad "score changes with orientation/order ($(basename "$exe")): $s2 vs $s1"
 done
-expect_error "score without --confidence" 2 "needs --confidence" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz"
-expect_error "score with a denoiser" 4 "" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz" --confidence "$ROOT/weights.bin"
+expect_failure "score without --confidence" 2 "needs --confidence" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz"
+expect_failure "score with a denoiser" 4 "" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz" --confidence "$ROOT/weights.bin"
 
 echo "== sample"
 if "$BIN" sample --atoms C2H4O -n 2 --steps 12 -o smp 2>err.txt; then
@@ -216,7 +190,7 @@ if "$BIN" sample --atoms C2H4O -n 2 --steps 12 -o smp 2>err.txt; then
 else
     bad "sample failed: $(cat err.txt)"
 fi
-expect_error "sample unknown element" 2 "unknown element" smp_0_react.xyz -- "$BIN" sample --atoms C2Qx -o smp
+expect_failure "sample unknown element" 2 "unknown element" smp_0_react.xyz -- "$BIN" sample --atoms C2Qx -o smp
 
 echo "== info"
 if "$BIN" info "$ROOT/weights.bin" >info.txt && grep -q "^kind *denoiser" info.txt && grep -q "^parameters" info.txt &&
@@ -227,7 +201,7 @@ else
 fi
 cp "$ROOT/weights.bin" corrupt.bin
 printf 'X' | dd of=corrupt.bin bs=1 seek=5000 conv=notrunc 2>/dev/null
-expect_error "info on a corrupted file" 4 "checksum" none -- "$BIN" info corrupt.bin
+expect_failure "info on a corrupted file" 4 "checksum" none -- "$BIN" info corrupt.bin
 
 echo "== batch: ts --list, shards, interruption and resume"
 mkdir -p rx
@@ -275,10 +249,10 @@ fi
 "$BIN" ts --list rx/list.txt --outdir whole4 $SLOW 2>/dev/null
 diff -r intr whole4 >/dev/null && pass "interrupted + resumed = uninterrupted run (bytewise)" || bad "resumed batch differs from an uninterrupted run"
 printf 'r1.xyz p1.xyz one\nr1.xyz\n' >rx/badlist.txt
-expect_error "malformed list" 3 "badlist.txt:2: expected" none -- "$BIN" ts --list rx/badlist.txt --outdir bl $Q
+expect_failure "malformed list" 3 "badlist.txt:2: expected" none -- "$BIN" ts --list rx/badlist.txt --outdir bl $Q
 [ ! -e bl ] && pass "malformed list: nothing computed, no output directory" || bad "malformed list created output"
 printf 'r1.xyz p1.xyz one\nr2.xyz p2.xyz one\n' >rx/duplist.txt
-expect_error "duplicate names" 3 "already used on line 1" none -- "$BIN" ts --list rx/duplist.txt --outdir bl $Q
+expect_failure "duplicate names" 3 "already used on line 1" none -- "$BIN" ts --list rx/duplist.txt --outdir bl $Q
 printf 'r1.xyz p1.xyz one\nr2.xyz short.xyz two\nr3.xyz p3.xyz three\n' >rx/faillist.txt
 cp short.xyz rx/
 "$BIN" ts --list rx/faillist.txt --outdir fl $Q 2>fl.txt
