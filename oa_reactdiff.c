@@ -3669,7 +3669,7 @@ static int cmd_sample(const Args *a, char *err) {
     Molecule mol;
     int rc = parse_atoms(a->atoms, &mol, err);
     if (rc) return rc;
-    if (!rc) rc = find_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
+    rc = find_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
     if (!rc) rc = load_model(wpath, OARD_KIND_DENOISER, &m, err);
     const oard_config *c = rc ? NULL : oard_model_config(m);
     if (!rc) rc = check_model_elements(c, &mol, err);
@@ -3677,10 +3677,10 @@ static int cmd_sample(const Args *a, char *err) {
     real *xh[3] = {NULL, NULL, NULL};
     int *sizes = xcalloc((size_t)N, sizeof(int)), *ident = xcalloc((size_t)n, sizeof(int));
     if (!sizes || !ident) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < n; i++) ident[i] = i;
     for (int f = 0; !rc && f < 3; f++) {
         xh[f] = xcalloc((size_t)N * n * nf, sizeof(real));
         if (!xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        for (int i = 0; i < n; i++) ident[i] = i;
         for (int b = 0; !rc && b < N; b++) fill_rows(c, &mol, ident, 0, xh[f] + (size_t)b * n * nf, nf);
     }
     if (!rc) {

@@ -16,9 +16,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (int k = 0; k < m->n; k++) /* a permutation */
                 if (perm[k] < 0 || perm[k] >= m->n) abort();
             if (m->n <= 16) {
-                double r;
-                if (oard_rmsd(m->n, m->z, m->xyz, m->z, m->xyz, 0, &r, err) == OARD_OK && !(r < 1e-6 || !isfinite(r)))
-                    ; /* huge coordinates may lose digits; only crashes and sanitizer reports matter */
+                double r; /* the value is not checked: only crashes, hangs and sanitizer reports matter */
+                (void)oard_rmsd(m->n, m->z, m->xyz, m->z, m->xyz, 0, &r, err);
             }
             free(perm);
             mol_free(m);
