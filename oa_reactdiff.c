@@ -147,6 +147,10 @@ typedef struct {
     int ndim;
     int64_t dims[4];
     int used;
+    /* where the loader put it: first value in the parameter arena, and for a transposed
+     * weight (a Linear's, stored (in, ld)) the row length ld; 0 when kept in file order */
+    size_t arena_off;
+    int ld;
 } wtensor;
 
 typedef struct {
@@ -496,6 +500,8 @@ static int take(loader *L, const real **out, int transpose, int ld, int ndim, co
         size_t j = transpose ? (i % cols) * ldt + i / cols : i;
         dst[j] = (real)v;
     }
+    t->arena_off = L->m->params_used;
+    t->ld = transpose ? ld : 0;
     L->m->params_used += (n_alloc + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN; /* keeps tensors aligned */
     t->used = 1;
     *out = dst;
@@ -767,6 +773,39 @@ void oard_model_free(oard_model *m) {
     wfile_free(&m->file);
     aligned_free(m->params);
     free(m);
+}
+
+/* ---- the parameter arena and its tensor directory (oard_tensor) ---- */
+
+size_t oard_param_size(const oard_model *m) { return m->params_used; }
+oard_real *oard_param_data(oard_model *m) { return m->params; }
+int oard_tensor_count(const oard_model *m) { return m->file.n_t; }
+
+int oard_tensor_info(const oard_model *m, int i, oard_tensor *out) {
+    if (!m || i < 0 || i >= m->file.n_t || !out) return OARD_ERR_ARG;
+    const wtensor *t = &m->file.t[i];
+    memset(out, 0, sizeof(*out));
+    out->name = t->name;
+    out->ndim = t->ndim;
+    for (int d = 0; d < t->ndim; d++) out->dims[d] = t->dims[d];
+    out->offset = t->arena_off;
+    out->ld = t->ld;
+    out->trainable = !strstr(t->name, "gamma_module.gamma") && !strstr(t->name, "radial_emb.means") &&
+                     !strstr(t->name, "radial_emb.betas");
+    return OARD_OK;
+}
+
+void oard_tensor_get(const oard_model *m, int i, const oard_real *arena, double *out) {
+    const wtensor *t = &m->file.t[i];
+    size_t n = (size_t)(t->nbytes / (t->is_f64 ? 8 : 4));
+    const oard_real *a = arena + t->arena_off;
+    if (t->ld) { /* (out, in) from the transposed (in, ld) */
+        size_t rows = (size_t)t->dims[0], cols = n / rows;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t k = 0; k < cols; k++) out[r * cols + k] = (double)a[k * (size_t)t->ld + r];
+    } else {
+        for (size_t k = 0; k < n; k++) out[k] = (double)a[k];
+    }
 }
 
 /* ------------------------------------------------------------------------------------ */

@@ -206,6 +206,52 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
                  const oard_real *cond, const oard_real *const xh_fixed[], oard_real *const out[],
                  oard_rng *rng, char *err);
 
+/* ---- parameters and training ----
+ * Every tensor of a loaded model lives in one parameter arena of oard_param_size() reals
+ * (oard_param_data()); the forward passes read it in place, so writing the arena changes
+ * the model. A Linear's weight (out, in) is stored transposed, (in, ld) with zero padding
+ * up to ld >= out; everything else in upstream's row-major order. Gradients use the same
+ * layout, so an optimizer works on flat arrays. */
+typedef struct {
+    const char *name;  /* upstream state_dict key, e.g. "ddpm.dynamics.model.embedding.weight" */
+    int ndim;
+    int64_t dims[4];   /* upstream shape */
+    size_t offset;     /* first value in the arena */
+    int ld;            /* transposed weight: arena row length (>= dims[0]); 0: upstream order */
+    int trainable;     /* 0 for buffers: gamma tables, RBF means and betas */
+} oard_tensor;
+
+size_t oard_param_size(const oard_model *m);
+oard_real *oard_param_data(oard_model *m);
+int oard_tensor_count(const oard_model *m);
+int oard_tensor_info(const oard_model *m, int i, oard_tensor *out); /* OARD_ERR_ARG if out of range */
+/* Tensor i of an arena-layout array (the parameters, a gradient, an optimizer state) in
+ * upstream's row-major layout: out has dims[0] x dims[1] x ... values. */
+void oard_tensor_get(const oard_model *m, int i, const oard_real *arena, double *out);
+
+/* Terms of upstream's training objective per sample (DDPMModule.compute_loss, loss_type
+ * "l2", training mode), in the order of the golden files term.<name>. */
+enum { OARD_TERM_LOSS_T, OARD_TERM_LOSS_0_X, OARD_TERM_LOSS_0_CAT, OARD_TERM_LOSS_0_CHARGE, OARD_TERM_NLL,
+       OARD_N_TERMS };
+
+/* Upstream's training loss of one batch and its gradient with respect to every parameter.
+ * xh[f]: clean (n_f, node_nf) inputs (positions are centred per fragment and sample here);
+ * t_int[b]: integer time 0..T of the model's training schedule (upstream draws it
+ * uniformly); the noise is one combined draw from rng (replayable in upstream's order).
+ * loss: the batch mean of the per-sample nll; terms: (B, OARD_N_TERMS) or NULL; grad:
+ * oard_param_size() values, overwritten (zero for buffers and for parameters the loss
+ * does not reach), or NULL for the loss alone. Samples run in parallel over
+ * batch->n_threads threads; the result does not depend on the thread count. */
+int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_real *const xh[], const oard_real *cond,
+                    const int *t_int, oard_rng *rng, double *loss, double *terms, oard_real *grad, char *err);
+
+/* Write the model, with the parameter arena `params` (NULL: the model's own), as a
+ * weights file at path (via a temporary file and rename). meta: NULL or a NULL-terminated
+ * list of key, value strings that replace or add metadata lines. Tensors are written as
+ * float32, or in float64 when f64 is set (exact checkpoints of a double build). */
+int oard_model_save(const oard_model *m, const oard_real *params, const char *const *meta, int f64, const char *path,
+                    char *err);
+
 /* ---- structure comparison ----
  * RMSD (Angstrom, if the coordinates are) of two structures of n atoms after removing
  * translation, rotation and, unless OARD_RMSD_NO_REFLECTION, reflection; unless
