@@ -92,7 +92,16 @@ build/test_consistency: tests/test_consistency.c $(ENGINE)
 	@mkdir -p build
 	$(CC) $(ALL_CFLAGS) -DOARD_NO_MAIN tests/test_consistency.c oa_reactdiff.c -o $@ $(LDLIBS)
 
-test-programs: build/test_schedules build/test_equivariance build/test_consistency
+# training support (model save/init, optimizer, checkpoints) in both precisions
+build/test_train: tests/test_train.c $(ENGINE)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -DOARD_NO_MAIN tests/test_train.c oa_reactdiff.c -o $@ $(LDLIBS)
+
+build/test_train64: tests/test_train.c $(ENGINE)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_train.c oa_reactdiff.c -o $@ $(LDLIBS)
+
+test-programs: build/test_schedules build/test_equivariance build/test_consistency build/test_train build/test_train64
 
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)

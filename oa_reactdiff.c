@@ -220,7 +220,8 @@ static int parse_tensor_line(const wfile *w, const char *line, wtensor *t, char 
     return OARD_OK;
 }
 
-static int wfile_open(wfile *w, const char *path, char *err) {
+/* Reads the whole file into w->buf; wfile_parse checks and indexes it. */
+static int wfile_read(wfile *w, const char *path, char *err) {
     memset(w, 0, sizeof(*w));
     w->path = path;
     FILE *f = fopen(path, "rb");
@@ -244,7 +245,13 @@ static int wfile_open(wfile *w, const char *path, char *err) {
     size_t got = fread(w->buf, 1, w->size, f);
     fclose(f);
     if (got != w->size) return fail(err, OARD_ERR_IO, "%s: read error", path);
+    return OARD_OK;
+}
 
+/* The image in w->buf (w->size bytes; from a file, or built in memory), named w->path in
+ * messages: header, checksum, metadata and tensor directory. */
+static int wfile_parse(wfile *w, char *err) {
+    const char *path = w->path;
     const unsigned char *b = w->buf;
     if (w->size < WFILE_HEADER || memcmp(b, WFILE_MAGIC, 8) != 0)
         return fail(err, OARD_ERR_FORMAT, "%s: not an oa_reactdiff weights file (bad magic)", path);
@@ -700,11 +707,10 @@ static int parse_config(const wfile *w, oard_config *c, char *err) {
     return OARD_OK;
 }
 
-int oard_model_load(const char *path, int expected_kind, oard_model **out, char *err) {
-    *out = NULL;
-    oard_model *m = xcalloc(1, sizeof(*m));
-    if (!m) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-    int rc = wfile_open(&m->file, path, err);
+/* The model of a read (not yet parsed) weights image in m->file; frees m on failure. */
+static int model_from_image(oard_model *m, int expected_kind, oard_model **out, char *err) {
+    const char *path = m->file.path;
+    int rc = wfile_parse(&m->file, err);
     if (!rc) rc = parse_config(&m->file, &m->cfg, err);
     if (!rc && expected_kind && m->cfg.kind != expected_kind)
         rc = fail(err, OARD_ERR_MODEL, "%s: is a %s model, a %s model is needed here", path,
@@ -766,6 +772,34 @@ int oard_model_load(const char *path, int expected_kind, oard_model **out, char 
     m->file.buf = NULL;
     *out = m;
     return OARD_OK;
+}
+
+int oard_model_load(const char *path, int expected_kind, oard_model **out, char *err) {
+    *out = NULL;
+    oard_model *m = xcalloc(1, sizeof(*m));
+    if (!m) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    int rc = wfile_read(&m->file, path, err);
+    if (rc) {
+        oard_model_free(m);
+        return rc;
+    }
+    return model_from_image(m, expected_kind, out, err);
+}
+
+/* The model of a weights image in memory (buf of size bytes, taken over: freed here);
+ * name stands for the file in messages and must outlive the call only. */
+static int model_load_image(const char *name, unsigned char *buf, size_t size, int expected_kind, oard_model **out,
+                            char *err) {
+    *out = NULL;
+    oard_model *m = xcalloc(1, sizeof(*m));
+    if (!m) {
+        free(buf);
+        return fail(err, OARD_ERR_NOMEM, "%s: out of memory", name);
+    }
+    m->file.path = name;
+    m->file.buf = buf;
+    m->file.size = size;
+    return model_from_image(m, expected_kind, out, err);
 }
 
 void oard_model_free(oard_model *m) {
@@ -2791,6 +2825,1174 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     free(segs);
     sampler_free(&S);
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Training: optimizer and checkpoints                                                     */
+/*
+ * What upstream's trainer (trainer/pl_trainer.py DDPMModule under PyTorch Lightning,
+ * trainer/train_ts1x.py) does around the loss, on the flat parameter arena:
+ *   - oard_model_save: a weights file (docs/weights_format.md) of a model and an arena;
+ *   - oard_model_init: a freshly initialised denoiser, as upstream's constructors make one;
+ *   - oard_optim_*: torch.optim.AdamW(amsgrad) with upstream's adaptive gradient clipping
+ *     and an optional EMA of the weights;
+ *   - oard_checkpoint_*: model, optimizer state and the caller's state in one file.
+ * Files are written to PATH.tmp.<pid> and renamed, so a failure leaves no partial file.
+ */
+
+static void wr_u32(unsigned char *p, uint32_t v) {
+    for (int k = 0; k < 4; k++) p[k] = (unsigned char)(v >> (8 * k));
+}
+static void wr_u64(unsigned char *p, uint64_t v) {
+    wr_u32(p, (uint32_t)v);
+    wr_u32(p + 4, (uint32_t)(v >> 32));
+}
+static uint64_t round64(uint64_t x) { return (x + 63) & ~(uint64_t)63; }
+
+/* ---- writing a file atomically ---- */
+typedef struct {
+    const void *p;
+    size_t n;
+} Piece;
+
+/* The pieces, in order, into path via PATH.tmp.<pid> (flushed to disk, then renamed). */
+static int write_atomic(const char *path, const Piece *pc, int np, char *err) {
+    size_t len = strlen(path) + 32;
+    char *tmp = malloc(len);
+    if (!tmp) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+#if defined(__unix__) || defined(__APPLE__)
+    snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
+#else
+    snprintf(tmp, len, "%s.tmp", path);
+#endif
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        int e = errno;
+        free(tmp);
+        return fail(err, OARD_ERR_IO, "%s: cannot write: %s", path, strerror(e));
+    }
+    int bad = 0, e = 0;
+    for (int i = 0; i < np && !bad; i++)
+        if (pc[i].n && fwrite(pc[i].p, 1, pc[i].n, f) != pc[i].n) bad = 1, e = errno;
+    if (!bad && fflush(f) != 0) bad = 1, e = errno;
+#if defined(__unix__) || defined(__APPLE__)
+    if (!bad && fsync(fileno(f)) != 0 && errno != EINVAL && errno != EROFS) bad = 1, e = errno;
+#endif
+    if (fclose(f) != 0 && !bad) bad = 1, e = errno;
+    int rc = OARD_OK;
+    if (bad) {
+        remove(tmp);
+        rc = fail(err, OARD_ERR_IO, "%s: write failed: %s", path, strerror(e ? e : EIO));
+    } else if (rename(tmp, path) != 0) {
+        e = errno;
+        remove(tmp);
+        rc = fail(err, OARD_ERR_IO, "%s: cannot rename into place: %s", path, strerror(e));
+    }
+    free(tmp);
+    return rc;
+}
+
+/* ---- weights images ---- */
+typedef struct {
+    const char *name;
+    int ndim;
+    int64_t dims[4];
+} TensorDesc;
+
+static size_t desc_numel(const TensorDesc *t) {
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= (size_t)t->dims[d];
+    return n;
+}
+
+/* the values of tensor i in upstream's row-major order */
+typedef int (*tensor_fill_fn)(void *ctx, int i, double *out, char *err);
+
+/* A weights image (docs/weights_format.md, the layout tools/ckpt2bin.py writes) in memory:
+ * header, the metadata lines keys[i] vals[i], the tensor directory, every tensor 64-byte
+ * aligned after the previous one, CRC-32. what names the image in messages. */
+static int image_build(int kind, int n_meta, const char *const *keys, const char *const *vals, int n_t,
+                       const TensorDesc *t, int f64, tensor_fill_fn fill, void *ctx, const char *what,
+                       unsigned char **out, size_t *out_size, char *err) {
+    *out = NULL, *out_size = 0;
+    size_t esz = f64 ? 8 : 4, meta_size = 0, max_numel = 0;
+    uint64_t *off = xcalloc((size_t)n_t + 1, sizeof(uint64_t)), pos = 0, data_size = 0;
+    if (!off) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", what);
+    for (int i = 0; i < n_meta; i++) meta_size += strlen(keys[i]) + strlen(vals[i]) + 2;
+    for (int i = 0; i < n_t; i++) {
+        size_t numel = desc_numel(&t[i]);
+        if (numel > max_numel) max_numel = numel;
+        pos = round64(pos);
+        off[i] = pos;
+        pos += numel * esz;
+        data_size = pos;
+        char line[512];
+        int len = snprintf(line, sizeof(line), "tensor %s %s %llu %llu %d", t[i].name, f64 ? "f64" : "f32",
+                           (unsigned long long)off[i], (unsigned long long)(numel * esz), t[i].ndim);
+        for (int d = 0; d < t[i].ndim; d++) len += snprintf(NULL, 0, " %lld", (long long)t[i].dims[d]);
+        meta_size += (size_t)len + 1;
+    }
+    uint64_t data_offset = round64(WFILE_HEADER + meta_size), file_size = data_offset + data_size;
+    unsigned char *b = calloc((size_t)file_size, 1);
+    double *vals_buf = xcalloc(max_numel ? max_numel : 1, sizeof(double));
+    if (!b || !vals_buf) {
+        free(off), free(b), free(vals_buf);
+        return fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %llu bytes", what, (unsigned long long)file_size);
+    }
+    memcpy(b, WFILE_MAGIC, 8); /* "OARDIFF" and its NUL */
+    wr_u32(b + 8, WFILE_VERSION);
+    wr_u32(b + 12, (uint32_t)kind);
+    wr_u64(b + 16, WFILE_HEADER);
+    wr_u64(b + 24, meta_size);
+    wr_u64(b + 32, data_offset);
+    wr_u64(b + 40, data_size);
+    wr_u64(b + 48, file_size);
+    wr_u32(b + 60, (uint32_t)n_t);
+    char *p = (char *)b + WFILE_HEADER;
+    for (int i = 0; i < n_meta; i++) p += sprintf(p, "%s %s\n", keys[i], vals[i]);
+    for (int i = 0; i < n_t; i++) {
+        p += sprintf(p, "tensor %s %s %llu %llu %d", t[i].name, f64 ? "f64" : "f32", (unsigned long long)off[i],
+                     (unsigned long long)(desc_numel(&t[i]) * esz), t[i].ndim);
+        for (int d = 0; d < t[i].ndim; d++) p += sprintf(p, " %lld", (long long)t[i].dims[d]);
+        *p++ = '\n';
+    }
+    int rc = OARD_OK;
+    for (int i = 0; !rc && i < n_t; i++) {
+        size_t numel = desc_numel(&t[i]);
+        rc = fill(ctx, i, vals_buf, err);
+        unsigned char *dst = b + data_offset + off[i];
+        for (size_t k = 0; !rc && k < numel; k++) {
+            double v = vals_buf[k];
+            float f = (float)v;
+            if (!isfinite(v) || (!f64 && !isfinite(f))) {
+                rc = fail(err, OARD_ERR_NUMERIC, "%s: tensor %s holds a value that is NaN, infinite or beyond float32 (%g); nothing written",
+                          what, t[i].name, v);
+                break;
+            }
+            if (f64) memcpy(dst + 8 * k, &v, 8); /* little-endian hosts, as the loader */
+            else memcpy(dst + 4 * k, &f, 4);
+        }
+    }
+    free(off), free(vals_buf);
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    uint32_t c = oard_crc32(0, b, 56);
+    wr_u32(b + 56, oard_crc32(c, b + 60, (size_t)file_size - 60));
+    *out = b, *out_size = (size_t)file_size;
+    return OARD_OK;
+}
+
+/* The configuration an image describes (its metadata only; the tensors are not read). */
+static int image_config(const char *what, unsigned char *buf, size_t size, oard_config *c, char *err) {
+    wfile w;
+    memset(&w, 0, sizeof(w));
+    w.path = what, w.buf = buf, w.size = size;
+    int rc = wfile_parse(&w, err);
+    if (!rc) rc = parse_config(&w, c, err);
+    w.buf = NULL; /* the caller's */
+    wfile_free(&w);
+    return rc;
+}
+
+/* ---- oard_model_save ---- */
+typedef struct {
+    const oard_model *m;
+    const real *params;
+} ArenaFill;
+
+static int fill_from_arena(void *ctx, int i, double *out, char *err) {
+    (void)err;
+    const ArenaFill *a = ctx;
+    oard_tensor_get(a->m, i, a->params, out);
+    return OARD_OK;
+}
+
+/* a metadata key and value the format can hold */
+static int check_meta_item(const char *what, const char *key, const char *val, char *err) {
+    if (!key || !*key || !val) return fail(err, OARD_ERR_ARG, "%s: metadata list is not key, value pairs", what);
+    for (const char *q = key; *q; q++)
+        if (isspace((unsigned char)*q) || !isprint((unsigned char)*q))
+            return fail(err, OARD_ERR_ARG, "%s: metadata key '%s' has a space or control character", what, key);
+    if (!strcmp(key, "tensor") || key[0] == '#')
+        return fail(err, OARD_ERR_ARG, "%s: '%s' cannot be a metadata key", what, key);
+    if (strchr(val, '\n') || strchr(val, '\r'))
+        return fail(err, OARD_ERR_ARG, "%s: metadata '%s' has a line break in its value", what, key);
+    if (!strcmp(key, "description") && strlen(val) > 511)
+        return fail(err, OARD_ERR_ARG, "%s: description longer than 511 bytes", what);
+    if (!strcmp(key, "source_file") && strlen(val) > 255)
+        return fail(err, OARD_ERR_ARG, "%s: source_file longer than 255 bytes", what);
+    return OARD_OK;
+}
+
+/* same tensors: every field the tensor shapes and the schedule tables depend on */
+static int same_architecture(const oard_config *a, const oard_config *b) {
+    return a->kind == b->kind && a->num_layers == b->num_layers && a->hidden_channels == b->hidden_channels &&
+           a->num_radial == b->num_radial && a->in_hidden_channels == b->in_hidden_channels &&
+           a->cutoff == b->cutoff && a->reflect_equiv == b->reflect_equiv && a->legacy == b->legacy &&
+           a->update == b->update && a->pos_grad == b->pos_grad && a->single_layer_output == b->single_layer_output &&
+           a->object_aware == b->object_aware && a->for_conf == b->for_conf && a->n_fragments == b->n_fragments &&
+           !memcmp(a->node_nfs, b->node_nfs, sizeof(a->node_nfs)) && a->pos_dim == b->pos_dim &&
+           a->condition_nf == b->condition_nf && a->condition_time == b->condition_time &&
+           a->n_elements == b->n_elements && !memcmp(a->element_z, b->element_z, sizeof(a->element_z)) &&
+           a->training_timesteps == b->training_timesteps && a->sampling_timesteps == b->sampling_timesteps &&
+           !strcmp(a->training_schedule, b->training_schedule) && !strcmp(a->sampling_schedule, b->sampling_schedule) &&
+           a->training_precision == b->training_precision && a->sampling_precision == b->sampling_precision;
+}
+
+/* The image of model m with the arena params, its metadata with meta's replacements and
+ * additions; checked to describe the same architecture. */
+static int model_image(const oard_model *m, const real *params, const char *const *meta, int f64, const char *what,
+                       unsigned char **out, size_t *size, char *err) {
+    *out = NULL, *size = 0;
+    int n_over = 0, rc = OARD_OK;
+    while (meta && meta[2 * n_over]) {
+        rc = check_meta_item(what, meta[2 * n_over], meta[2 * n_over + 1], err);
+        if (rc) return rc;
+        n_over++;
+    }
+    const wfile *w = &m->file;
+    const char **keys = xcalloc((size_t)(w->n_meta + n_over) + 1, sizeof(char *));
+    const char **vals = xcalloc((size_t)(w->n_meta + n_over) + 1, sizeof(char *));
+    TensorDesc *td = xcalloc((size_t)w->n_t + 1, sizeof(TensorDesc));
+    if (!keys || !vals || !td) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", what);
+    int n = 0;
+    for (int i = 0; !rc && i < w->n_meta; i++) keys[n] = w->keys[i], vals[n++] = w->vals[i];
+    for (int k = 0; !rc && k < n_over; k++) {
+        int j = 0;
+        while (j < n && strcmp(keys[j], meta[2 * k])) j++;
+        if (j == n) keys[n++] = meta[2 * k]; /* added at the end, repeated keys replace */
+        vals[j] = meta[2 * k + 1];
+    }
+    for (int i = 0; !rc && i < w->n_t; i++) {
+        td[i].name = w->t[i].name, td[i].ndim = w->t[i].ndim;
+        memcpy(td[i].dims, w->t[i].dims, sizeof(td[i].dims));
+    }
+    ArenaFill af = {m, params ? params : m->params};
+    if (!rc) rc = image_build(m->cfg.kind, n, keys, vals, w->n_t, td, f64, fill_from_arena, &af, what, out, size, err);
+    free(keys), free(vals), free(td);
+    if (!rc) {
+        oard_config c;
+        rc = image_config(what, *out, *size, &c, err);
+        if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the metadata given is at fault */
+        if (!rc && !same_architecture(&c, &m->cfg))
+            rc = fail(err, OARD_ERR_ARG, "%s: the metadata given changes the model's architecture; refused", what);
+        if (rc) free(*out), *out = NULL, *size = 0;
+    }
+    return rc;
+}
+
+int oard_model_save(const oard_model *m, const oard_real *params, const char *const *meta, int f64, const char *path,
+                    char *err) {
+    if (!m || !path) return fail(err, OARD_ERR_ARG, "model_save: no model or no path");
+    unsigned char *img;
+    size_t size;
+    int rc = model_image(m, params, meta, f64, path, &img, &size, err);
+    if (rc) return rc;
+    Piece pc = {img, size};
+    rc = write_atomic(path, &pc, 1, err);
+    free(img);
+    return rc;
+}
+
+/* ---- oard_model_init: a fresh denoiser ---- */
+
+/* splitmix64/xoshiro256** uniform in [0, 1) with 53 bits */
+static double rng_uniform(oard_rng *r) { return (double)(xoshiro256ss(r->s) >> 11) * 0x1.0p-53; }
+
+enum { INIT_LINEAR, INIT_LINEAR_BIAS, INIT_XAVIER, INIT_ZERO, INIT_ONE, INIT_RBF_MEANS, INIT_RBF_BETAS, INIT_GAMMA_TRAIN,
+       INIT_GAMMA_SAMPLE };
+
+typedef struct {
+    TensorDesc *t;
+    int *how;   /* INIT_* */
+    int *fan;   /* fan_in (Linear), fan_in + fan_out (Xavier) */
+    char **names;
+    int n, cap;
+} TensorList;
+
+static int tl_add(TensorList *L, const char *name, int how, int fan, int ndim, int64_t d0, int64_t d1) {
+    if (L->n == L->cap) {
+        int cap = L->cap ? 2 * L->cap : 256;
+        TensorDesc *t = realloc(L->t, (size_t)cap * sizeof(*t));
+        if (t) L->t = t;
+        int *h = realloc(L->how, (size_t)cap * sizeof(int));
+        if (h) L->how = h;
+        int *f = realloc(L->fan, (size_t)cap * sizeof(int));
+        if (f) L->fan = f;
+        char **nm = realloc(L->names, (size_t)cap * sizeof(char *));
+        if (nm) L->names = nm;
+        if (!t || !h || !f || !nm) return OARD_ERR_NOMEM;
+        L->cap = cap;
+    }
+    L->names[L->n] = strdup(name);
+    if (!L->names[L->n]) return OARD_ERR_NOMEM;
+    TensorDesc *t = &L->t[L->n];
+    memset(t, 0, sizeof(*t));
+    t->name = L->names[L->n], t->ndim = ndim, t->dims[0] = d0, t->dims[1] = d1;
+    L->how[L->n] = how, L->fan[L->n] = fan;
+    L->n++;
+    return OARD_OK;
+}
+
+static void tl_free(TensorList *L) {
+    for (int i = 0; i < L->n; i++) free(L->names[i]);
+    free(L->t), free(L->how), free(L->fan), free(L->names);
+    memset(L, 0, sizeof(*L));
+}
+
+/* nn.Linear(in, out) "<base>.weight" [and "<base>.bias"]: PyTorch's default init, or Xavier
+ * for the weight with a zero bias */
+static int tl_linear(TensorList *L, const char *base, int in, int out, int bias, int xavier) {
+    char name[200];
+    snprintf(name, sizeof(name), "%s.weight", base);
+    int rc = tl_add(L, name, xavier ? INIT_XAVIER : INIT_LINEAR, xavier ? in + out : in, 2, out, in);
+    snprintf(name, sizeof(name), "%s.bias", base);
+    if (!rc && bias) rc = tl_add(L, name, xavier ? INIT_ZERO : INIT_LINEAR_BIAS, in, 1, out, 0);
+    return rc;
+}
+
+/* Every tensor of a denoiser of configuration c, in upstream's state_dict order (the order
+ * tools/ckpt2bin.py writes): LEFTNet's modules in registration order, the encoders, the
+ * decoders, the two gamma tables. load_leftnet and oard_model_load take the same set. */
+static int denoiser_tensors(const oard_config *c, TensorList *L) {
+    int H = c->hidden_channels, R = c->num_radial, I = c->in_hidden_channels, rc = 0;
+    char b[200];
+#define LIN(in, out, bias, xavier, ...)                                                                                \
+    do {                                                                                                           \
+        snprintf(b, sizeof(b), __VA_ARGS__);                                                                       \
+        TRY(tl_linear(L, b, in, out, bias, xavier));                                                               \
+    } while (0)
+#define VEC(how, n, ...)                                                                                               \
+    do {                                                                                                           \
+        snprintf(b, sizeof(b), __VA_ARGS__);                                                                       \
+        TRY(tl_add(L, b, how, 0, 1, n, 0));                                                                        \
+    } while (0)
+    const char *P = "ddpm.dynamics.model";
+    LIN(I, H, 1, 0, "%s.embedding", P);
+    LIN(H, I, 1, 0, "%s.embedding_out", P);
+    VEC(INIT_RBF_MEANS, R, "%s.radial_emb.means", P);
+    VEC(INIT_RBF_BETAS, R, "%s.radial_emb.betas", P);
+    LIN(I, H, 1, 0, "%s.neighbor_emb.embedding", P);
+    LIN(H, H, 1, 0, "%s.s2v.lin1.0", P);
+    LIN(R, H, 1, 0, "%s.radial_lin.0", P);
+    LIN(H, H, 1, 0, "%s.radial_lin.2", P);
+    LIN(3, H / 4, 1, 0, "%s.lin3.0", P);
+    LIN(H / 4, 1, 1, 0, "%s.lin3.2", P);
+    LIN(3, H / 2, 0, 0, "%s.pos_expansion.mlp.0.linear", P);
+    LIN(H / 2, H, 0, 0, "%s.pos_expansion.mlp.1.linear", P);
+    if (c->legacy) {
+        LIN(R, H / 2, 0, 0, "%s.distance_embedding.mlp.0.linear", P);
+        LIN(H / 2, H, 0, 0, "%s.distance_embedding.mlp.1.linear", P);
+    }
+    if (c->pos_grad) {
+        LIN(H, H / 2, 1, 0, "%s.dynamic_mlp_modules.0", P);
+        LIN(H / 2, 3, 1, 0, "%s.dynamic_mlp_modules.2", P);
+    }
+    for (int i = 0; i < c->num_layers; i++) { /* GCLMessage: MLPs of core.py, LayerNorm */
+        LIN(5 * H + R, H, 1, 0, "%s.gcl_layers.%d.edge_mlp.mlp.0.linear", P, i);
+        LIN(H, H, 1, 0, "%s.gcl_layers.%d.edge_mlp.mlp.1.linear", P, i);
+        LIN(2 * H, H, 1, 0, "%s.gcl_layers.%d.node_mlp.mlp.0.linear", P, i);
+        LIN(H, H, 1, 0, "%s.gcl_layers.%d.node_mlp.mlp.1.linear", P, i);
+        LIN(H, 3 * H + R, 1, 0, "%s.gcl_layers.%d.edge_out_trans.mlp.0.linear", P, i);
+        LIN(H, 1, 1, 0, "%s.gcl_layers.%d.att_mlp.mlp.0.linear", P, i);
+        VEC(INIT_ONE, H, "%s.gcl_layers.%d.x_layernorm.weight", P, i);
+        VEC(INIT_ZERO, H, "%s.gcl_layers.%d.x_layernorm.bias", P, i);
+    }
+    for (int i = 0; i < c->num_layers; i++) { /* EquiMessage.reset_parameters: Xavier for x_proj, rbf_proj */
+        LIN(3 * H + R, 3 * H, 1, 0, "%s.message_layers.%d.dir_proj.0", P, i);
+        LIN(3 * H, 3 * H, 1, 0, "%s.message_layers.%d.dir_proj.2", P, i);
+        LIN(H, H, 0, 1, "%s.message_layers.%d.x_proj.0", P, i);
+        LIN(H, 3 * H, 0, 1, "%s.message_layers.%d.x_proj.2", P, i);
+        LIN(R, 3 * H, 0, 1, "%s.message_layers.%d.rbf_proj", P, i);
+        VEC(INIT_ONE, H, "%s.message_layers.%d.x_layernorm.weight", P, i);
+        VEC(INIT_ZERO, H, "%s.message_layers.%d.x_layernorm.bias", P, i);
+    }
+    for (int i = 0; i < c->num_layers; i++) { /* EquiUpdate.reset_parameters: Xavier for vec_proj, xvec_proj */
+        LIN(H, 2 * H, 0, 1, "%s.update_layers.%d.vec_proj", P, i);
+        LIN(2 * H, H, 0, 1, "%s.update_layers.%d.xvec_proj.0", P, i);
+        LIN(H, 3 * H, 0, 1, "%s.update_layers.%d.xvec_proj.2", P, i);
+        LIN(3, 48, 1, 0, "%s.update_layers.%d.lin3.0", P, i);
+        LIN(48, 8, 1, 0, "%s.update_layers.%d.lin3.2", P, i);
+        LIN(8, 1, 1, 0, "%s.update_layers.%d.lin3.4", P, i);
+    }
+    LIN(H, 1, 1, 0, "%s.last_layer", P);
+    int n_out = c->single_layer_output ? 1 : 2; /* GatedEquivariantBlock.reset_parameters: Xavier, zero biases */
+    for (int k = 0; k < n_out; k++) {
+        int hid = k == 0 ? H : H / 2, out = (n_out == 1 || k == 1) ? 1 : H / 2;
+        LIN(hid, hid, 0, 1, "%s.out_pos.output_network.%d.vec1_proj", P, k);
+        LIN(hid, out, 0, 1, "%s.out_pos.output_network.%d.vec2_proj", P, k);
+        LIN(2 * hid, hid, 1, 1, "%s.out_pos.output_network.%d.update_net.0", P, k);
+        LIN(hid, 2 * out, 1, 1, "%s.out_pos.output_network.%d.update_net.2", P, k);
+    }
+    int F = c->node_nfs[0] - c->pos_dim, E = c->in_hidden_channels - c->condition_time - c->condition_nf;
+    for (int f = 0; f < 3; f++) { /* _base.py build_encoders_decoders */
+        LIN(F, 2 * F, 1, 0, "ddpm.dynamics.encoders.%d.mlp.0.linear", f);
+        LIN(2 * F, E, 1, 0, "ddpm.dynamics.encoders.%d.mlp.1.linear", f);
+    }
+    for (int f = 0; f < 3; f++) {
+        LIN(E, 2 * F, 1, 0, "ddpm.dynamics.decoders.%d.mlp.0.linear", f);
+        LIN(2 * F, F, 1, 0, "ddpm.dynamics.decoders.%d.mlp.1.linear", f);
+    }
+    VEC(INIT_GAMMA_TRAIN, c->training_timesteps + 1, "%s", "ddpm.schedule.gamma_module.gamma");
+    VEC(INIT_GAMMA_SAMPLE, c->sampling_timesteps + 1, "%s", "sampling_schedule.gamma_module.gamma");
+#undef LIN
+#undef VEC
+    return OARD_OK;
+}
+
+typedef struct {
+    const TensorList *L;
+    const oard_config *c;
+    oard_rng rng;
+    oard_schedule train, sample;
+} InitFill;
+
+/* RBFEmb._initial_params in float32 as torch computes it: means = torch.linspace(exp(-cutoff),
+ * 1, R) (lower half from the start, upper half from the end), betas = (2/R (1 - exp(-cutoff)))^-2 */
+static void rbf_init(const oard_config *c, int means, double *out) {
+    int R = c->num_radial;
+    float start = (float)exp(-c->cutoff), end = 1.0f;
+    if (means) {
+        float step = R > 1 ? (end - start) / (float)(R - 1) : 0.0f;
+        for (int k = 0; k < R; k++) {
+            float v = k < R / 2 ? start + step * (float)k : end - step * (float)(R - k - 1);
+            out[k] = R > 1 ? v : start;
+        }
+    } else {
+        float x = (float)(2.0 / R) * (end - start), beta = 1.0f / (x * x);
+        for (int k = 0; k < R; k++) out[k] = beta;
+    }
+}
+
+static int fill_init(void *ctx, int i, double *out, char *err) {
+    (void)err;
+    InitFill *F = ctx;
+    const TensorList *L = F->L;
+    size_t n = desc_numel(&L->t[i]);
+    double bound = 0;
+    switch (L->how[i]) {
+    case INIT_LINEAR:
+    case INIT_LINEAR_BIAS: bound = 1 / sqrt((double)L->fan[i]); break; /* kaiming_uniform(a=sqrt 5) and its bias */
+    case INIT_XAVIER: bound = sqrt(6.0 / (double)L->fan[i]); break;
+    case INIT_ZERO: memset(out, 0, n * sizeof(double)); return OARD_OK;
+    case INIT_ONE: for (size_t k = 0; k < n; k++) out[k] = 1; return OARD_OK;
+    case INIT_RBF_MEANS: rbf_init(F->c, 1, out); return OARD_OK;
+    case INIT_RBF_BETAS: rbf_init(F->c, 0, out); return OARD_OK;
+    case INIT_GAMMA_TRAIN: for (size_t k = 0; k < n; k++) out[k] = F->train.gamma[k]; return OARD_OK;
+    default: for (size_t k = 0; k < n; k++) out[k] = F->sample.gamma[k]; return OARD_OK;
+    }
+    /* torch.nn.init.uniform_ draws in row-major order of the (out, in) weight */
+    for (size_t k = 0; k < n; k++) out[k] = (float)((2 * rng_uniform(&F->rng) - 1) * bound);
+    return OARD_OK;
+}
+
+/* upstream train_ts1x.py: leftnet_config, node_nfs, schedules, scales (the ckpt2bin keys) */
+static const char *const INIT_DEFAULTS[][2] = {
+    {"kind", "denoiser"}, {"num_layers", "6"}, {"hidden_channels", "196"}, {"num_radial", "96"},
+    {"in_hidden_channels", "8"}, {"cutoff", "10.0"}, {"reflect_equiv", "1"}, {"legacy", "1"}, {"update", "1"},
+    {"pos_grad", "0"}, {"single_layer_output", "1"}, {"object_aware", "1"}, {"for_conf", "0"}, {"act_fn", "swish"},
+    {"n_fragments", "3"}, {"fragment_names", "R,TS,P"}, {"node_nfs", "9,9,9"}, {"pos_dim", "3"},
+    {"condition_nf", "1"}, {"condition_time", "1"}, {"elements", "H:1,C:6,N:7,O:8,F:9"}, {"pos_only", "1"},
+    {"norm_values", "1.0,1.0,1.0"}, {"norm_biases", "0.0,0.0,0.0"}, {"sampling_schedule", "polynomial_2"},
+    {"sampling_timesteps", "150"}, {"sampling_precision", "1e-05"}, {"training_schedule", "cosine"},
+    {"training_timesteps", "5000"}, {"training_precision", "1e-05"}, {"loss_scales", "1.0,2.0,1.0"},
+    {"source_file", "none"}, {"source_sha256", "none"}, {"trained", "0"}, {"description", ""},
+    {"model_class", "oa_reactdiff.model.leftnet.LEFTNet"}, {"loss_type", "l2"}, {"update_pocket_coords", "1"},
+    {"init_config", ""}, {"init_seed", ""}};
+#define N_INIT_DEFAULTS ((int)(sizeof(INIT_DEFAULTS) / sizeof(INIT_DEFAULTS[0])))
+
+/* the keys a --init-config may set, with short aliases */
+static const char *const INIT_KEYS[][2] = {
+    {"layers", "num_layers"}, {"hidden", "hidden_channels"}, {"radial", "num_radial"}, {"num_layers", "num_layers"},
+    {"hidden_channels", "hidden_channels"}, {"num_radial", "num_radial"}, {"cutoff", "cutoff"},
+    {"in_hidden_channels", "in_hidden_channels"}, {"reflect_equiv", "reflect_equiv"}, {"legacy", "legacy"},
+    {"update", "update"}, {"pos_grad", "pos_grad"}, {"single_layer_output", "single_layer_output"},
+    {"object_aware", "object_aware"}, {"training_schedule", "training_schedule"},
+    {"training_timesteps", "training_timesteps"}, {"training_precision", "training_precision"},
+    {"sampling_schedule", "sampling_schedule"}, {"sampling_timesteps", "sampling_timesteps"},
+    {"sampling_precision", "sampling_precision"}};
+#define N_INIT_KEYS ((int)(sizeof(INIT_KEYS) / sizeof(INIT_KEYS[0])))
+
+int oard_model_init(const char *config, uint64_t seed, oard_model **out, char *err) {
+    static const char *const what = "--init-config";
+    *out = NULL;
+    if (!config) config = "";
+    char *spec = strdup(config), vals_buf[N_INIT_DEFAULTS][64], desc[600], seed_s[32];
+    const char *keys[N_INIT_DEFAULTS], *vals[N_INIT_DEFAULTS];
+    if (!spec) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int k = 0; k < N_INIT_DEFAULTS; k++) keys[k] = INIT_DEFAULTS[k][0], vals[k] = INIT_DEFAULTS[k][1];
+    int rc = OARD_OK;
+    for (char *item = strtok(spec, ","); item && !rc; item = strtok(NULL, ",")) {
+        char *eq = strchr(item, '=');
+        if (!eq || eq == item || !eq[1] || strlen(eq + 1) >= sizeof(vals_buf[0])) {
+            rc = fail(err, OARD_ERR_ARG, "%s: '%s' is not key=value", what, item);
+            break;
+        }
+        *eq = 0;
+        const char *key = NULL;
+        for (int k = 0; k < N_INIT_KEYS; k++)
+            if (!strcmp(item, INIT_KEYS[k][0])) key = INIT_KEYS[k][1];
+        if (!key) {
+            rc = fail(err, OARD_ERR_ARG, "%s: unknown key '%s' (layers, hidden, radial, cutoff, in_hidden_channels, "
+                                         "reflect_equiv, legacy, update, pos_grad, single_layer_output, object_aware, "
+                                         "training_/sampling_ schedule, timesteps, precision)", what, item);
+            break;
+        }
+        for (const char *q = eq + 1; *q && !rc; q++)
+            if (isspace((unsigned char)*q) || !isprint((unsigned char)*q))
+                rc = fail(err, OARD_ERR_ARG, "%s: value of '%s' has a space or control character", what, item);
+        for (int k = 0; !rc && k < N_INIT_DEFAULTS; k++)
+            if (!strcmp(keys[k], key)) snprintf(vals_buf[k], sizeof(vals_buf[k]), "%s", eq + 1), vals[k] = vals_buf[k];
+    }
+    free(spec);
+    if (rc) return rc;
+    snprintf(seed_s, sizeof(seed_s), "%llu", (unsigned long long)seed);
+    for (int k = 0; k < N_INIT_DEFAULTS; k++) {
+        if (!strcmp(keys[k], "init_config")) vals[k] = *config ? config : "defaults";
+        if (!strcmp(keys[k], "init_seed")) vals[k] = seed_s;
+    }
+    for (int k = 0; k < N_INIT_DEFAULTS && !rc; k++) rc = check_meta_item(what, keys[k], vals[k], err);
+    if (rc) return rc;
+    /* the configuration, from an image without tensors through the loader's own checks */
+    unsigned char *img;
+    size_t size;
+    oard_config c;
+    rc = image_build(OARD_KIND_DENOISER, N_INIT_DEFAULTS, keys, vals, 0, NULL, 0, NULL, NULL, what, &img, &size, err);
+    if (rc) return rc;
+    rc = image_config(what, img, size, &c, err);
+    free(img);
+    if (rc) return rc;
+    snprintf(desc, sizeof(desc), "UNTRAINED: freshly initialised LEFTNet %dx%d, %d radial, cutoff %g (seed %llu)",
+             c.num_layers, c.hidden_channels, c.num_radial, c.cutoff, (unsigned long long)seed);
+    for (int k = 0; k < N_INIT_DEFAULTS; k++)
+        if (!strcmp(keys[k], "description")) vals[k] = desc;
+    TensorList L;
+    memset(&L, 0, sizeof(L));
+    InitFill F;
+    memset(&F, 0, sizeof(F));
+    F.L = &L, F.c = &c;
+    oard_rng_seed(&F.rng, seed);
+    rc = denoiser_tensors(&c, &L);
+    if (rc) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", what);
+    if (!rc) rc = oard_schedule_init(&F.train, c.training_schedule, c.training_timesteps, c.training_precision, err);
+    if (!rc) rc = oard_schedule_init(&F.sample, c.sampling_schedule, c.sampling_timesteps, c.sampling_precision, err);
+    if (!rc) rc = image_build(OARD_KIND_DENOISER, N_INIT_DEFAULTS, keys, vals, L.n, L.t, 0, fill_init, &F, what, &img, &size, err);
+    oard_schedule_free(&F.train);
+    oard_schedule_free(&F.sample);
+    tl_free(&L);
+    if (rc) return rc;
+    return model_load_image(what, img, size, OARD_KIND_DENOISER, out, err);
+}
+
+/* ---- the optimizer ---- */
+#define CLIP_QUEUE_LEN 50     /* upstream utils.Queue(max_len=50) */
+#define CLIP_QUEUE_START 3000 /* DDPMModule.__init__: gradnorm_queue.add(3000) */
+
+struct oard_optim {
+    oard_optim_opts o;
+    const oard_model *model; /* NULL: a plain vector */
+    size_t n;                /* arena values */
+    int n_tensors;
+    int *tensor_index;       /* model tensor of each optimizer tensor */
+    int *span0;              /* spans of optimizer tensor k: span0[k] .. span0[k+1]-1 */
+    size_t *span_off, *span_len;
+    real *m, *v, *vmax, *ema; /* arena layout; vmax only with amsgrad, ema only with EMA */
+    long long *tstep;        /* per tensor, as torch's state['step'] */
+    long long step;
+    double queue[CLIP_QUEUE_LEN]; /* newest first, as upstream's list with insert(0, x) */
+    int qn;
+};
+
+void oard_optim_defaults(oard_optim_opts *o) {
+    memset(o, 0, sizeof(*o));
+    o->lr = 2.5e-4, o->beta1 = 0.9, o->beta2 = 0.999, o->eps = 1e-8, o->weight_decay = 0;
+    o->amsgrad = 1, o->clip = 1, o->ema_decay = 0;
+}
+
+void oard_optim_free(oard_optim *o) {
+    if (!o) return;
+    free(o->tensor_index), free(o->span0), free(o->span_off), free(o->span_len), free(o->tstep);
+    aligned_free(o->m), aligned_free(o->v), aligned_free(o->vmax), aligned_free(o->ema);
+    free(o);
+}
+
+long long oard_optim_steps(const oard_optim *o) { return o->step; }
+const oard_optim_opts *oard_optim_options(const oard_optim *o) { return &o->o; }
+const oard_real *oard_optim_ema(const oard_optim *o) { return o->ema; }
+
+static int check_opts(const oard_optim_opts *o, char *err) {
+    if (!(o->lr > 0 && o->lr < 1e3)) return fail(err, OARD_ERR_ARG, "optimizer: learning rate %g out of range", o->lr);
+    if (!(o->beta1 >= 0 && o->beta1 < 1 && o->beta2 >= 0 && o->beta2 < 1))
+        return fail(err, OARD_ERR_ARG, "optimizer: betas must lie in [0, 1)");
+    if (!(o->eps >= 0 && o->eps < 1)) return fail(err, OARD_ERR_ARG, "optimizer: eps %g out of range", o->eps);
+    if (!(o->weight_decay >= 0 && o->weight_decay * o->lr < 1))
+        return fail(err, OARD_ERR_ARG, "optimizer: weight decay %g out of range", o->weight_decay);
+    if (!(o->ema_decay >= 0 && o->ema_decay < 1))
+        return fail(err, OARD_ERR_ARG, "optimizer: EMA decay %g must lie in [0, 1)", o->ema_decay);
+    return OARD_OK;
+}
+
+int oard_optim_new(const oard_model *m, size_t n, const oard_real *params, const oard_optim_opts *opts,
+                   oard_optim **out, char *err) {
+    *out = NULL;
+    int rc = check_opts(opts, err);
+    if (rc) return rc;
+    if (m) {
+        if (n && n != oard_param_size(m)) return fail(err, OARD_ERR_ARG, "optimizer: %zu values, the model's arena has %zu", n, oard_param_size(m));
+        n = oard_param_size(m);
+    }
+    if (!n || !params) return fail(err, OARD_ERR_ARG, "optimizer: no parameters");
+    oard_optim *o = xcalloc(1, sizeof(*o));
+    if (!o) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    o->o = *opts, o->model = m, o->n = n;
+    int nt = m ? oard_tensor_count(m) : 1;
+    size_t n_spans = 0;
+    for (int i = 0; m && i < nt; i++) {
+        oard_tensor t;
+        oard_tensor_info(m, i, &t);
+        if (t.trainable) n_spans += t.ld ? (size_t)(t.ndim == 2 ? t.dims[1] : 1) : 1;
+    }
+    if (!m) n_spans = 1;
+    o->tensor_index = xcalloc((size_t)nt + 1, sizeof(int));
+    o->span0 = xcalloc((size_t)nt + 2, sizeof(int));
+    o->span_off = xcalloc(n_spans + 1, sizeof(size_t));
+    o->span_len = xcalloc(n_spans + 1, sizeof(size_t));
+    o->tstep = xcalloc((size_t)nt + 1, sizeof(long long));
+    o->m = aligned_calloc(n, sizeof(real));
+    o->v = aligned_calloc(n, sizeof(real));
+    if (opts->amsgrad) o->vmax = aligned_calloc(n, sizeof(real));
+    if (opts->ema_decay > 0) o->ema = aligned_calloc(n, sizeof(real));
+    if (!o->tensor_index || !o->span0 || !o->span_off || !o->span_len || !o->tstep || !o->m || !o->v ||
+        (opts->amsgrad && !o->vmax) || (opts->ema_decay > 0 && !o->ema)) {
+        oard_optim_free(o);
+        return fail(err, OARD_ERR_NOMEM, "optimizer: cannot allocate its state (4 x %zu values)", n);
+    }
+    size_t s = 0;
+    if (!m) {
+        o->n_tensors = 1, o->span0[1] = 1, o->span_off[0] = 0, o->span_len[0] = n;
+    } else {
+        for (int i = 0; i < nt; i++) {
+            oard_tensor t;
+            oard_tensor_info(m, i, &t);
+            if (!t.trainable) continue;
+            size_t numel = 1;
+            for (int d = 0; d < t.ndim; d++) numel *= (size_t)t.dims[d];
+            o->tensor_index[o->n_tensors] = i;
+            o->span0[o->n_tensors] = (int)s;
+            if (t.ld) { /* (in, ld) rows, the first dims[0] values of each */
+                size_t rows = (size_t)t.dims[0], cols = numel / rows;
+                for (size_t k = 0; k < cols; k++) o->span_off[s] = t.offset + k * (size_t)t.ld, o->span_len[s++] = rows;
+            } else {
+                o->span_off[s] = t.offset, o->span_len[s++] = numel;
+            }
+            o->n_tensors++;
+        }
+        o->span0[o->n_tensors] = (int)s;
+    }
+    if (o->ema) memcpy(o->ema, params, n * sizeof(real));
+    o->queue[0] = CLIP_QUEUE_START, o->qn = 1;
+    *out = o;
+    return OARD_OK;
+}
+
+/* numpy's pairwise summation (np.add.reduce on a contiguous float64 array), so that the
+ * queue's mean and std are upstream's to the last bit */
+static double np_pairwise_sum(const double *a, int n) {
+    if (n < 8) {
+        double r = 0.;
+        for (int i = 0; i < n; i++) r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        double r[8], res;
+        int i;
+        for (int k = 0; k < 8; k++) r[k] = a[k];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int k = 0; k < 8; k++) r[k] += a[i + k];
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    int n2 = n / 2;
+    n2 -= n2 % 8;
+    return np_pairwise_sum(a, n2) + np_pairwise_sum(a + n2, n - n2);
+}
+
+/* upstream: max_grad_norm = 1.5 * queue.mean() + 3 * queue.std() (np.mean, np.std: ddof 0) */
+static double clip_limit(const oard_optim *o) {
+    double d[CLIP_QUEUE_LEN];
+    int n = o->qn;
+    double mean = np_pairwise_sum(o->queue, n) / n;
+    for (int i = 0; i < n; i++) d[i] = o->queue[i] - mean, d[i] = d[i] * d[i];
+    double sd = sqrt(np_pairwise_sum(d, n) / n);
+    return 1.5 * mean + 3 * sd;
+}
+
+static void queue_add(oard_optim *o, double x) { /* Queue.add: insert(0, x), drop the oldest past max_len */
+    int n = o->qn < CLIP_QUEUE_LEN ? o->qn : CLIP_QUEUE_LEN - 1;
+    memmove(o->queue + 1, o->queue, (size_t)n * sizeof(double));
+    o->queue[0] = x;
+    o->qn = n + 1;
+}
+
+static const char *optim_tensor_name(const oard_optim *o, int k) {
+    oard_tensor t;
+    if (!o->model || oard_tensor_info(o->model, o->tensor_index[k], &t)) return "(vector)";
+    return t.name;
+}
+
+/* The update in the build's precision, operation by operation as torch evaluates it on
+ * tensors of that dtype (Python scalars cast to it): float32 as upstream trains, and in the
+ * double build exactly torch's float64 arithmetic. No FMA contraction. */
+NO_FMA_FN int oard_optim_step(oard_optim *o, oard_real *params, oard_real *grad, oard_step_info *info, char *err) {
+    NO_FMA_BEGIN
+    double ss = 0;
+    for (int k = 0; k < o->n_tensors; k++)
+        for (int s = o->span0[k]; s < o->span0[k + 1]; s++) {
+            const real *g = grad + o->span_off[s];
+            double part = 0;
+            for (size_t j = 0; j < o->span_len[s]; j++) part += (double)g[j] * (double)g[j];
+            if (!isfinite(part))
+                return fail(err, OARD_ERR_NUMERIC, "optimizer step %lld: the gradient of %s is NaN, infinite or beyond 1e150; parameters left unchanged",
+                            o->step + 1, optim_tensor_name(o, k));
+            ss += part;
+        }
+    /* utils.get_grad_norm / clip_grad_norm_: the 2-norm over every value, as a tensor of the
+     * parameters' dtype (float(grad_norm) in the queue) */
+    real rnorm = (real)sqrt(ss);
+    double norm = (double)rnorm, limit = 0;
+    int clipped = 0;
+    if (!isfinite(norm)) return fail(err, OARD_ERR_NUMERIC, "optimizer step %lld: gradient norm overflows; parameters left unchanged", o->step + 1);
+    if (o->o.clip) { /* configure_gradient_clipping + torch.nn.utils.clip_grad_norm_ */
+        limit = clip_limit(o);
+        real coef = (real)limit / (rnorm + (real)1e-6);
+        if (coef < 1) { /* grad.mul_(clamp(coef, max=1)): a factor of 1 changes nothing */
+            clipped = 1;
+            for (int s = 0; s < o->span0[o->n_tensors]; s++) {
+                real *g = grad + o->span_off[s];
+                for (size_t j = 0; j < o->span_len[s]; j++) g[j] = g[j] * coef;
+            }
+        }
+        queue_add(o, norm > limit ? limit : norm);
+    }
+    o->step++;
+    const double lr = o->o.lr, b1 = o->o.beta1, b2 = o->o.beta2;
+    const real decay = (real)(1 - lr * o->o.weight_decay), rb1 = (real)b1, r1b1 = (real)(1 - b1), rb2 = (real)b2,
+               r1b2 = (real)(1 - b2), eps = (real)o->o.eps;
+    for (int k = 0; k < o->n_tensors; k++) {
+        int reached = 0;
+        for (int s = o->span0[k]; s < o->span0[k + 1] && !reached; s++)
+            for (size_t j = 0; j < o->span_len[s] && !reached; j++) reached = grad[o->span_off[s] + j] != 0;
+        if (!reached) continue; /* torch skips a parameter whose .grad is None */
+        long long st = ++o->tstep[k];
+        /* torch 1.13 _single_tensor_adamw (step as a Python float) */
+        double bc1 = 1 - pow(b1, (double)st), bc2 = 1 - pow(b2, (double)st);
+        const real neg_step = (real)(-(lr / bc1)), bc2_sqrt = (real)sqrt(bc2);
+        for (int s = o->span0[k]; s < o->span0[k + 1]; s++) {
+            size_t off = o->span_off[s], len = o->span_len[s];
+            real *p = params + off, *m = o->m + off, *v = o->v + off, *vm = o->vmax ? o->vmax + off : NULL;
+            const real *g = grad + off;
+            for (size_t j = 0; j < len; j++) {
+                p[j] = p[j] * decay;                  /* param.mul_(1 - lr * weight_decay) */
+                m[j] = m[j] * rb1 + r1b1 * g[j];      /* exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1) */
+                v[j] = v[j] * rb2 + r1b2 * g[j] * g[j]; /* exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2) */
+                real vj = v[j];
+                if (vm) { /* torch.maximum(max_exp_avg_sqs, exp_avg_sq, out=max_exp_avg_sqs) */
+                    if (vj > vm[j]) vm[j] = vj;
+                    vj = vm[j];
+                }
+                real denom = (real)sqrt((double)vj) / bc2_sqrt + eps; /* (v.sqrt() / bc2_sqrt).add_(eps) */
+                p[j] = p[j] + neg_step * m[j] / denom;  /* param.addcdiv_(exp_avg, denom, value=-step_size) */
+            }
+        }
+    }
+    if (o->ema) { /* timm ModelEmaV2.update: ema * d + (1 - d) * model, every value */
+        const real d = (real)o->o.ema_decay, r1d = (real)(1 - o->o.ema_decay);
+        for (int s = 0; s < o->span0[o->n_tensors]; s++) {
+            real *e = o->ema + o->span_off[s];
+            const real *p = params + o->span_off[s];
+            for (size_t j = 0; j < o->span_len[s]; j++) e[j] = e[j] * d + r1d * p[j];
+        }
+    }
+    if (info) info->step = o->step, info->grad_norm = norm, info->clip_limit = limit, info->clipped = clipped;
+    return OARD_OK;
+}
+
+/* ---- checkpoints ----
+ * Layout (little-endian):
+ *   0  8  magic "OARDCKPT"           32 8  model image size
+ *   8  4  version 1                  40 8  offset of the arrays (64-aligned)
+ *  12  4  bytes per real (4, 8)      48 8  file size
+ *  16  8  text size                  56 4  CRC-32 of the file without these 4 bytes
+ *  24  8  model image offset         60 4  number of arrays
+ *  64     text: "key value" lines (the optimizer's optim.* entries, one "array NAME OFFSET
+ *         NBYTES" line per array, offset relative to the arrays, then the caller's lines)
+ *         model image: a weights file (docs/weights_format.md) with the parameters in the
+ *         build's precision (f32 or f64), so they come back exactly
+ *         arrays: m, v[, vmax][, ema], each 64-aligned, every tensor in file order in
+ *         upstream's layout (as the weights file), so the arena's padding is not stored */
+#define CKPT_MAGIC "OARDCKPT"
+#define CKPT_VERSION 1u
+
+static size_t flat_size(const oard_model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->file.n_t; i++) n += (size_t)(m->file.t[i].nbytes / (m->file.t[i].is_f64 ? 8 : 4));
+    return n;
+}
+
+/* every tensor of an arena-layout array, in file order and upstream layout (to_flat), or back */
+static void flat_copy(const oard_model *m, real *arena, real *flat, int to_flat) {
+    size_t pos = 0;
+    for (int i = 0; i < m->file.n_t; i++) {
+        const wtensor *t = &m->file.t[i];
+        size_t n = (size_t)(t->nbytes / (t->is_f64 ? 8 : 4));
+        real *a = arena + t->arena_off;
+        if (t->ld) {
+            size_t rows = (size_t)t->dims[0], cols = n / rows;
+            for (size_t r = 0; r < rows; r++)
+                for (size_t k = 0; k < cols; k++, pos++) {
+                    if (to_flat) flat[pos] = a[k * (size_t)t->ld + r];
+                    else a[k * (size_t)t->ld + r] = flat[pos];
+                }
+        } else {
+            if (to_flat) memcpy(flat + pos, a, n * sizeof(real));
+            else memcpy(a, flat + pos, n * sizeof(real));
+            pos += n;
+        }
+    }
+}
+
+typedef struct {
+    char *s;
+    size_t n, cap;
+    int oom;
+} StrBuf;
+
+static void sb_printf(StrBuf *b, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int len = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (b->oom || len < 0) return;
+    if (b->n + (size_t)len + 1 > b->cap) {
+        size_t cap = (b->n + (size_t)len + 1) * 2;
+        char *s = realloc(b->s, cap);
+        if (!s) {
+            b->oom = 1;
+            return;
+        }
+        b->s = s, b->cap = cap;
+    }
+    va_start(ap, fmt);
+    vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
+    va_end(ap);
+    b->n += (size_t)len;
+}
+
+static int reserved_ckpt_key(const char *k) {
+    return !strncmp(k, "optim.", 6) || !strcmp(k, "array") || !strcmp(k, "precision");
+}
+
+int oard_checkpoint_save(const char *path, const oard_model *m, const oard_real *params, const oard_optim *o,
+                         const char *const *meta, char *err) {
+    if (!m || !o || o->model != m || !path)
+        return fail(err, OARD_ERR_ARG, "checkpoint: the optimizer does not belong to the model");
+    int rc = OARD_OK;
+    for (int k = 0; meta && meta[2 * k]; k++) {
+        rc = check_meta_item(path, meta[2 * k], meta[2 * k + 1], err);
+        if (!rc && reserved_ckpt_key(meta[2 * k]))
+            rc = fail(err, OARD_ERR_ARG, "%s: checkpoint key '%s' is reserved", path, meta[2 * k]);
+        if (rc) return rc;
+    }
+    unsigned char *img = NULL, header[64];
+    size_t img_size = 0, nf = flat_size(m), abytes = nf * sizeof(real);
+    real *arr[4] = {NULL, NULL, NULL, NULL};
+    const char *names[4] = {"m", "v", "vmax", "ema"};
+    real *src[4] = {o->m, o->v, o->vmax, o->ema};
+    StrBuf tb = {NULL, 0, 0, 0};
+    rc = model_image(m, params, NULL, sizeof(real) == 8, path, &img, &img_size, err);
+    int na = 0;
+    for (int k = 0; !rc && k < 4; k++) {
+        if (!src[k]) continue;
+        arr[k] = malloc(abytes ? abytes : 1);
+        if (!arr[k]) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+        else flat_copy(m, src[k], arr[k], 1), na++;
+    }
+    if (!rc) {
+        const oard_optim_opts *op = &o->o;
+        sb_printf(&tb, "precision %s\n", OARD_REAL_NAME);
+        sb_printf(&tb, "optim.lr %.17g\noptim.beta1 %.17g\noptim.beta2 %.17g\noptim.eps %.17g\n", op->lr, op->beta1, op->beta2, op->eps);
+        sb_printf(&tb, "optim.weight_decay %.17g\noptim.amsgrad %d\noptim.clip %d\noptim.ema_decay %.17g\n", op->weight_decay,
+                  op->amsgrad, op->clip, op->ema_decay);
+        sb_printf(&tb, "optim.step %lld\noptim.queue ", o->step);
+        for (int i = 0; i < o->qn; i++) sb_printf(&tb, "%s%.17g", i ? "," : "", o->queue[i]);
+        sb_printf(&tb, "\noptim.tensors %d\noptim.tensor_steps ", o->n_tensors);
+        for (int k = 0; k < o->n_tensors; k++) sb_printf(&tb, "%s%lld", k ? "," : "", o->tstep[k]);
+        sb_printf(&tb, "\n");
+        uint64_t aoff = 0;
+        for (int k = 0; k < 4; k++)
+            if (arr[k]) sb_printf(&tb, "array %s %llu %llu\n", names[k], (unsigned long long)aoff, (unsigned long long)abytes), aoff = round64(aoff + abytes);
+        for (int k = 0; meta && meta[2 * k]; k++) sb_printf(&tb, "%s %s\n", meta[2 * k], meta[2 * k + 1]);
+        if (tb.oom) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (!rc) {
+        static const unsigned char zeros[64] = {0};
+        uint64_t model_off = round64(64 + tb.n), arrays_off = round64(model_off + img_size), pos = arrays_off;
+        for (int k = 0; k < 4; k++)
+            if (arr[k]) pos = round64(pos) + abytes;
+        memset(header, 0, sizeof(header));
+        memcpy(header, CKPT_MAGIC, 8);
+        wr_u32(header + 8, CKPT_VERSION);
+        wr_u32(header + 12, (uint32_t)sizeof(real));
+        wr_u64(header + 16, tb.n);
+        wr_u64(header + 24, model_off);
+        wr_u64(header + 32, img_size);
+        wr_u64(header + 40, arrays_off);
+        wr_u64(header + 48, pos);
+        wr_u32(header + 60, (uint32_t)na);
+        Piece pc[16];
+        int np = 0;
+        pc[np++] = (Piece){header, 64};
+        pc[np++] = (Piece){tb.s, tb.n};
+        pc[np++] = (Piece){zeros, (size_t)(model_off - 64 - tb.n)};
+        pc[np++] = (Piece){img, img_size};
+        pc[np++] = (Piece){zeros, (size_t)(arrays_off - model_off - img_size)};
+        uint64_t at = arrays_off;
+        for (int k = 0; k < 4; k++) {
+            if (!arr[k]) continue;
+            pc[np++] = (Piece){zeros, (size_t)(round64(at) - at)};
+            pc[np++] = (Piece){arr[k], abytes};
+            at = round64(at) + abytes;
+        }
+        uint32_t c = oard_crc32(0, header, 56);
+        c = oard_crc32(c, header + 60, 4);
+        for (int i = 1; i < np; i++) c = oard_crc32(c, pc[i].p, pc[i].n);
+        wr_u32(header + 56, c);
+        rc = write_atomic(path, pc, np, err);
+    }
+    free(img), free(tb.s);
+    for (int k = 0; k < 4; k++) free(arr[k]);
+    return rc;
+}
+
+static int read_whole(const char *path, unsigned char **buf, size_t *size, char *err) {
+    *buf = NULL, *size = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    long sz = -1;
+    if (fseek(f, 0, SEEK_END) == 0) sz = ftell(f);
+    if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        int e = errno;
+        fclose(f);
+        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(e));
+    }
+    *buf = malloc((size_t)sz + 1);
+    if (!*buf) {
+        fclose(f);
+        return fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %ld bytes", path, sz);
+    }
+    size_t got = fread(*buf, 1, (size_t)sz, f);
+    int e = errno;
+    fclose(f);
+    if (got != (size_t)sz) {
+        free(*buf), *buf = NULL;
+        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(e));
+    }
+    *size = (size_t)sz;
+    return OARD_OK;
+}
+
+/* value of key in the parsed text lines, or NULL */
+static const char *ck_get(char **keys, char **vals, int n, const char *key) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(keys[i], key)) return vals[i];
+    return NULL;
+}
+
+static int ck_double(const char *path, char **keys, char **vals, int n, const char *key, double *out, char *err) {
+    const char *v = ck_get(keys, vals, n, key);
+    char *end = NULL;
+    if (v) *out = strtod(v, &end);
+    if (!v || end == v || *end || !isfinite(*out))
+        return fail(err, OARD_ERR_FORMAT, "%s: checkpoint entry '%s' is missing or malformed", path, key);
+    return OARD_OK;
+}
+
+/* a comma-separated list of n numbers (exactly n) */
+static int ck_list(const char *path, char **keys, char **vals, int nk, const char *key, int n, double *out, char *err) {
+    const char *v = ck_get(keys, vals, nk, key);
+    const char *p = v;
+    for (int i = 0; v && i < n; i++) {
+        char *end;
+        out[i] = strtod(p, &end);
+        if (end == p || !isfinite(out[i]) || (i < n - 1 ? *end != ',' : *end != 0)) v = NULL;
+        else p = end + 1;
+    }
+    if (!v || (n == 0 && *v))
+        return fail(err, OARD_ERR_FORMAT, "%s: checkpoint entry '%s' is missing or not a list of %d numbers", path, key, n);
+    return OARD_OK;
+}
+
+int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, char ***metap, char *err) {
+    *mp = NULL, *op = NULL, *metap = NULL;
+    unsigned char *b;
+    size_t size;
+    int rc = read_whole(path, &b, &size, err);
+    if (rc) return rc;
+    char *text = NULL, **keys = NULL, **vals = NULL;
+    oard_model *m = NULL;
+    oard_optim *o = NULL;
+    double *tmp = NULL;
+    int nk = 0;
+    uint64_t text_size = 0, model_off = 0, model_size = 0, arrays_off = 0;
+    if (size < 64 || memcmp(b, CKPT_MAGIC, 8) != 0)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: not an oa_reactdiff checkpoint (bad magic)", path);
+    else if (rd_u32(b + 8) != CKPT_VERSION)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: checkpoint format version %u, this build reads version %u", path, rd_u32(b + 8), CKPT_VERSION);
+    else if (rd_u32(b + 12) != sizeof(real))
+        rc = fail(err, OARD_ERR_FORMAT, "%s: written by the %s build, this is the %s build (oa_reactdiff is float32, oa_reactdiff64 float64)",
+                  path, rd_u32(b + 12) == 8 ? "float64" : "float32", OARD_REAL_NAME);
+    else if (rd_u64(b + 48) != size)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: truncated or padded: header says %llu bytes, file has %zu", path,
+                  (unsigned long long)rd_u64(b + 48), size);
+    if (!rc) {
+        text_size = rd_u64(b + 16), model_off = rd_u64(b + 24), model_size = rd_u64(b + 32), arrays_off = rd_u64(b + 40);
+        if (text_size > size || model_off < 64 + text_size || model_off % 64 || model_size > size ||
+            model_off + model_size > arrays_off || arrays_off % 64 || arrays_off > size)
+            rc = fail(err, OARD_ERR_FORMAT, "%s: inconsistent checkpoint header", path);
+    }
+    if (!rc) {
+        uint32_t c = oard_crc32(0, b, 56);
+        c = oard_crc32(c, b + 60, size - 60);
+        if (c != rd_u32(b + 56))
+            rc = fail(err, OARD_ERR_FORMAT, "%s: checksum mismatch (file corrupted): stored %08x, computed %08x", path, rd_u32(b + 56), c);
+    }
+    if (!rc) { /* the text: key value lines */
+        text = malloc((size_t)text_size + 1);
+        keys = xcalloc((size_t)text_size / 2 + 1, sizeof(char *));
+        vals = xcalloc((size_t)text_size / 2 + 1, sizeof(char *));
+        if (!text || !keys || !vals) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (!rc) {
+        memcpy(text, b + 64, (size_t)text_size);
+        text[text_size] = 0;
+        for (char *line = text; line && *line && !rc;) {
+            char *nl = strchr(line, '\n');
+            if (nl) *nl = 0;
+            char *sp = strchr(line, ' ');
+            if (!sp) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed checkpoint line '%.60s'", path, line);
+            else *sp = 0, keys[nk] = line, vals[nk++] = sp + 1;
+            line = nl ? nl + 1 : NULL;
+        }
+    }
+    if (!rc) { /* the model */
+        unsigned char *img = malloc((size_t)model_size ? (size_t)model_size : 1);
+        if (!img) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+        else {
+            memcpy(img, b + model_off, (size_t)model_size);
+            rc = model_load_image(path, img, (size_t)model_size, 0, &m, err);
+        }
+    }
+    oard_optim_opts opts;
+    double x = 0;
+    memset(&opts, 0, sizeof(opts));
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.lr", &opts.lr, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.beta1", &opts.beta1, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.beta2", &opts.beta2, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.eps", &opts.eps, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.weight_decay", &opts.weight_decay, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.ema_decay", &opts.ema_decay, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.amsgrad", &x, err);
+    if (!rc) opts.amsgrad = x != 0, rc = ck_double(path, keys, vals, nk, "optim.clip", &x, err);
+    if (!rc) opts.clip = x != 0;
+    if (!rc) rc = oard_optim_new(m, 0, m->params, &opts, &o, err);
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.step", &x, err);
+    if (!rc && !(x >= 0 && x <= 1e15 && x == floor(x))) rc = fail(err, OARD_ERR_FORMAT, "%s: bad optimizer step count", path);
+    if (!rc) o->step = (long long)x;
+    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.tensors", &x, err);
+    if (!rc && x != o->n_tensors)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: optimizer state for %g tensors, the model has %d trainable ones", path, x, o->n_tensors);
+    if (!rc) {
+        const char *q = ck_get(keys, vals, nk, "optim.queue");
+        int qn = 1;
+        for (const char *c = q; c && *c; c++) qn += *c == ',';
+        tmp = xcalloc((size_t)o->n_tensors + CLIP_QUEUE_LEN + 1, sizeof(double));
+        if (!tmp) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+        else if (!q || qn > CLIP_QUEUE_LEN) rc = fail(err, OARD_ERR_FORMAT, "%s: checkpoint entry 'optim.queue' is missing or malformed", path);
+        else if (!(rc = ck_list(path, keys, vals, nk, "optim.queue", qn, tmp, err))) memcpy(o->queue, tmp, (size_t)qn * sizeof(double)), o->qn = qn;
+    }
+    if (!rc) rc = ck_list(path, keys, vals, nk, "optim.tensor_steps", o->n_tensors, tmp, err);
+    for (int k = 0; !rc && k < o->n_tensors; k++) {
+        if (!(tmp[k] >= 0 && tmp[k] <= (double)o->step && tmp[k] == floor(tmp[k])))
+            rc = fail(err, OARD_ERR_FORMAT, "%s: bad step count of tensor %d", path, k);
+        else o->tstep[k] = (long long)tmp[k];
+    }
+    real *dst[4] = {o ? o->m : NULL, o ? o->v : NULL, o ? o->vmax : NULL, o ? o->ema : NULL};
+    const char *names[4] = {"m", "v", "vmax", "ema"};
+    int seen[4] = {0, 0, 0, 0}, n_arrays = 0;
+    size_t nf = m ? flat_size(m) : 0;
+    for (int i = 0; !rc && i < nk; i++) {
+        if (strcmp(keys[i], "array")) continue;
+        char name[16];
+        unsigned long long aoff, anb;
+        int k = 0, pos = 0;
+        if (sscanf(vals[i], "%15s %llu %llu%n", name, &aoff, &anb, &pos) != 3 || vals[i][pos]) k = -1;
+        while (k >= 0 && k < 4 && strcmp(name, names[k])) k++;
+        if (k < 0 || k == 4 || seen[k] || !dst[k] || anb != nf * sizeof(real) || aoff % 64 || aoff > size - arrays_off ||
+            anb > size - arrays_off - aoff) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s: bad checkpoint array entry '%.60s'", path, vals[i]);
+            break;
+        }
+        real *flat = malloc(anb ? (size_t)anb : 1);
+        if (!flat) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+        else {
+            memcpy(flat, b + arrays_off + aoff, (size_t)anb);
+            flat_copy(m, dst[k], flat, 0);
+            free(flat);
+        }
+        seen[k] = 1, n_arrays++;
+    }
+    for (int k = 0; !rc && k < 4; k++)
+        if (dst[k] && !seen[k]) rc = fail(err, OARD_ERR_FORMAT, "%s: the optimizer's '%s' array is missing", path, names[k]);
+    if (!rc && (uint32_t)n_arrays != rd_u32(b + 60)) rc = fail(err, OARD_ERR_FORMAT, "%s: header and text disagree on the arrays", path);
+    for (int k = 0; !rc && k < 4; k++) /* nothing but the trainable values may be nonzero */
+        for (int t = 0; dst[k] && t < m->file.n_t; t++) {
+            oard_tensor ti;
+            oard_tensor_info(m, t, &ti);
+            if (ti.trainable || k == 3) continue;
+            size_t n = (size_t)(m->file.t[t].nbytes / (m->file.t[t].is_f64 ? 8 : 4));
+            for (size_t j = 0; j < n && !rc; j++)
+                if (dst[k][ti.offset + j] != 0) rc = fail(err, OARD_ERR_FORMAT, "%s: optimizer state for buffer %s", path, ti.name);
+        }
+    if (!rc) { /* the caller's lines, one allocation */
+        size_t bytes = 0;
+        int nu = 0;
+        for (int i = 0; i < nk; i++)
+            if (!reserved_ckpt_key(keys[i])) nu++, bytes += strlen(keys[i]) + strlen(vals[i]) + 2;
+        char **list = malloc((size_t)(2 * nu + 1) * sizeof(char *) + bytes);
+        if (!list) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+        else {
+            char *s = (char *)(list + 2 * nu + 1);
+            int j = 0;
+            for (int i = 0; i < nk; i++) {
+                if (reserved_ckpt_key(keys[i])) continue;
+                list[j++] = strcpy(s, keys[i]), s += strlen(keys[i]) + 1;
+                list[j++] = strcpy(s, vals[i]), s += strlen(vals[i]) + 1;
+            }
+            list[j] = NULL;
+            *metap = list;
+        }
+    }
+    free(b), free(text), free(keys), free(vals), free(tmp);
+    if (rc) {
+        oard_optim_free(o);
+        oard_model_free(m);
+        return rc;
+    }
+    *mp = m, *op = o;
+    return OARD_OK;
 }
 
 /* ------------------------------------------------------------------------------------ */

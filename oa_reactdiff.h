@@ -248,9 +248,85 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
 /* Write the model, with the parameter arena `params` (NULL: the model's own), as a
  * weights file at path (via a temporary file and rename). meta: NULL or a NULL-terminated
  * list of key, value strings that replace or add metadata lines. Tensors are written as
- * float32, or in float64 when f64 is set (exact checkpoints of a double build). */
+ * float32, or in float64 when f64 is set (exact checkpoints of a double build).
+ * The temporary file is PATH.tmp.<pid>; every tensor, the schedule tables and RBF buffers
+ * included, is written in the file order of the loaded model; the architecture keys
+ * (num_layers, hidden_channels, ..., elements, *_timesteps) cannot be changed through meta. */
 int oard_model_save(const oard_model *m, const oard_real *params, const char *const *meta, int f64, const char *path,
                     char *err);
+
+/* A freshly initialised denoiser, as upstream's constructors initialise one: nn.Linear
+ * weights and biases U(-1/sqrt(in), 1/sqrt(in)) (PyTorch's default), Xavier-uniform where
+ * LEFTNet's reset_parameters asks for it (EquiMessage x_proj and rbf_proj, EquiUpdate
+ * vec_proj and xvec_proj, the gated output blocks, whose biases are 0), LayerNorm weight 1
+ * and bias 0, the RBF buffers of RBFEmb and the gamma tables of the schedules. config:
+ * comma-separated key=value items over upstream's training defaults (train_ts1x.py:
+ * 6 layers, 196 hidden, 96 radial, cutoff 10, cosine training schedule with T=5000),
+ * e.g. "layers=4,hidden=64,radial=32,cutoff=10" (keys: layers, hidden, radial, cutoff,
+ * in_hidden_channels, the LEFTNet flags reflect_equiv, legacy, update, pos_grad,
+ * single_layer_output, object_aware, and training_/sampling_ schedule, timesteps,
+ * precision). The uniform draws come from seed. The model is marked untrained. */
+int oard_model_init(const char *config, uint64_t seed, oard_model **out, char *err);
+
+/* ---- optimizer: upstream's AdamW with adaptive gradient clipping, optional EMA ----
+ * torch.optim.AdamW (PyTorch 1.13 single-tensor update, decoupled weight decay
+ * p *= 1 - lr*wd) over the trainable tensors of an arena (oard_tensor_info().trainable);
+ * padding slots and buffers are never read or written. A tensor whose gradient is zero
+ * throughout a step is left alone with its own step count, as torch skips a parameter
+ * without a gradient (modules the loss never reaches). Clipping is upstream's
+ * DDPMModule.configure_gradient_clipping: limit = 1.5 mean + 3 std (numpy's, biased) of a
+ * queue of the last 50 recorded norms that starts as [3000]; the gradient is scaled by
+ * limit / (norm + 1e-6) when that is below 1 (torch's clip_grad_norm_, total 2-norm over
+ * all trainable values), then min(norm, limit) is recorded. EMA: e = d e + (1 - d) p after
+ * every step, starting from the initial parameters (timm ModelEmaV2 with decay d; note
+ * that upstream's EMACallback(decay=x) hands ModelEmaV2 1 - x). */
+typedef struct {
+    double lr;           /* 2.5e-4 */
+    double beta1, beta2; /* 0.9, 0.999 */
+    double eps;          /* 1e-8 */
+    double weight_decay; /* 0 */
+    int amsgrad;         /* 1 */
+    int clip;            /* 1: adaptive gradient clipping */
+    double ema_decay;    /* 0: no EMA, else in (0, 1) */
+} oard_optim_opts;
+
+void oard_optim_defaults(oard_optim_opts *o); /* upstream's train_ts1x.py values above */
+
+typedef struct oard_optim oard_optim;
+
+/* An optimizer for the arena of model m (n is then oard_param_size(m), or 0 for that),
+ * or, with m NULL, for a plain vector of n trainable values. params: the initial
+ * parameters (the EMA starts from them). */
+int oard_optim_new(const oard_model *m, size_t n, const oard_real *params, const oard_optim_opts *opts,
+                   oard_optim **out, char *err);
+void oard_optim_free(oard_optim *o);
+
+typedef struct {
+    long long step;    /* optimizer steps done, this one included */
+    double grad_norm;  /* total 2-norm of the gradient before clipping */
+    double clip_limit; /* the limit applied (0 without clipping) */
+    int clipped;       /* the gradient was scaled down */
+} oard_step_info;
+
+/* Clip grad (in place), update params, then the EMA. A gradient with NaN or Inf is
+ * refused (OARD_ERR_NUMERIC) and nothing changes. info may be NULL. */
+int oard_optim_step(oard_optim *o, oard_real *params, oard_real *grad, oard_step_info *info, char *err);
+long long oard_optim_steps(const oard_optim *o);
+const oard_optim_opts *oard_optim_options(const oard_optim *o);
+/* The EMA parameters (arena layout), or NULL without EMA. */
+const oard_real *oard_optim_ema(const oard_optim *o);
+
+/* ---- checkpoints ----
+ * One file (temporary file PATH.tmp.<pid>, renamed) holding the model with the parameters
+ * params (exactly, in the build's precision), the optimizer's whole state and the
+ * caller's own NULL-terminated key, value list (keys without spaces, not starting with
+ * "optim." or "array"; values one line). oard_checkpoint_load gives the model, an
+ * optimizer in the saved state and the caller's list (*meta: key, value, ..., NULL, one
+ * allocation: free(*meta)). A checkpoint is read by the build of the precision that
+ * wrote it. */
+int oard_checkpoint_save(const char *path, const oard_model *m, const oard_real *params, const oard_optim *o,
+                         const char *const *meta, char *err);
+int oard_checkpoint_load(const char *path, oard_model **m, oard_optim **o, char ***meta, char *err);
 
 /* ---- structure comparison ----
  * RMSD (Angstrom, if the coordinates are) of two structures of n atoms after removing

@@ -12,6 +12,8 @@
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #   test_errors.sh     one test per row of the README's failure table
+#   test_train.sh      model save/init, the optimizer against a Python reference,
+#                      checkpoints, the train command (resume bit-identical, its errors)
 #
 # The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
 # (again only when the checkpoint or the converter is newer). If $OARD_GOLDEN/full.ckpt
@@ -25,7 +27,8 @@ PYTHON=${PYTHON:-python3}
 FIX=tests/fixtures/golden
 
 echo "== building the test programs"
-if ! $MAKE --no-print-directory oa_reactdiff build/test_schedules build/test_equivariance build/test_consistency; then
+if ! $MAKE --no-print-directory oa_reactdiff oa_reactdiff64 build/test_schedules build/test_equivariance build/test_consistency \
+    build/test_train build/test_train64 build/golden_runner build/golden_runner64; then
     echo "run_tests: build FAILED"
     exit 1
 fi
@@ -86,6 +89,7 @@ run "consistency" build/test_consistency build/tiny.bin build/variant.bin $FULL
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
+run "training" bash tests/test_train.sh build/tiny.bin build/variant.bin
 
 echo
 if [ "$status" -ne 0 ]; then
