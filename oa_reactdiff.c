@@ -1799,6 +1799,24 @@ static void gated_output(const GatedParams *P, int N, const real *xin, const rea
 }
 
 
+/* The geometry of a forward pass, which no parameter but the RBF buffers touches: the
+ * edge mask (the mask is needed before centring), the centring groups, edge frames, RBF
+ * and node frames. */
+static void leftnet_geometry(const Ctx *x, const real *pos) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    Work *w = x->w;
+    for (int e = 0; e < g->E; e++) {
+        const real *a = pos + 3 * g->src[e], *b = pos + 3 * g->dst[e];
+        real r[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
+        w->mask[e] = (norm3(r) < (real)c->cutoff && (!c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]])) ? 1 : 0;
+    }
+    unmasked_edges(x);
+    centre_by_nodemask(x, pos, w->pos_frame);
+    edge_frame(x);
+    node_frame(x);
+}
+
 /* LEFTNet.forward. h (N, in_hidden), pos (N, 3). Outputs: s (N, H) always; unless
  * for_conf, dpos + gradient (N, 3) in `delta` and embedding_out(s) (N, in_hidden) in h_out. */
 static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *delta, real *h_out) {
@@ -1809,17 +1827,8 @@ static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *
     const int H = c->hidden_channels, R = c->num_radial, N = g->N;
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
 
-    /* geometry: mask, centring, edge frames, radial basis, node frames */
-    for (int e = 0; e < g->E; e++) { /* the mask is needed before centring */
-        const real *a = pos + 3 * g->src[e], *b = pos + 3 * g->dst[e];
-        real r[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
-        w->mask[e] = (norm3(r) < (real)c->cutoff && (!c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]])) ? 1 : 0;
-    }
-    unmasked_edges(x);
-    centre_by_nodemask(x, pos, w->pos_frame);
-    edge_frame(x);
+    leftnet_geometry(x, pos);
     radial_filter(x);
-    node_frame(x);
 
     /* initial node features and vector features */
     real *s = w->s, *vec = w->vec;
@@ -2824,6 +2833,1226 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     for (int f = 0; f < 3; f++) free(z[f]), free(known[f]), free(x0[f]);
     free(segs);
     sampler_free(&S);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Training: upstream's loss and its gradient (the backward pass)                         */
+/*
+ * oard_train_loss computes what upstream's DDPMModule.compute_loss minimises in training
+ * mode (loss_type "l2"), and its gradient with respect to every parameter. It runs one
+ * sample (reaction) at a time: a forward pass that keeps the activations the backward
+ * pass needs (the "tape", Tape below), in the same order and with the same kernels as
+ * leftnet_forward, then one *_backward function per layer function, in reverse.
+ *
+ * Conventions. Gradients have the layout of the parameter arena: the gradient of the
+ * parameter at m->params + k is G[k] (gslot). A backward function receives the gradient of
+ * its outputs, adds the gradients of its parameters into G, and returns (or adds, where
+ * the forward input feeds several places) the gradient of its inputs. Positions are
+ * inputs: the geometry (mask, frames, RBF, node frames) carries no gradient.
+ */
+
+typedef struct {
+    const oard_model *m;
+    real *G; /* gradient, arena layout */
+} Grad;
+
+static real *gslot(const Grad *T, const real *p) { return T->G + (p - T->m->params); }
+
+/* SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
+static inline real dsilu(real x) {
+    real s = (real)1 / ((real)1 + REXP(-x));
+    return s * ((real)1 + x * ((real)1 - s));
+}
+
+/* d *= SiLU'(pre) over n values: backward of y = SiLU(pre) */
+static void silu_backward(const real *pre, real *d, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] *= dsilu(pre[i]);
+}
+
+/* linear_forward that keeps its pre-activation: pre = x W^T + b, y = SiLU(pre) if act */
+static void linear_train(const Linear *L, const real *x, size_t rows, real *pre, real *y, int act) {
+    linear_forward(L, x, rows, pre, 0);
+    if (y && y != pre) memcpy(y, pre, rows * (size_t)L->out * sizeof(real));
+    if (act) silu_inplace(y, rows * (size_t)L->out);
+}
+
+/* Backward of y = x W^T + b over rows: dW += dy^T x, db += sum of dy, and dx = dy W
+ * (added to dx when acc, skipped when dx is NULL). */
+static void linear_backward(const Grad *T, const Linear *L, const real *x, const real *dy, size_t rows, real *dx,
+                            int acc) {
+    const int in = L->in, out = L->out;
+    real *gw = gslot(T, L->wt), *gb = L->b ? gslot(T, L->b) : NULL;
+    for (size_t r = 0; r < rows; r++) {
+        const real *xr = x + r * (size_t)in, *dr = dy + r * (size_t)out;
+        for (int i = 0; i < in; i++) {
+            const real xi = xr[i];
+            real *gwi = gw + (size_t)i * L->ldw;
+            if (xi != 0)
+                for (int o = 0; o < out; o++) gwi[o] += xi * dr[o];
+        }
+        if (gb)
+            for (int o = 0; o < out; o++) gb[o] += dr[o];
+        if (dx) {
+            real *dxr = dx + r * (size_t)in;
+            for (int i = 0; i < in; i++) {
+                real v = dot(dr, L->wt + (size_t)i * L->ldw, out);
+                dxr[i] = acc ? dxr[i] + v : v;
+            }
+        }
+    }
+}
+
+/* LayerNorm that keeps xhat = (x - mean) / sqrt(var + eps) and rstd = 1 / sqrt(var + eps)
+ * (same arithmetic as layernorm_forward) */
+static void layernorm_train(const real *x, size_t rows, int n, const real *w, const real *b, real *y, real *xhat,
+                            real *rstd) {
+    for (size_t r = 0; r < rows; r++) {
+        const real *xr = x + r * (size_t)n;
+        real *yr = y + r * (size_t)n, *hr = xhat + r * (size_t)n;
+        double mean = 0, var = 0;
+        for (int i = 0; i < n; i++) mean += xr[i];
+        mean /= n;
+        for (int i = 0; i < n; i++) var += ((double)xr[i] - mean) * ((double)xr[i] - mean);
+        var /= n;
+        double inv = 1.0 / sqrt(var + 1e-5);
+        rstd[r] = (real)inv;
+        for (int i = 0; i < n; i++) {
+            real v = (real)(((double)xr[i] - mean) * inv);
+            hr[i] = v;
+            yr[i] = w ? v * w[i] + b[i] : v;
+        }
+    }
+}
+
+/* Backward of LayerNorm: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy w;
+ * dw += dy xhat, db += dy. dx is overwritten (it may alias dy). */
+static void layernorm_backward(const Grad *T, const real *dy, const real *xhat, const real *rstd, size_t rows, int n,
+                               const real *w, const real *b, real *dx) {
+    real *gw = w ? gslot(T, w) : NULL, *gb = b ? gslot(T, b) : NULL;
+    for (size_t r = 0; r < rows; r++) {
+        const real *dr = dy + r * (size_t)n, *hr = xhat + r * (size_t)n;
+        double mg = 0, mgh = 0;
+        for (int i = 0; i < n; i++) {
+            double gi = w ? (double)dr[i] * w[i] : dr[i];
+            mg += gi;
+            mgh += gi * hr[i];
+            if (w) gw[i] += dr[i] * hr[i], gb[i] += dr[i];
+        }
+        mg /= n;
+        mgh /= n;
+        real *xr = dx + r * (size_t)n;
+        for (int i = 0; i < n; i++) {
+            double gi = w ? (double)dr[i] * w[i] : dr[i];
+            xr[i] = (real)(rstd[r] * (gi - mg - hr[i] * mgh));
+        }
+    }
+}
+
+/* An MLP (core.py) that keeps every layer's pre-activation: pre (rows, sum of widths),
+ * layer k's block at offset rows * (sum of earlier widths); y = the last layer's output. */
+static void mlp_train(const MLP *m, const real *x, size_t rows, real *pre, real *act, real *y) {
+    const real *in = x;
+    size_t off = 0;
+    for (int k = 0; k < m->n; k++) {
+        int last = k == m->n - 1, a = last ? m->last_act : 1;
+        real *o = last ? y : act + off;
+        linear_train(&m->l[k], in, rows, pre + off, o, a);
+        in = o;
+        off += rows * (size_t)m->l[k].out;
+    }
+}
+
+/* Backward of mlp_train: dy (rows, out) is consumed (used as scratch); dx = gradient of
+ * x, added when acc; tmp holds 2 x rows x (widest layer). */
+static void mlp_backward(const Grad *T, const MLP *m, const real *x, size_t rows, const real *pre, const real *act,
+                         real *dy, real *dx, int acc, real *tmp) {
+    size_t offs[4] = {0}, wmax = 0;
+    for (int k = 0; k < m->n; k++) {
+        offs[k + 1] = offs[k] + rows * (size_t)m->l[k].out;
+        if ((size_t)m->l[k].out > wmax) wmax = (size_t)m->l[k].out;
+        if ((size_t)m->l[k].in > wmax) wmax = (size_t)m->l[k].in;
+    }
+    real *d = dy;
+    for (int k = m->n - 1; k >= 0; k--) {
+        int last = k == m->n - 1;
+        if (!last || m->last_act) silu_backward(pre + offs[k], d, rows * (size_t)m->l[k].out);
+        const real *in = k ? act + offs[k - 1] : x;
+        real *dn = k ? tmp + ((m->n - k) % 2) * rows * wmax : dx;
+        linear_backward(T, &m->l[k], in, d, rows, dn, k ? 0 : acc);
+        d = dn;
+    }
+}
+
+/* lin3 per channel (lin3_channels) keeping the hidden pre-activations: z (width_k, H)
+ * blocks one after the other, stride Hs per row. */
+static void lin3_train(const Linear *l, int n_layers, const real *q, int H, real *out, real *z, real *a) {
+    const size_t Hs = round_up((size_t)H, 16);
+    const real *in = q;
+    size_t off = 0;
+    for (int k = 0; k < n_layers; k++) {
+        const Linear *L = &l[k];
+        int last = k == n_layers - 1;
+        for (int j = 0; j < L->out; j++) {
+            real *zj = last ? out + (size_t)j * Hs : z + off + (size_t)j * Hs;
+            for (int h = 0; h < H; h++) zj[h] = L->b[j];
+            for (int i = 0; i < L->in; i++) {
+                const real wv = L->wt[(size_t)i * L->ldw + j], *ii = in + (size_t)i * Hs;
+                for (int h = 0; h < H; h++) zj[h] += ii[h] * wv;
+            }
+            if (!last) {
+                real *aj = a + off + (size_t)j * Hs;
+                for (int h = 0; h < H; h++) aj[h] = silu(zj[h]);
+            }
+        }
+        if (!last) in = a + off, off += (size_t)L->out * Hs;
+    }
+}
+
+/* Backward of lin3_train: dout (H) -> dq (3 rows of Hs), parameters' gradients. t: scratch
+ * of 2 x (widest) x Hs. */
+static void lin3_backward(const Grad *T, const Linear *l, int n_layers, const real *q, int H, const real *z,
+                          const real *a, const real *dout, real *dq, real *t) {
+    const size_t Hs = round_up((size_t)H, 16);
+    size_t offs[4] = {0}, wmax = 3;
+    for (int k = 0; k + 1 < n_layers; k++) offs[k + 1] = offs[k] + (size_t)l[k].out * Hs;
+    for (int k = 0; k < n_layers; k++)
+        if ((size_t)l[k].out > wmax) wmax = (size_t)l[k].out;
+    const real *d = dout;
+    for (int k = n_layers - 1; k >= 0; k--) {
+        const Linear *L = &l[k];
+        const real *in = k ? a + offs[k - 1] : q;
+        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        real *dn = k ? t + ((n_layers - k) % 2) * wmax * Hs : dq;
+        for (int i = 0; i < L->in; i++) memset(dn + (size_t)i * Hs, 0, (size_t)H * sizeof(real));
+        for (int j = 0; j < L->out; j++) {
+            const real *dj = d + (size_t)j * Hs;
+            real sb = 0;
+            for (int h = 0; h < H; h++) sb += dj[h];
+            gb[j] += sb;
+            for (int i = 0; i < L->in; i++) {
+                const real *ii = in + (size_t)i * Hs;
+                real sw = 0, wv = L->wt[(size_t)i * L->ldw + j];
+                real *di = dn + (size_t)i * Hs;
+                for (int h = 0; h < H; h++) sw += dj[h] * ii[h], di[h] += dj[h] * wv;
+                gw[(size_t)i * L->ldw + j] += sw;
+            }
+        }
+        if (k) { /* through the SiLU of layer k - 1 */
+            const real *zk = z + offs[k - 1];
+            for (int i = 0; i < L->in; i++)
+                for (int h = 0; h < H; h++) dn[(size_t)i * Hs + h] *= dsilu(zk[(size_t)i * Hs + h]);
+        }
+        d = dn;
+    }
+}
+
+/* ---- the tape: what one sample's forward pass keeps for the backward pass ---- */
+
+typedef struct {
+    real *xhat, *rstd, *xh;             /* x_layernorm: (N, H), (N), (N, H) */
+    real *A, *Bn;                       /* (N, H): edge_mlp's first layer, xh_i and xh_j blocks */
+    real *pre1, *act1, *pre2, *m2;      /* (E, H): edge_mlp layers (pre-activation, SiLU) */
+    real *att_pre, *m;                  /* (E), (E, H): attention pre-activation, m = m2 SiLU(att) */
+    real *cat, *node_pre, *node_act;    /* (N, 2H), (N, 2H), (N, H): node_mlp on [xh, agg] */
+    real *out_pre;                      /* (E, 3H + R): edge_out_trans pre-activation */
+} TapeGCL;
+
+typedef struct {
+    real *xhat, *rstd, *xn, *x1_pre, *x1, *xh3; /* (N, H) x 5 but rstd (N); xh3 (N, 3H) */
+    real *ewu, *rbfu;                           /* (U, 3H + R), (U, R): unmasked edges' inputs */
+    real *dp_pre, *dp_act, *dp, *rp;            /* (U, 3H): dir_proj layers, rbf_proj */
+    real *vec_in;                               /* (N, 3, H) */
+} TapeMsg;
+
+typedef struct {
+    real *vec_in, *V;          /* (N, 3, H), (N, 3, 2H): vec_proj -> vec1, vec2 */
+    real *q, *z, *a;           /* per node: frame rows (3 x Hs, before |.|), lin3 pre / SiLU (56 x Hs) */
+    real *cat, *xv_pre, *xv, *X; /* (N, 2H) [s, scalar], (N, H) x 2, (N, 3H) */
+    real *dyn_in, *dyn_pre, *dyn_act; /* pos_grad head: s (N, H), (N, H/2) x 2 */
+} TapeUpd;
+
+typedef struct {
+    real *xin, *vin;              /* (N, hid), (N, 3, hid) */
+    real *v1, *v2, *nrm, *cat;    /* (N, 3, hid), (N, 3, out), (N, hid), (N, 2 hid) */
+    real *u_pre, *u_act, *u;      /* (N, hid) x 2, (N, 2 out) */
+} TapeOut;
+
+typedef struct {
+    int N, E, U, NF;
+    real *feat[3], *enc_pre[3], *enc_act[3]; /* encoders: (n, F) input, (n, 2F + Eemb) pre, (n, 2F) SiLU */
+    real *h;                                 /* (N, I) LEFTNet input */
+    real *rad_pre, *rad_act, *rad_g;         /* (E, H): radial_lin; f = rad_g * rbound */
+    real *nb_u, *nb_un, *nb_rstd;            /* NeighborEmb: Linear(h), its LN0, 1/std */
+    real *s0;                                /* (N, H) */
+    real *sv_u, *sv_un, *sv_rstd, *sv_t;     /* CFConvS2V: Linear(s0), LN0, 1/std, SiLU */
+    real *ne1;                               /* (N, 3, H) */
+    real *ew[MAX_LAYERS + 1];                /* (E, 3H + R): edge weights entering GCL layer i */
+    real *pe_pre, *pe_act, *pe;              /* pos_expansion: (N, H/2) x 2, (N, H) */
+    TapeGCL gcl[MAX_LAYERS];
+    TapeMsg msg[MAX_LAYERS];
+    TapeUpd upd[MAX_LAYERS];
+    TapeOut out[2];
+    real *s, *vec, *dpos, *pgrad;            /* final s, vec; dpos and the pos_grad sum (N, 3) */
+    /* backward scratch */
+    real *g_ew, *g_e1, *g_e2, *g_e3, *g_e4;  /* (E, 3H + R), (E, H) x 3, (E) */
+    real *g_s, *g_s2, *g_vec, *g_vec2;       /* (N, H), (N, H), (N, 3H), (N, 3H) */
+    real *g_n1, *g_n2, *g_n3, *g_big;        /* (N, 6H) x 3, max(U, N) x (3H + R) x 3 */
+    real *g_f, *g_ne1, *g_h, *g_pe;          /* (E, H), (N, 3H), (N, I), (N, H) */
+    real *g_lin3;                            /* lin3 scratch: 4 x 64 x Hs */
+    void *block;
+} Tape;
+
+/* rows of lin3 scratch: the widest hidden layer of LEFTNet's lin3 (H/4) or the update's
+ * (48 + 8 kept per node) */
+static size_t lin3_rows(const oard_config *c) { return c->hidden_channels / 4 > 56 ? (size_t)c->hidden_channels / 4 : 56; }
+
+/* next n reals (16-aligned) of a layout being measured (base NULL) or assigned */
+static void take_n(real **ptr, real *base, size_t *off, size_t n) {
+    if (base) *ptr = base + *off;
+    *off += round_up(n ? n : 1, 16);
+}
+
+/* Lays out the tape of a sample with N nodes, E edges, U unmasked edges and NF nodes per
+ * fragment; returns the number of reals, assigning pointers when base is given. */
+static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, size_t U, size_t NF, real *base) {
+    const size_t H = (size_t)c->hidden_channels, R = (size_t)c->num_radial, EW = 3 * H + R;
+    const size_t I = (size_t)c->in_hidden_channels, F = (size_t)(c->node_nfs[0] - c->pos_dim);
+    const size_t Eemb = I - (size_t)c->condition_time - (size_t)c->condition_nf, Hs = round_up(H, 16);
+    const size_t UN = U > N ? U : N;
+    size_t off = 0;
+    for (int f = 0; f < 3; f++) {
+        take_n(&t->feat[f], base, &off, NF * F);
+        take_n(&t->enc_pre[f], base, &off, NF * (2 * F + Eemb));
+        take_n(&t->enc_act[f], base, &off, NF * 2 * F);
+    }
+    take_n(&t->h, base, &off, N * I);
+    take_n(&t->rad_pre, base, &off, E * H);
+    take_n(&t->rad_act, base, &off, E * H);
+    take_n(&t->rad_g, base, &off, E * H);
+    take_n(&t->nb_u, base, &off, N * H);
+    take_n(&t->nb_un, base, &off, N * H);
+    take_n(&t->nb_rstd, base, &off, N);
+    take_n(&t->s0, base, &off, N * H);
+    take_n(&t->sv_u, base, &off, N * H);
+    take_n(&t->sv_un, base, &off, N * H);
+    take_n(&t->sv_rstd, base, &off, N);
+    take_n(&t->sv_t, base, &off, N * H);
+    take_n(&t->ne1, base, &off, N * 3 * H);
+    for (int i = 0; i <= c->num_layers; i++) take_n(&t->ew[i], base, &off, E * EW);
+    take_n(&t->pe_pre, base, &off, N * (H / 2));
+    take_n(&t->pe_act, base, &off, N * (H / 2));
+    take_n(&t->pe, base, &off, N * H);
+    for (int i = 0; i < c->num_layers; i++) {
+        TapeGCL *g = &t->gcl[i];
+        take_n(&g->xhat, base, &off, N * H);
+        take_n(&g->rstd, base, &off, N);
+        take_n(&g->xh, base, &off, N * H);
+        take_n(&g->A, base, &off, N * H);
+        take_n(&g->Bn, base, &off, N * H);
+        take_n(&g->pre1, base, &off, E * H);
+        take_n(&g->act1, base, &off, E * H);
+        take_n(&g->pre2, base, &off, E * H);
+        take_n(&g->m2, base, &off, E * H);
+        take_n(&g->att_pre, base, &off, E);
+        take_n(&g->m, base, &off, E * H);
+        take_n(&g->cat, base, &off, N * 2 * H);
+        take_n(&g->node_pre, base, &off, N * 2 * H);
+        take_n(&g->node_act, base, &off, N * H);
+        take_n(&g->out_pre, base, &off, E * EW);
+        TapeMsg *q = &t->msg[i];
+        take_n(&q->xhat, base, &off, N * H);
+        take_n(&q->rstd, base, &off, N);
+        take_n(&q->xn, base, &off, N * H);
+        take_n(&q->x1_pre, base, &off, N * H);
+        take_n(&q->x1, base, &off, N * H);
+        take_n(&q->xh3, base, &off, N * 3 * H);
+        take_n(&q->ewu, base, &off, U * EW);
+        take_n(&q->rbfu, base, &off, U * R);
+        take_n(&q->dp_pre, base, &off, U * 3 * H);
+        take_n(&q->dp_act, base, &off, U * 3 * H);
+        take_n(&q->dp, base, &off, U * 3 * H);
+        take_n(&q->rp, base, &off, U * 3 * H);
+        take_n(&q->vec_in, base, &off, N * 3 * H);
+        TapeUpd *u = &t->upd[i];
+        if (c->update) {
+            take_n(&u->vec_in, base, &off, N * 3 * H);
+            take_n(&u->V, base, &off, N * 6 * H);
+            take_n(&u->q, base, &off, N * 3 * Hs);
+            take_n(&u->z, base, &off, N * 56 * Hs);
+            take_n(&u->a, base, &off, N * 56 * Hs);
+            take_n(&u->cat, base, &off, N * 2 * H);
+            take_n(&u->xv_pre, base, &off, N * H);
+            take_n(&u->xv, base, &off, N * H);
+            take_n(&u->X, base, &off, N * 3 * H);
+        }
+        if (c->pos_grad) {
+            take_n(&u->dyn_in, base, &off, N * H);
+            take_n(&u->dyn_pre, base, &off, N * (H / 2));
+            take_n(&u->dyn_act, base, &off, N * (H / 2));
+        }
+    }
+    for (int k = 0; k < (c->single_layer_output ? 1 : 2); k++) {
+        TapeOut *o = &t->out[k];
+        size_t hid = k == 0 ? H : H / 2, out = (c->single_layer_output || k == 1) ? 1 : H / 2;
+        take_n(&o->xin, base, &off, N * hid);
+        take_n(&o->vin, base, &off, N * 3 * hid);
+        take_n(&o->v1, base, &off, N * 3 * hid);
+        take_n(&o->v2, base, &off, N * 3 * out);
+        take_n(&o->nrm, base, &off, N * hid);
+        take_n(&o->cat, base, &off, N * 2 * hid);
+        take_n(&o->u_pre, base, &off, N * hid);
+        take_n(&o->u_act, base, &off, N * hid);
+        take_n(&o->u, base, &off, N * 2 * out);
+    }
+    take_n(&t->s, base, &off, N * H);
+    take_n(&t->vec, base, &off, N * 3 * H);
+    take_n(&t->dpos, base, &off, N * 3);
+    take_n(&t->pgrad, base, &off, N * 3);
+    take_n(&t->g_ew, base, &off, E * EW);
+    take_n(&t->g_e1, base, &off, E * H);
+    take_n(&t->g_e2, base, &off, E * H);
+    take_n(&t->g_e3, base, &off, E * H);
+    take_n(&t->g_e4, base, &off, E);
+    take_n(&t->g_s, base, &off, N * H);
+    take_n(&t->g_s2, base, &off, N * H);
+    take_n(&t->g_vec, base, &off, N * 3 * H);
+    take_n(&t->g_vec2, base, &off, N * 3 * H);
+    take_n(&t->g_n1, base, &off, N * 6 * H);
+    take_n(&t->g_n2, base, &off, N * 6 * H);
+    take_n(&t->g_n3, base, &off, N * 6 * H);
+    take_n(&t->g_big, base, &off, UN * EW * 3);
+    take_n(&t->g_f, base, &off, E * H);
+    take_n(&t->g_ne1, base, &off, N * 3 * H);
+    take_n(&t->g_h, base, &off, N * I);
+    take_n(&t->g_pe, base, &off, N * H);
+    take_n(&t->g_lin3, base, &off, (12 + 4 * lin3_rows(c)) * Hs);
+    t->N = (int)N, t->E = (int)E, t->U = (int)U, t->NF = (int)NF;
+    return off;
+}
+
+/* ---- layer by layer: forward keeping the tape, and backward ---- */
+
+/* radial_filter: f = radial_lin(rbf) * rbound on every edge, into ew[:, 2H:3H] */
+static void radial_train(const Ctx *x, Tape *t, real *ew) {
+    const LEFTNetParams *p = &x->m->net;
+    const Work *w = x->w;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = t->E;
+    linear_train(&p->radial_lin0, w->rbf, (size_t)E, t->rad_pre, t->rad_act, 1);
+    linear_forward(&p->radial_lin2, t->rad_act, (size_t)E, t->rad_g, 0);
+    for (int e = 0; e < E; e++)
+        for (int h = 0; h < H; h++) ew[(size_t)e * EW + 2 * H + h] = t->rad_g[(size_t)e * H + h] * w->rbound[e];
+}
+
+/* df (E, H): gradient of f; consumed */
+static void radial_backward(const Ctx *x, Tape *t, const Grad *T, real *df) {
+    const LEFTNetParams *p = &x->m->net;
+    const int H = x->m->cfg.hidden_channels, E = t->E;
+    for (int e = 0; e < E; e++)
+        for (int h = 0; h < H; h++) df[(size_t)e * H + h] *= x->w->rbound[e];
+    real *da = t->g_e1;
+    linear_backward(T, &p->radial_lin2, t->rad_act, df, (size_t)E, da, 0);
+    silu_backward(t->rad_pre, da, (size_t)E * H);
+    linear_backward(T, &p->radial_lin0, x->w->rbf, da, (size_t)E, NULL, 0);
+}
+
+/* NeighborEmb: s0 = embedding(h) + sum over edges into n of f * LN0(Linear(h))[source] */
+static void neighbor_emb_train(const Ctx *x, Tape *t, const real *ew) {
+    const LEFTNetParams *p = &x->m->net;
+    const Graph *g = x->g;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
+    linear_forward(&p->neighbor_emb, t->h, (size_t)N, t->nb_u, 0);
+    layernorm_train(t->nb_u, (size_t)N, H, NULL, NULL, t->nb_un, t->nb_un, t->nb_rstd);
+    linear_forward(&p->embedding, t->h, (size_t)N, t->s0, 0);
+    for (int e = 0; e < g->E; e++) {
+        const real *f = ew + (size_t)e * EW + 2 * H, *un = t->nb_un + (size_t)g->src[e] * H;
+        real *s = t->s0 + (size_t)g->dst[e] * H;
+        for (int h = 0; h < H; h++) s[h] += f[h] * un[h];
+    }
+}
+
+/* ds0 (N, H) -> gradient of h (t->g_h, overwritten) and of f (df, added) */
+static void neighbor_emb_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, const real *ds0, real *df) {
+    const LEFTNetParams *p = &x->m->net;
+    const Graph *g = x->g;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
+    linear_backward(T, &p->embedding, t->h, ds0, (size_t)N, t->g_h, 0);
+    real *dun = t->g_s2;
+    memset(dun, 0, (size_t)N * H * sizeof(real));
+    for (int e = 0; e < g->E; e++) {
+        const real *f = ew + (size_t)e * EW + 2 * H, *un = t->nb_un + (size_t)g->src[e] * H;
+        const real *ds = ds0 + (size_t)g->dst[e] * H;
+        real *du = dun + (size_t)g->src[e] * H, *dfe = df + (size_t)e * H;
+        for (int h = 0; h < H; h++) du[h] += f[h] * ds[h], dfe[h] += un[h] * ds[h];
+    }
+    layernorm_backward(T, dun, t->nb_un, t->nb_rstd, (size_t)N, H, NULL, NULL, dun);
+    linear_backward(T, &p->neighbor_emb, t->h, dun, (size_t)N, t->g_h, 1);
+}
+
+/* CFConvS2V: NE1[n] = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s0)))[source] */
+static void s2v_train(const Ctx *x, Tape *t, const real *ew) {
+    const Graph *g = x->g;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
+    linear_forward(&x->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
+    layernorm_train(t->sv_u, (size_t)N, H, NULL, NULL, t->sv_un, t->sv_un, t->sv_rstd);
+    for (size_t i = 0; i < (size_t)N * H; i++) t->sv_t[i] = silu(t->sv_un[i]);
+    memset(t->ne1, 0, (size_t)N * 3 * H * sizeof(real));
+    for (int e = 0; e < g->E; e++) {
+        const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
+        real *ne = t->ne1 + (size_t)g->dst[e] * 3 * H;
+        for (int k = 0; k < 3; k++)
+            for (int h = 0; h < H; h++) ne[k * H + h] += f[h] * d[k] * ts[h];
+    }
+}
+
+/* dne1 (N, 3H) -> gradient of s0 (added to ds0) and of f (added to df) */
+static void s2v_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, const real *dne1, real *ds0, real *df) {
+    const Graph *g = x->g;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
+    real *dt = t->g_s2;
+    memset(dt, 0, (size_t)N * H * sizeof(real));
+    for (int e = 0; e < g->E; e++) {
+        const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
+        const real *dn = dne1 + (size_t)g->dst[e] * 3 * H;
+        real *dts = dt + (size_t)g->src[e] * H, *dfe = df + (size_t)e * H;
+        for (int h = 0; h < H; h++) {
+            real gs = dn[h] * d[0] + dn[H + h] * d[1] + dn[2 * H + h] * d[2];
+            dfe[h] += gs * ts[h];
+            dts[h] += f[h] * gs;
+        }
+    }
+    silu_backward(t->sv_un, dt, (size_t)N * H);
+    layernorm_backward(T, dt, t->sv_un, t->sv_rstd, (size_t)N, H, NULL, NULL, dt);
+    linear_backward(T, &x->m->net.s2v_lin1, t->s0, dt, (size_t)N, ds0, 1);
+}
+
+/* q (3 x Hs) = NE1 of `node` on the frame of edge e (zero frame on a masked edge), raw */
+static void edge_rows(const Ctx *x, const Tape *t, int e, int node, real *q) {
+    const int H = x->m->cfg.hidden_channels;
+    const real *fr[3] = {x->w->d + 3 * e, x->w->c + 3 * e, x->w->v + 3 * e};
+    frame_rows(t->ne1 + (size_t)node * 3 * H, (size_t)H, H, fr, 0, q);
+}
+
+/* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge (on a masked edge the
+ * frame is zero and the scalar lin3(0): a function of the parameters too) */
+static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
+    const size_t Hs = round_up((size_t)H, 16);
+    real *q = t->g_lin3, *out = q + 3 * Hs, *z = out + Hs, *a = z + lin3_rows(c) * Hs;
+    for (int e = 0; e < g->E; e++)
+        for (int side = 0; side < 2; side++) {
+            edge_rows(x, t, e, side == 0 ? g->src[e] : g->dst[e], q);
+            if (c->reflect_equiv)
+                for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
+            lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+            real *r = ew + (size_t)e * EW + side * H;
+            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * x->w->rbound[e];
+        }
+}
+
+/* dew (E, 3H + R), columns [0, 2H) -> gradient of NE1 (dne1, overwritten); the lin3
+ * activations are recomputed per edge rather than kept */
+static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, const real *dew, real *dne1) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
+    const size_t Hs = round_up((size_t)H, 16);
+    real *q = t->g_lin3, *raw = q + 3 * Hs, *out = raw + 3 * Hs, *dout = out + Hs, *dq = dout + Hs;
+    real *z = dq + 3 * Hs, *a = z + lin3_rows(c) * Hs, *tmp = a + lin3_rows(c) * Hs;
+    memset(dne1, 0, (size_t)t->N * 3 * H * sizeof(real));
+    for (int e = 0; e < g->E; e++) {
+        const real *fr[3] = {x->w->d + 3 * e, x->w->c + 3 * e, x->w->v + 3 * e};
+        for (int side = 0; side < 2; side++) {
+            int node = side == 0 ? g->src[e] : g->dst[e];
+            edge_rows(x, t, e, node, raw);
+            memcpy(q, raw, 3 * Hs * sizeof(real));
+            if (c->reflect_equiv)
+                for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
+            lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+            const real *dr = dew + (size_t)e * EW + side * H;
+            for (int h = 0; h < H; h++) dout[h] = dr[h] * x->w->rbound[e];
+            lin3_backward(T, x->m->net.lin3, 2, q, H, z, a, dout, dq, tmp);
+            for (int h = 0; h < H; h++) dq[h] += dout[h]; /* the d-row is added to the scalar */
+            if (c->reflect_equiv)
+                for (int h = 0; h < H; h++) dq[Hs + h] *= raw[Hs + h] > 0 ? 1 : (raw[Hs + h] < 0 ? -1 : 0);
+            real *dn = dne1 + (size_t)node * 3 * H;
+            for (int xyz = 0; xyz < 3; xyz++)
+                for (int h = 0; h < H; h++)
+                    dn[xyz * H + h] += dq[h] * fr[0][xyz] + dq[Hs + h] * fr[1][xyz] + dq[2 * Hs + h] * fr[2][xyz];
+        }
+    }
+}
+
+/* A view of rows [r0, r0 + in) of a Linear's transposed weight: one input block of the
+ * layer (its gradient is the same block of the gradient) */
+static Linear linear_block(const Linear *L, int r0, int in, int with_bias) {
+    Linear v = *L;
+    v.wt = L->wt + (size_t)r0 * L->ldw;
+    v.in = in;
+    v.b = with_bias ? L->b : NULL;
+    return v;
+}
+
+/* GCLMessage (see gcl_message): s <- xh + node_mlp([xh, agg]); ew_out = ew_in + SiLU(edge_out_trans(m)) */
+static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out) {
+    const Graph *g = x->g;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E;
+    const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
+    const Linear Le = linear_block(&P->edge_mlp.l[0], 2 * H, EW, 0);
+    layernorm_train(s, (size_t)N, H, P->ln_w, P->ln_b, t->xh, t->xhat, t->rstd);
+    linear_forward(&Li, t->xh, (size_t)N, t->A, 0);
+    linear_forward(&Lj, t->xh, (size_t)N, t->Bn, 0);
+    linear_forward(&Le, ew_in, (size_t)E, t->pre1, 0);
+    for (int e = 0; e < E; e++) {
+        const real *ai = t->A + (size_t)g->src[e] * H, *bj = t->Bn + (size_t)g->dst[e] * H;
+        real *r = t->pre1 + (size_t)e * H, *y = t->act1 + (size_t)e * H;
+        for (int h = 0; h < H; h++) r[h] += ai[h] + bj[h], y[h] = silu(r[h]);
+    }
+    linear_train(&P->edge_mlp.l[1], t->act1, (size_t)E, t->pre2, t->m2, 1);
+    linear_forward(&P->att_mlp.l[0], t->m2, (size_t)E, t->att_pre, 0);
+    real *agg = t->cat; /* [xh, agg] rows */
+    for (int n = 0; n < N; n++) {
+        memcpy(t->cat + (size_t)n * 2 * H, t->xh + (size_t)n * H, H * sizeof(real));
+        memset(agg + (size_t)n * 2 * H + H, 0, H * sizeof(real));
+    }
+    for (int e = 0; e < E; e++) {
+        real att = silu(t->att_pre[e]), *m = t->m + (size_t)e * H, *ag = agg + (size_t)g->src[e] * 2 * H + H;
+        const real *m2 = t->m2 + (size_t)e * H;
+        for (int h = 0; h < H; h++) m[h] = m2[h] * att, ag[h] += m[h];
+    }
+    for (int n = 0; n < N; n++) {
+        int cnt = g->out_start[n + 1] - g->out_start[n];
+        for (int h = 0; h < H; h++) agg[(size_t)n * 2 * H + H + h] = cnt ? agg[(size_t)n * 2 * H + H + h] / (real)cnt : 0;
+    }
+    real *n2 = x->w->nodetmp;
+    mlp_train(&P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, n2);
+    for (size_t i = 0; i < (size_t)N * H; i++) s[i] = t->xh[i] + n2[i];
+    linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
+    for (size_t i = 0; i < (size_t)E * EW; i++) ew_out[i] = ew_in[i] + silu(t->out_pre[i]);
+}
+
+/* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
+ * ew_out, replaced by that of ew_in */
+static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *T, const real *ew_in,
+                         real *ds, real *dew) {
+    const Graph *g = x->g;
+    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E, N = tp->N;
+    const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
+    const Linear Le = linear_block(&P->edge_mlp.l[0], 2 * H, EW, 0);
+    real *dm = tp->g_e1, *dm2 = tp->g_e2, *dm1 = tp->g_e3, *datt = tp->g_e4, *dt = tp->g_big;
+    real *dxh = tp->g_s2, *dcat = tp->g_n1, *dn2 = tp->g_n2, *Di = dn2, *Dj = dn2 + (size_t)N * H;
+    /* edgeweight += SiLU(edge_out_trans(m)) */
+    for (size_t i = 0; i < (size_t)E * EW; i++) dt[i] = dew[i] * dsilu(t->out_pre[i]);
+    linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
+    /* s = xh + node_mlp([xh, agg]) */
+    memcpy(dxh, ds, (size_t)N * H * sizeof(real));
+    memcpy(dn2, ds, (size_t)N * H * sizeof(real));
+    mlp_backward(T, &P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, dn2, dcat, 0, tp->g_n3);
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) dxh[(size_t)n * H + h] += dcat[(size_t)n * 2 * H + h];
+    /* agg = mean of m over the edges out of each node */
+    for (int e = 0; e < E; e++) {
+        int n = g->src[e], cnt = g->out_start[n + 1] - g->out_start[n];
+        const real *da = dcat + (size_t)n * 2 * H + H;
+        real *d = dm + (size_t)e * H;
+        for (int h = 0; h < H; h++) d[h] += da[h] / (real)cnt;
+    }
+    /* m = m2 * SiLU(att_mlp(m2)) */
+    for (int e = 0; e < E; e++) {
+        real att = silu(t->att_pre[e]), sum = 0;
+        const real *d = dm + (size_t)e * H, *m2 = t->m2 + (size_t)e * H;
+        real *d2 = dm2 + (size_t)e * H;
+        for (int h = 0; h < H; h++) d2[h] = d[h] * att, sum += d[h] * m2[h];
+        datt[e] = sum * dsilu(t->att_pre[e]);
+    }
+    linear_backward(T, &P->att_mlp.l[0], t->m2, datt, (size_t)E, dm2, 1);
+    /* the two edge_mlp layers */
+    silu_backward(t->pre2, dm2, (size_t)E * H);
+    linear_backward(T, &P->edge_mlp.l[1], t->act1, dm2, (size_t)E, dm1, 0);
+    silu_backward(t->pre1, dm1, (size_t)E * H);
+    memset(Di, 0, (size_t)2 * N * H * sizeof(real));
+    for (int e = 0; e < E; e++) {
+        const real *d = dm1 + (size_t)e * H;
+        real *di = Di + (size_t)g->src[e] * H, *dj = Dj + (size_t)g->dst[e] * H;
+        for (int h = 0; h < H; h++) di[h] += d[h], dj[h] += d[h];
+    }
+    linear_backward(T, &Li, t->xh, Di, (size_t)N, dxh, 1);
+    linear_backward(T, &Lj, t->xh, Dj, (size_t)N, dxh, 1);
+    linear_backward(T, &Le, ew_in, dm1, (size_t)E, dew, 1);
+    layernorm_backward(T, dxh, t->xhat, t->rstd, (size_t)N, H, P->ln_w, P->ln_b, ds);
+}
+
+/* EquiMessage (see equi_message) on the unmasked edges: s <- (s + dx) / sqrt 2, vec += dvec */
+static void equi_message_train(const Ctx *x, TapeMsg *t, const MsgParams *P, int N, real *s, real *vec, const real *ew) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    const Work *w = x->w;
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, U = w->ue_start[N];
+    const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
+    const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
+    memcpy(t->vec_in, vec, (size_t)N * 3 * H * sizeof(real));
+    layernorm_train(s, (size_t)N, H, P->ln_w, P->ln_b, t->xn, t->xhat, t->rstd);
+    linear_train(&P->x_proj0, t->xn, (size_t)N, t->x1_pre, t->x1, 1);
+    linear_forward(&P->x_proj2, t->x1, (size_t)N, t->xh3, 0);
+    for (int u = 0; u < U; u++) {
+        memcpy(t->ewu + (size_t)u * EW, ew + (size_t)w->ue[u] * EW, EW * sizeof(real));
+        memcpy(t->rbfu + (size_t)u * R, w->rbf + (size_t)w->ue[u] * R, R * sizeof(real));
+    }
+    linear_train(&P->dir_proj0, t->ewu, (size_t)U, t->dp_pre, t->dp_act, 1);
+    linear_forward(&P->dir_proj2, t->dp_act, (size_t)U, t->dp, 0);
+    linear_forward(&P->rbf_proj, t->rbfu, (size_t)U, t->rp, 0);
+    real *dx = x->w->nodetmp;
+    memset(dx, 0, (size_t)N * H * sizeof(real));
+    for (int u = 0; u < U; u++) {
+        int e = w->ue[u], m = g->src[e], n = g->dst[e];
+        const real *xm = t->xh3 + (size_t)m * 3 * H, *xn = t->xh3 + (size_t)n * 3 * H, *vm = t->vec_in + (size_t)m * 3 * H;
+        const real *wk = t->dp + (size_t)u * 3 * H, *rk = t->rp + (size_t)u * 3 * H, *d = w->d + 3 * e, *cc = w->c + 3 * e;
+        real *dxn = dx + (size_t)n * H, *dvn = vec + (size_t)n * 3 * H;
+        for (int h = 0; h < H; h++) {
+            real xs = (xm[h] + xn[h]) * (rk[h] * wk[h]);
+            real a = (xm[H + h] + xn[H + h]) * (rk[H + h] * wk[H + h]) * inv_sqrt_3;
+            real b = (xm[2 * H + h] + xn[2 * H + h]) * (rk[2 * H + h] * wk[2 * H + h]);
+            dxn[h] += xs;
+            for (int q = 0; q < 3; q++) {
+                real v = vm[q * H + h] * a + b * d[q];
+                if (!c->reflect_equiv) v = v + xs * cc[q];
+                dvn[q * H + h] += v * inv_sqrt_h;
+            }
+        }
+    }
+    for (size_t i = 0; i < (size_t)N * H; i++) s[i] = (s[i] + dx[i]) * inv_sqrt_2;
+}
+
+/* ds, dvec: gradients of s_out and vec_out, replaced by those of s_in and vec_in; the
+ * edge weights' gradient is added to dew */
+static void equi_message_backward(const Ctx *x, Tape *tp, const TapeMsg *t, const MsgParams *P, const Grad *T, real *ds,
+                                  real *dvec, real *dew) {
+    const oard_config *c = &x->m->cfg;
+    const Graph *g = x->g;
+    const Work *w = x->w;
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = tp->N, U = w->ue_start[N];
+    const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
+    const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
+    real *dxh3 = tp->g_n1, *dw = tp->g_big, *d2 = dw + (size_t)U * 3 * H, *dewu = d2 + (size_t)U * 3 * H;
+    real *dx1 = tp->g_s2;
+    for (size_t i = 0; i < (size_t)N * H; i++) ds[i] *= inv_sqrt_2; /* now both d(s_in) direct and d(dx) */
+    memset(dxh3, 0, (size_t)N * 3 * H * sizeof(real));
+    /* the message; the dvec sums are read before dvec (= d vec_out) gains the vec_in part */
+    real *dvin = tp->g_vec2;
+    memcpy(dvin, dvec, (size_t)N * 3 * H * sizeof(real));
+    for (int u = 0; u < U; u++) {
+        int e = w->ue[u], m = g->src[e], n = g->dst[e];
+        const real *xm = t->xh3 + (size_t)m * 3 * H, *xn = t->xh3 + (size_t)n * 3 * H, *vm = t->vec_in + (size_t)m * 3 * H;
+        const real *wk = t->dp + (size_t)u * 3 * H, *rk = t->rp + (size_t)u * 3 * H, *d = w->d + 3 * e, *cc = w->c + 3 * e;
+        const real *gv = dvec + (size_t)n * 3 * H, *gx = ds + (size_t)n * H;
+        real *dxm = dxh3 + (size_t)m * 3 * H, *dxn = dxh3 + (size_t)n * 3 * H, *dvm = dvin + (size_t)m * 3 * H;
+        real *dwu = dw + (size_t)u * 3 * H;
+        for (int h = 0; h < H; h++) {
+            real Sx = xm[h] + xn[h], Sa = xm[H + h] + xn[H + h], Sb = xm[2 * H + h] + xn[2 * H + h];
+            real wx = rk[h] * wk[h], wa = rk[H + h] * wk[H + h], wb = rk[2 * H + h] * wk[2 * H + h];
+            real a = Sa * wa * inv_sqrt_3, gq[3], da = 0, db = 0, dxs = gx[h];
+            for (int q = 0; q < 3; q++) {
+                gq[q] = gv[q * H + h] * inv_sqrt_h;
+                da += gq[q] * vm[q * H + h];
+                db += gq[q] * d[q];
+                if (!c->reflect_equiv) dxs += gq[q] * cc[q];
+                dvm[q * H + h] += gq[q] * a;
+            }
+            real dSx = dxs * wx, dSa = da * wa * inv_sqrt_3, dSb = db * wb;
+            dxm[h] += dSx, dxn[h] += dSx;
+            dxm[H + h] += dSa, dxn[H + h] += dSa;
+            dxm[2 * H + h] += dSb, dxn[2 * H + h] += dSb;
+            dwu[h] = dxs * Sx, dwu[H + h] = da * Sa * inv_sqrt_3, dwu[2 * H + h] = db * Sb;
+        }
+    }
+    memcpy(dvec, dvin, (size_t)N * 3 * H * sizeof(real));
+    /* w = rbf_proj(rbf) * dir_proj(edgeweight) */
+    for (size_t i = 0; i < (size_t)U * 3 * H; i++) d2[i] = dw[i] * t->dp[i], dw[i] *= t->rp[i];
+    linear_backward(T, &P->rbf_proj, t->rbfu, d2, (size_t)U, NULL, 0);
+    linear_backward(T, &P->dir_proj2, t->dp_act, dw, (size_t)U, d2, 0);
+    silu_backward(t->dp_pre, d2, (size_t)U * 3 * H);
+    linear_backward(T, &P->dir_proj0, t->ewu, d2, (size_t)U, dewu, 0);
+    for (int u = 0; u < U; u++) {
+        real *de = dew + (size_t)w->ue[u] * EW;
+        const real *du = dewu + (size_t)u * EW;
+        for (int k = 0; k < EW; k++) de[k] += du[k];
+    }
+    /* xh = x_proj(LN(s)) */
+    linear_backward(T, &P->x_proj2, t->x1, dxh3, (size_t)N, dx1, 0);
+    silu_backward(t->x1_pre, dx1, (size_t)N * H);
+    real *dxn = tp->g_n2;
+    linear_backward(T, &P->x_proj0, t->xn, dx1, (size_t)N, dxn, 0);
+    layernorm_backward(T, dxn, t->xhat, t->rstd, (size_t)N, H, P->ln_w, P->ln_b, dxn);
+    for (size_t i = 0; i < (size_t)N * H; i++) ds[i] += dxn[i];
+}
+
+/* axes[k] = axis k (x1, y1, z1) of node n's frame, as equi_update reads it */
+static void node_axes(const Work *w, int n, real axes[3][3]) {
+    const real *fr = w->frame + 9 * n;
+    for (int k = 0; k < 3; k++)
+        for (int j = 0; j < 3; j++) axes[k][j] = fr[3 * j + k];
+}
+
+/* EquiUpdate (see equi_update): s += (p + q + dot) / sqrt 2, vec += g vec2 */
+static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec) {
+    const oard_config *c = &x->m->cfg;
+    const int H = c->hidden_channels;
+    const size_t Hs = round_up((size_t)H, 16);
+    const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
+    memcpy(t->vec_in, vec, (size_t)N * 3 * H * sizeof(real));
+    linear_forward(&P->vec_proj, vec, (size_t)N * 3, t->V, 0);
+    real *qa = x->w->nodetmp, *dot = qa + 3 * Hs;
+    for (int n = 0; n < N; n++) {
+        const real *v1 = t->V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
+        real axes[3][3], *q = t->q + (size_t)n * 3 * Hs;
+        node_axes(x->w, n, axes);
+        const real *ax[3] = {axes[0], axes[1], axes[2]};
+        frame_rows(v1, 2 * (size_t)H, H, ax, 0, q);
+        memcpy(qa, q, 3 * Hs * sizeof(real));
+        if (c->reflect_equiv)
+            for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
+        real *cat = t->cat + (size_t)n * 2 * H;
+        memcpy(cat, s + (size_t)n * H, H * sizeof(real));
+        lin3_train(P->lin3, 3, qa, H, cat + H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs);
+        for (int h = 0; h < H; h++)
+            dot[h] = (v1[h] * v2[h] + v1[2 * H + h] * v2[2 * H + h] + v1[4 * H + h] * v2[4 * H + h]) * inv_sqrt_h;
+        /* dot is only needed here: s gets it below, after X */
+        memcpy(x->w->agg + (size_t)n * H, dot, H * sizeof(real));
+    }
+    linear_train(&P->xvec_proj0, t->cat, (size_t)N, t->xv_pre, t->xv, 1);
+    linear_forward(&P->xvec_proj2, t->xv, (size_t)N, t->X, 0);
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < H; h++) {
+            const real *Xn = t->X + (size_t)n * 3 * H;
+            s[(size_t)n * H + h] += (Xn[h] + Xn[H + h] + x->w->agg[(size_t)n * H + h]) * inv_sqrt_2;
+            for (int q = 0; q < 3; q++)
+                vec[((size_t)n * 3 + q) * H + h] += Xn[2 * H + h] * t->V[((size_t)n * 3 + q) * 2 * H + H + h];
+        }
+}
+
+/* ds, dvec: gradients of s_out, vec_out, replaced by those of s_in, vec_in */
+static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const UpdParams *P, const Grad *T, real *ds,
+                                 real *dvec) {
+    const oard_config *c = &x->m->cfg;
+    const int H = c->hidden_channels, N = tp->N;
+    const size_t Hs = round_up((size_t)H, 16);
+    const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
+    real *dX = tp->g_n1, *dV = tp->g_n2, *dcat = tp->g_n3, *dxv = tp->g_s2;
+    for (int n = 0; n < N; n++) {
+        const real *V = t->V + (size_t)n * 6 * H, *Xn = t->X + (size_t)n * 3 * H;
+        real *dXn = dX + (size_t)n * 3 * H, *dVn = dV + (size_t)n * 6 * H;
+        for (int h = 0; h < H; h++) {
+            real gx = ds[(size_t)n * H + h] * inv_sqrt_2, dg = 0;
+            dXn[h] = gx, dXn[H + h] = gx;
+            for (int q = 0; q < 3; q++) {
+                real gv = dvec[((size_t)n * 3 + q) * H + h], v1 = V[q * 2 * H + h], v2 = V[q * 2 * H + H + h];
+                dg += gv * v2;
+                dVn[q * 2 * H + h] = gx * v2 * inv_sqrt_h;              /* d vec1 from dot */
+                dVn[q * 2 * H + H + h] = gv * Xn[2 * H + h] + gx * v1 * inv_sqrt_h; /* d vec2 */
+            }
+            dXn[2 * H + h] = dg;
+        }
+    }
+    linear_backward(T, &P->xvec_proj2, t->xv, dX, (size_t)N, dxv, 0);
+    silu_backward(t->xv_pre, dxv, (size_t)N * H);
+    linear_backward(T, &P->xvec_proj0, t->cat, dxv, (size_t)N, dcat, 0);
+    real *qa = tp->g_lin3, *dq = qa + 3 * Hs, *tmp = dq + 3 * Hs;
+    for (int n = 0; n < N; n++) {
+        const real *q = t->q + (size_t)n * 3 * Hs;
+        real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
+        node_axes(x->w, n, axes);
+        memcpy(qa, q, 3 * Hs * sizeof(real));
+        if (c->reflect_equiv)
+            for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
+        for (int h = 0; h < H; h++) ds[(size_t)n * H + h] += dcat[(size_t)n * 2 * H + h];
+        lin3_backward(T, P->lin3, 3, qa, H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs,
+                      dcat + (size_t)n * 2 * H + H, dq, tmp);
+        if (c->reflect_equiv)
+            for (int h = 0; h < H; h++) dq[Hs + h] *= q[Hs + h] > 0 ? 1 : (q[Hs + h] < 0 ? -1 : 0);
+        for (int xyz = 0; xyz < 3; xyz++)
+            for (int h = 0; h < H; h++)
+                dVn[xyz * 2 * H + h] += dq[h] * axes[0][xyz] + dq[Hs + h] * axes[1][xyz] + dq[2 * Hs + h] * axes[2][xyz];
+    }
+    linear_backward(T, &P->vec_proj, t->vec_in, dV, (size_t)N * 3, dvec, 1);
+}
+
+/* pos_grad: gradient += (c0 x1 + c1 y1 + c2 z1) / num_layers, c = dynamic_mlp(s) */
+static void pos_grad_train(const Ctx *x, TapeUpd *t, int N, const real *s, real *pgrad) {
+    const LEFTNetParams *p = &x->m->net;
+    const int H = x->m->cfg.hidden_channels, L = x->m->cfg.num_layers;
+    real *coef = x->w->nodetmp;
+    memcpy(t->dyn_in, s, (size_t)N * H * sizeof(real));
+    linear_train(&p->dyn0, s, (size_t)N, t->dyn_pre, t->dyn_act, 1);
+    linear_forward(&p->dyn2, t->dyn_act, (size_t)N, coef, 0);
+    for (int n = 0; n < N; n++) {
+        const real *fr = x->w->frame + 9 * n, *cf = coef + 3 * n;
+        for (int k = 0; k < 3; k++)
+            pgrad[3 * n + k] += (cf[0] * fr[3 * k] + cf[1] * fr[3 * k + 1] + cf[2] * fr[3 * k + 2]) / (real)L;
+    }
+}
+
+/* dgrad (N, 3): gradient of the pos_grad sum; the gradient of s is added to ds */
+static void pos_grad_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const Grad *T, const real *dgrad, real *ds) {
+    const LEFTNetParams *p = &x->m->net;
+    const int H = x->m->cfg.hidden_channels, L = x->m->cfg.num_layers, N = tp->N;
+    real *dc = tp->g_n1, *da = tp->g_n2;
+    for (int n = 0; n < N; n++) {
+        const real *fr = x->w->frame + 9 * n, *g = dgrad + 3 * n;
+        for (int j = 0; j < 3; j++) dc[3 * n + j] = (g[0] * fr[j] + g[1] * fr[3 + j] + g[2] * fr[6 + j]) / (real)L;
+    }
+    linear_backward(T, &p->dyn2, t->dyn_act, dc, (size_t)N, da, 0);
+    silu_backward(t->dyn_pre, da, (size_t)N * (H / 2));
+    linear_backward(T, &p->dyn0, t->dyn_in, da, (size_t)N, ds, 1);
+}
+
+/* GatedEquivariantBlock (see gated_output), keeping its activations */
+static void gated_output_train(const GatedParams *P, TapeOut *t, int N, const real *xin, const real *vin, real *xout,
+                               real *vout) {
+    const int hid = P->hidden, out = P->out;
+    memcpy(t->xin, xin, (size_t)N * hid * sizeof(real));
+    memcpy(t->vin, vin, (size_t)N * 3 * hid * sizeof(real));
+    linear_forward(&P->vec1_proj, vin, (size_t)N * 3, t->v1, 0);
+    linear_forward(&P->vec2_proj, vin, (size_t)N * 3, t->v2, 0);
+    for (int n = 0; n < N; n++) {
+        memcpy(t->cat + (size_t)n * 2 * hid, xin + (size_t)n * hid, hid * sizeof(real));
+        for (int h = 0; h < hid; h++) {
+            const real *r = t->v1 + (size_t)n * 3 * hid + h;
+            t->nrm[(size_t)n * hid + h] = RSQRT(r[0] * r[0] + r[hid] * r[hid] + r[2 * hid] * r[2 * hid]);
+            t->cat[(size_t)n * 2 * hid + hid + h] = t->nrm[(size_t)n * hid + h];
+        }
+    }
+    linear_train(&P->update_net0, t->cat, (size_t)N, t->u_pre, t->u_act, 1);
+    linear_forward(&P->update_net2, t->u_act, (size_t)N, t->u, 0);
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            xout[(size_t)n * out + o] = t->u[(size_t)n * 2 * out + o];
+            for (int q = 0; q < 3; q++)
+                vout[((size_t)n * 3 + q) * out + o] = t->u[(size_t)n * 2 * out + out + o] * t->v2[((size_t)n * 3 + q) * out + o];
+        }
+}
+
+/* dxout (N, out) or NULL, dvout (N, 3, out) -> dxin (N, hid), dvin (N, 3, hid) */
+static void gated_output_backward(const GatedParams *P, const TapeOut *t, Tape *tp, const Grad *T, const real *dxout,
+                                  const real *dvout, real *dxin, real *dvin) {
+    const int hid = P->hidden, out = P->out, N = tp->N;
+    real *du = tp->g_n1, *dua = tp->g_n2, *dcat = tp->g_n3, *dv1 = tp->g_vec2, *dv2 = tp->g_big;
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            real gate = t->u[(size_t)n * 2 * out + out + o], dg = 0;
+            for (int q = 0; q < 3; q++) {
+                size_t k = ((size_t)n * 3 + q) * out + o;
+                dg += dvout[k] * t->v2[k];
+                dv2[k] = dvout[k] * gate;
+            }
+            du[(size_t)n * 2 * out + o] = dxout ? dxout[(size_t)n * out + o] : 0;
+            du[(size_t)n * 2 * out + out + o] = dg;
+        }
+    linear_backward(T, &P->update_net2, t->u_act, du, (size_t)N, dua, 0);
+    silu_backward(t->u_pre, dua, (size_t)N * hid);
+    linear_backward(T, &P->update_net0, t->cat, dua, (size_t)N, dcat, 0);
+    for (int n = 0; n < N; n++)
+        for (int h = 0; h < hid; h++) {
+            real nr = t->nrm[(size_t)n * hid + h], dn = dcat[(size_t)n * 2 * hid + hid + h];
+            dxin[(size_t)n * hid + h] = dcat[(size_t)n * 2 * hid + h];
+            for (int q = 0; q < 3; q++) {
+                size_t k = ((size_t)n * 3 + q) * hid + h;
+                dv1[k] = nr > 0 ? dn * t->v1[k] / nr : 0;
+            }
+        }
+    linear_backward(T, &P->vec1_proj, t->vin, dv1, (size_t)N * 3, dvin, 0);
+    linear_backward(T, &P->vec2_proj, t->vin, dv2, (size_t)N * 3, dvin, 1);
+}
+
+/* LEFTNet.forward (see leftnet_forward) keeping the tape; the geometry is already in x->w.
+ * Leaves dpos and the pos_grad sum in t->dpos, t->pgrad. */
+static void leftnet_train(const Ctx *x, Tape *t) {
+    const oard_config *c = &x->m->cfg;
+    const LEFTNetParams *p = &x->m->net;
+    const Work *w = x->w;
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = t->N, E = t->E;
+    real *ew0 = t->ew[0];
+    for (int e = 0; e < E; e++) memcpy(ew0 + (size_t)e * EW + 3 * H, w->rbf + (size_t)e * R, R * sizeof(real));
+    radial_train(x, t, ew0);
+    neighbor_emb_train(x, t, ew0);
+    s2v_train(x, t, ew0);
+    edge_scalarization_train(x, t, ew0);
+    linear_train(&p->pos_exp0, w->pos_prjt, (size_t)N, t->pe_pre, t->pe_act, 1); /* the same on every layer */
+    linear_forward(&p->pos_exp1, t->pe_act, (size_t)N, t->pe, 0);
+    real *s = t->s, *vec = t->vec;
+    memcpy(s, t->s0, (size_t)N * H * sizeof(real));
+    memset(vec, 0, (size_t)N * 3 * H * sizeof(real));
+    memset(t->pgrad, 0, (size_t)N * 3 * sizeof(real));
+    for (int i = 0; i < c->num_layers; i++) {
+        if (c->legacy || i == 0)
+            for (size_t k = 0; k < (size_t)N * H; k++) s[k] += t->pe[k];
+        gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1]);
+        equi_message_train(x, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
+        if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec);
+        if (c->pos_grad) pos_grad_train(x, &t->upd[i], N, s, t->pgrad);
+    }
+    const real *xin = s, *vin = vec;
+    for (int k = 0; k < p->n_out; k++) {
+        int last = k == p->n_out - 1;
+        real *xk = x->w->A, *vk = last ? t->dpos : x->w->dx;
+        gated_output_train(&p->out[k], &t->out[k], N, xin, vin, xk, vk);
+        xin = xk, vin = vk;
+    }
+}
+
+/* Backward of leftnet_train: ddpos, dgrad (N, 3) are the gradients of dpos and of the
+ * pos_grad sum; leaves the gradient of LEFTNet's input h in t->g_h. */
+static void leftnet_backward(const Ctx *x, Tape *t, const Grad *T, const real *ddpos, const real *dgrad) {
+    const oard_config *c = &x->m->cfg;
+    const LEFTNetParams *p = &x->m->net;
+    const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = t->N, E = t->E;
+    real *ds = t->g_s, *dvec = t->g_vec, *dew = t->g_ew, *dpe = t->g_pe;
+    if (p->n_out == 1) {
+        gated_output_backward(&p->out[0], &t->out[0], t, T, NULL, ddpos, ds, dvec);
+    } else { /* the second block's input gradients in g_e1, g_e2, which the first does not use */
+        gated_output_backward(&p->out[1], &t->out[1], t, T, NULL, ddpos, t->g_e1, t->g_e2);
+        gated_output_backward(&p->out[0], &t->out[0], t, T, t->g_e1, t->g_e2, ds, dvec);
+    }
+    memset(dew, 0, (size_t)E * EW * sizeof(real));
+    memset(dpe, 0, (size_t)N * H * sizeof(real));
+    for (int i = c->num_layers - 1; i >= 0; i--) {
+        if (c->pos_grad) pos_grad_backward(x, t, &t->upd[i], T, dgrad, ds);
+        if (c->update) equi_update_backward(x, t, &t->upd[i], &p->upd[i], T, ds, dvec);
+        equi_message_backward(x, t, &t->msg[i], &p->msg[i], T, ds, dvec, dew);
+        gcl_backward(x, t, &t->gcl[i], &p->gcl[i], T, t->ew[i], ds, dew);
+        if (c->legacy || i == 0)
+            for (size_t k = 0; k < (size_t)N * H; k++) dpe[k] += ds[k];
+    }
+    /* ds is now the gradient of s0; the initial vec is zero (no gradient) */
+    real *dpa = t->g_s2;
+    linear_backward(T, &p->pos_exp1, t->pe_act, dpe, (size_t)N, dpa, 0);
+    silu_backward(t->pe_pre, dpa, (size_t)N * (H / 2));
+    linear_backward(T, &p->pos_exp0, x->w->pos_prjt, dpa, (size_t)N, NULL, 0);
+    /* the initial edge weights [scalar_i, scalar_j, f, rbf] */
+    real *df = t->g_f;
+    for (int e = 0; e < E; e++) memcpy(df + (size_t)e * H, dew + (size_t)e * EW + 2 * H, H * sizeof(real));
+    edge_scalarization_backward(x, t, T, dew, t->g_ne1);
+    s2v_backward(x, t, T, t->ew[0], t->g_ne1, ds, df);
+    neighbor_emb_backward(x, t, T, t->ew[0], ds, df);
+    radial_backward(x, t, T, df);
+}
+
+/* ---- the objective ---- */
+
+/* standard normal CDF in the build's precision (upstream evaluates it in the data's dtype) */
+static real std_normal_cdf(real x) { return (real)0.5 * ((real)1 + (real)erf((double)(x / (real)sqrt(2.0)))); }
+
+/* log p(h | z0) of the one-hot and charge columns, without constants
+ * (log_pxh_given_z0_without_constants), in the build's precision: features of z_t, true
+ * one-hot and Z. Constant with respect to the parameters (it reads z_t only). */
+static void log_p_features(const oard_config *c, int n, int nf, const real *zt, const real *xh, float sigma0,
+                           double *log_cat, double *log_charge) {
+    const int K = c->n_elements;
+    const real s_cat = (real)(sigma0 * (float)c->norm_values[1]), s_chg = (real)(sigma0 * (float)c->norm_values[2]);
+    const real tiny = (real)1e-10, half = (real)0.5;
+    real lc = 0, lq = 0, lp[OARD_MAX_ELEM];
+    for (int i = 0; i < n; i++) {
+        const real *z = zt + (size_t)i * nf + 3, *x = xh + (size_t)i * nf + 3;
+        real mx = -INFINITY, sum = 0, row = 0;
+        for (int k = 0; k < K; k++) {
+            real ctr = z[k] - 1;
+            lp[k] = (real)log((double)(std_normal_cdf((ctr + half) / s_cat) - std_normal_cdf((ctr - half) / s_cat) + tiny));
+            if (lp[k] > mx) mx = lp[k];
+        }
+        for (int k = 0; k < K; k++) sum += (real)exp((double)(lp[k] - mx));
+        real lse = mx + (real)log((double)sum);
+        for (int k = 0; k < K; k++) row += (lp[k] - lse) * x[k];
+        lc += row;
+        real est = (real)trunc((double)z[K]), ctr = x[K] - est; /* .long() truncates */
+        lq += (real)log((double)(std_normal_cdf((ctr + half) / s_chg) - std_normal_cdf((ctr - half) / s_chg) + tiny));
+    }
+    *log_cat = lc;
+    *log_charge = lq;
+}
+
+/* One sample: n atoms per fragment; xh[f], noise[f] its rows (n, nf); the gradient of its
+ * nll is added to G (which the caller zeroed). terms: OARD_N_TERMS values. */
+static int train_sample(const oard_model *m, int n, const real *const xh[3], const real *const noise[3], int t_int,
+                        const oard_schedule *sch, const real *cond, real *G, double *terms, char *err) {
+    const oard_config *c = &m->cfg;
+    const int nf = c->node_nfs[0], F = nf - c->pos_dim, I = c->in_hidden_channels;
+    const int Eemb = I - c->condition_time - c->condition_nf;
+    oard_batch one = {1, &n, 1};
+    oard_workspace *ws;
+    int rc = oard_workspace_new(m, &one, 0, &ws, err);
+    if (rc) return rc;
+    const Graph *g = &ws->g;
+    Work *w = &ws->w;
+    const int N = g->N;
+    Ctx x = {m, g, w, 1, NULL, NULL};
+    /* z_t = alpha_t x + sigma_t eps (float32 alpha, sigma as upstream); pos_only: eps_h = 0 */
+    const float gamma = oard_gamma(sch, t_int), alpha = oard_alpha(gamma), sigma = oard_sigma(gamma);
+    real *zt[3];
+    for (int f = 0; f < 3; f++) {
+        zt[f] = xcalloc((size_t)n * nf, sizeof(real));
+        if (!zt[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    for (int f = 0; !rc && f < 3; f++)
+        for (size_t i = 0; i < (size_t)n * nf; i++) zt[f][i] = (real)alpha * xh[f][i] + (real)sigma * noise[f][i];
+    for (int f = 0; !rc && f < 3; f++)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) w->pos[3 * (f * n + i) + k] = zt[f][(size_t)i * nf + k];
+    Tape t;
+    memset(&t, 0, sizeof(t));
+    real *block = NULL;
+    if (!rc) {
+        leftnet_geometry(&x, w->pos);
+        size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, NULL);
+        block = aligned_calloc(len, sizeof(real));
+        if (!block) rc = fail(err, OARD_ERR_NOMEM, "training: cannot allocate %zu values for a %d-atom reaction", len, n);
+        else tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, block);
+    }
+    if (!rc) {
+        /* encoders and the time / condition channels (as dynamics_run) */
+        const real tval = (real)((float)t_int / (float)sch->T);
+        for (int f = 0; f < 3; f++) {
+            for (int i = 0; i < n; i++)
+                for (int k = 0; k < F; k++) t.feat[f][(size_t)i * F + k] = zt[f][(size_t)i * nf + 3 + k];
+            real *enc = w->enc;
+            mlp_train(&m->enc[f], t.feat[f], (size_t)n, t.enc_pre[f], t.enc_act[f], enc);
+            for (int i = 0; i < n; i++) {
+                real *hn = t.h + (size_t)(f * n + i) * I;
+                int col = Eemb;
+                memcpy(hn, enc + (size_t)i * Eemb, (size_t)Eemb * sizeof(real));
+                if (c->condition_time) hn[col++] = tval;
+                for (int k = 0; k < c->condition_nf; k++) hn[col++] = cond ? cond[k] : 0;
+            }
+        }
+        leftnet_train(&x, &t);
+        /* predicted noise: velocity ((p + dpos) + gradient) - p, centred per fragment */
+        real *eps = w->delta, *d = w->grad;
+        int frag_off[2] = {0, n};
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < 3; k++) {
+                real p = w->pos[3 * i + k];
+                eps[3 * i + k] = ((p + t.dpos[3 * i + k]) + t.pgrad[3 * i + k]) - p;
+                if (!isfinite(eps[3 * i + k])) rc = fail(err, OARD_ERR_NUMERIC, "training: the denoiser produced NaN/Inf");
+            }
+        for (int f = 0; f < 3; f++) centre_fragment(eps + (size_t)3 * f * n, 3, frag_off, 1);
+        /* the loss (compute_loss, l2, training) and its gradient with respect to eps */
+        double lt = 0, l0x = 0, l0c = 0, l0q = 0;
+        for (int f = 0; f < 3; f++) {
+            double err2 = 0, coef = c->loss_scales[f] / (3.0 * n) * (t_int == 0 ? 0.5 : 1.0);
+            for (int i = 0; i < n; i++)
+                for (int k = 0; k < 3; k++) {
+                    double r = (double)noise[f][(size_t)i * nf + k] - (double)eps[3 * (f * n + i) + k];
+                    err2 += r * r;
+                    d[3 * (f * n + i) + k] = (real)(-2.0 * coef * r);
+                }
+            if (t_int == 0) {
+                double lc, lq;
+                l0x += 0.5 * err2 * c->loss_scales[f] / (3.0 * n);
+                log_p_features(c, n, nf, zt[f], xh[f], sigma, &lc, &lq);
+                l0c -= lc, l0q -= lq;
+            } else {
+                lt += err2 * c->loss_scales[f] / (3.0 * n);
+            }
+        }
+        terms[OARD_TERM_LOSS_T] = lt, terms[OARD_TERM_LOSS_0_X] = l0x;
+        terms[OARD_TERM_LOSS_0_CAT] = l0c, terms[OARD_TERM_LOSS_0_CHARGE] = l0q;
+        terms[OARD_TERM_NLL] = lt + l0x + l0c + l0q;
+        if (!rc && G) {
+            for (int f = 0; f < 3; f++) centre_fragment(d + (size_t)3 * f * n, 3, frag_off, 1); /* centring is symmetric */
+            Grad T = {m, G};
+            leftnet_backward(&x, &t, &T, d, d);
+            for (int f = 0; f < 3; f++) { /* into the encoders: the columns of h they produced */
+                real *dy = w->enc_tmp;
+                for (int i = 0; i < n; i++)
+                    memcpy(dy + (size_t)i * Eemb, t.g_h + (size_t)(f * n + i) * I, (size_t)Eemb * sizeof(real));
+                mlp_backward(&T, &m->enc[f], t.feat[f], (size_t)n, t.enc_pre[f], t.enc_act[f], dy, NULL, 0, t.g_n1);
+            }
+        }
+    }
+    aligned_free(block);
+    for (int f = 0; f < 3; f++) free(zt[f]);
+    oard_workspace_free(ws);
+    return rc;
+}
+
+int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_real *const xh[], const oard_real *cond,
+                    const int *t_int, oard_rng *rng, double *loss, double *terms, oard_real *grad, char *err) {
+    const oard_config *c = &m->cfg;
+    if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "training needs a denoiser model");
+    if (!c->pos_only) return fail(err, OARD_ERR_MODEL, "training a model that generates features (pos_only=0) is not supported");
+    for (int k = 0; k < 3; k++)
+        if (c->norm_values[k] != 1 || c->norm_biases[k] != 0)
+            return fail(err, OARD_ERR_MODEL, "training with normalisation values other than 1 / biases other than 0 is not supported");
+    if (!batch || batch->n_samples <= 0 || !batch->sizes) return fail(err, OARD_ERR_ARG, "training: no samples");
+    const int B = batch->n_samples, nf = c->node_nfs[0], F = nf - c->pos_dim;
+    oard_schedule sch;
+    int rc = oard_schedule_init(&sch, c->training_schedule, c->training_timesteps, c->training_precision, err);
+    if (rc) return rc;
+    int *off = xcalloc((size_t)B + 1, sizeof(int));
+    for (int b = 0; off && b < B; b++) {
+        if (batch->sizes[b] <= 0) rc = fail(err, OARD_ERR_ARG, "training: sample %d has no atoms", b);
+        if (t_int[b] < 0 || t_int[b] > sch.T)
+            rc = fail(err, OARD_ERR_ARG, "training: t_int[%d] = %d is outside 0..%d", b, t_int[b], sch.T);
+        off[b + 1] = off[b] + batch->sizes[b];
+    }
+    const int NF = off ? off[B] : 0;
+    const size_t P = m->params_used;
+    real *x[3] = {0}, *noise[3] = {0}, *tmp = xcalloc((size_t)NF * (F > 3 ? F : 3) + 1, sizeof(real));
+    real *G = grad ? aligned_calloc((size_t)B * P, sizeof(real)) : NULL;
+    double *tm = xcalloc((size_t)B * OARD_N_TERMS, sizeof(double));
+    if (!off || !tmp || !tm || (grad && !G)) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "training: out of memory");
+    for (int f = 0; !rc && f < 3; f++) {
+        x[f] = xcalloc((size_t)NF * nf, sizeof(real));
+        noise[f] = xcalloc((size_t)NF * nf, sizeof(real));
+        if (!x[f] || !noise[f]) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
+    }
+    /* clean inputs, positions centred per fragment and sample (upstream's data are) */
+    for (int f = 0; !rc && f < 3; f++) {
+        if (!check_finite(xh[f], (size_t)NF * nf)) rc = fail(err, OARD_ERR_NUMERIC, "training input: fragment %d holds NaN or Inf", f);
+        memcpy(x[f], xh[f], (size_t)NF * nf * sizeof(real));
+        if (!rc) centre_fragment(x[f], nf, off, B);
+    }
+    /* one combined draw: per fragment positions (centred per sample), then features */
+    for (int f = 0; !rc && f < 3; f++) {
+        rc = oard_rng_normal(rng, tmp, (size_t)NF, 3, err);
+        if (rc) break;
+        centre_fragment(tmp, 3, off, B);
+        for (int i = 0; i < NF; i++)
+            for (int k = 0; k < 3; k++) noise[f][(size_t)i * nf + k] = tmp[3 * i + k];
+        rc = oard_rng_normal(rng, tmp, (size_t)NF, (size_t)F, err); /* drawn, then zeroed: pos_only */
+    }
+    char *errs = rc ? NULL : xcalloc((size_t)B, OARD_ERRLEN);
+    int *rcs = rc ? NULL : xcalloc((size_t)B, sizeof(int));
+    if (!rc && (!errs || !rcs)) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
+    if (!rc) {
+        int nt = batch_threads(batch);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (int b = 0; b < B; b++) {
+            const real *xs[3], *ns[3];
+            for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
+            rcs[b] = train_sample(m, batch->sizes[b], xs, ns, t_int[b], &sch,
+                                  cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
+                                  tm + (size_t)b * OARD_N_TERMS, errs + (size_t)b * OARD_ERRLEN);
+        }
+        for (int b = 0; b < B && !rc; b++)
+            if (rcs[b]) rc = fail(err, rcs[b], "sample %d: %s", b, errs + (size_t)b * OARD_ERRLEN);
+    }
+    if (!rc) {
+        double sum = 0;
+        for (int b = 0; b < B; b++) sum += tm[(size_t)b * OARD_N_TERMS + OARD_TERM_NLL];
+        if (loss) *loss = sum / B;
+        if (terms) memcpy(terms, tm, (size_t)B * OARD_N_TERMS * sizeof(double));
+        if (grad) /* the batch mean, summed in sample order whatever the thread count */
+            for (size_t k = 0; k < P; k++) {
+                real s = 0;
+                for (int b = 0; b < B; b++) s += G[(size_t)b * P + k];
+                grad[k] = s / (real)B;
+            }
+    }
+    for (int f = 0; f < 3; f++) free(x[f]), free(noise[f]);
+    free(tmp), free(tm), free(off), free(errs), free(rcs);
+    aligned_free(G);
+    oard_schedule_free(&sch);
     return rc;
 }
 

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, "build")
 CONVERTER = os.path.join(REPO, "tools", "ckpt2bin.py")
 RUNNERS = {"f32": os.path.join(BUILD, "golden_runner"), "f64": os.path.join(BUILD, "golden_runner64")}
-SUPPORTED_KINDS = ("forward", "inpaint", "sample", "confidence")
+SUPPORTED_KINDS = ("forward", "inpaint", "sample", "confidence", "train_loss")
 # manifest fields handed to the runner as key=value (the runner rejects unknown keys)
 SAMPLER_KEYS = ("timesteps", "schedule", "precision", "resamplings", "jump_length", "frag_fixed",
                 "n_draws")

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "oa_reactdiff.h"
 
@@ -491,7 +492,7 @@ static int within(const tolerance *t, const errstat *e)
  * Detail lines: one per compared output and one per dumped layer. They are printed under
  * -v and always when the case fails, to show where the engine first departs from upstream. */
 
-#define MAX_DETAIL 256
+#define MAX_DETAIL 512
 #define NOTE_NO_REFERENCE "no reference"
 
 typedef struct {
@@ -711,7 +712,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: golden_runner [-v] KIND CASE_DIR WEIGHTS.bin NAME [key=value ...]\n"
             "       golden_runner npy FILE.npy\n"
-            "  KIND: forward | inpaint | sample | confidence\n"
+            "  KIND: forward | inpaint | sample | confidence | train_loss\n"
             "  keys: timesteps=N schedule=NAME precision=X resamplings=N jump_length=N\n"
             "        frag_fixed=0,2 n_draws=N ref_dtype=f32|f64 threads=N\n"
             "  build: %s engine\n", OARD_REAL_NAME);
@@ -757,8 +758,8 @@ static void parse_args(int argc, char **argv, args *a)
     a->name = argv[i + 3];
     g_name = a->name;
     if (strcmp(a->kind, "forward") && strcmp(a->kind, "inpaint") && strcmp(a->kind, "sample") &&
-        strcmp(a->kind, "confidence"))
-        die("unknown KIND '%s' (forward, inpaint, sample, confidence)", a->kind);
+        strcmp(a->kind, "confidence") && strcmp(a->kind, "train_loss"))
+        die("unknown KIND '%s' (forward, inpaint, sample, confidence, train_loss)", a->kind);
     for (i += 4; i < argc; i++) {
         char key[64];
         const char *eq = strchr(argv[i], '=');
@@ -879,6 +880,33 @@ static void run_confidence(const args *a, const oard_model *m, result *res)
     free(cb.sizes);
 }
 
+/* The tape: every standard normal upstream drew (float64, whatever the case dtype), and the
+ * (rows, cols) of each draw; checked against the manifest's n_draws when given. */
+static void load_tape(const args *a, double **tape, size_t *tape_len, int64_t **shapes, size_t *n_shapes)
+{
+    npy_array na, sa;
+    load_case_file(a->dir, "noise", &na);
+    expect_shape(&na, 1, -1, -1);
+    if (strcmp(na.descr, "<f8") != 0) die("%s: dtype %s, expected <f8", na.path, na.descr);
+    load_case_file(a->dir, "noise_shapes", &sa);
+    expect_shape(&sa, 2, -1, 2);
+    *tape = npy_to_double(&na);
+    *shapes = npy_to_i64(&sa);
+    *tape_len = na.size;
+    *n_shapes = (size_t)sa.shape[0];
+    size_t drawn = 0;
+    for (size_t i = 0; i < *n_shapes; i++) {
+        if ((*shapes)[2 * i] < 0 || (*shapes)[2 * i + 1] < 0) die("%s: negative shape in row %zu", sa.path, i);
+        drawn += (size_t)((*shapes)[2 * i] * (*shapes)[2 * i + 1]);
+    }
+    if (drawn != *tape_len)
+        die("%s: the shapes add up to %zu numbers but %s holds %zu", sa.path, drawn, na.path, *tape_len);
+    if (a->n_draws >= 0 && (size_t)a->n_draws != *n_shapes)
+        die("manifest says n_draws=%lld but %s lists %zu draws", a->n_draws, sa.path, *n_shapes);
+    npy_free(&na);
+    npy_free(&sa);
+}
+
 /* inpaint and sample: replay upstream's noise tape through the engine's sampler. */
 static void run_sampler(const args *a, const oard_model *m, result *res)
 {
@@ -890,28 +918,10 @@ static void run_sampler(const args *a, const oard_model *m, result *res)
     load_fragments(a->dir, "xh_", &cb, cfg, xh);
     oard_real *cond = load_conditions(a->dir, &cb, cfg);
 
-    /* the tape: every standard normal upstream drew (float64, whatever the case dtype),
-     * and the (rows, cols) of each draw */
-    npy_array na, sa;
-    load_case_file(a->dir, "noise", &na);
-    expect_shape(&na, 1, -1, -1);
-    if (strcmp(na.descr, "<f8") != 0) die("%s: dtype %s, expected <f8", na.path, na.descr);
-    load_case_file(a->dir, "noise_shapes", &sa);
-    expect_shape(&sa, 2, -1, 2);
-    double *tape = npy_to_double(&na);
-    int64_t *shapes = npy_to_i64(&sa);
-    size_t tape_len = na.size, n_shapes = (size_t)sa.shape[0], drawn = 0;
-    for (size_t i = 0; i < n_shapes; i++) {
-        if (shapes[2 * i] < 0 || shapes[2 * i + 1] < 0) die("%s: negative shape in row %zu", sa.path, i);
-        drawn += (size_t)(shapes[2 * i] * shapes[2 * i + 1]);
-    }
-    if (drawn != tape_len)
-        die("%s: the shapes add up to %zu numbers but %s holds %zu", sa.path, drawn, na.path, tape_len);
-    if (a->n_draws >= 0 && (size_t)a->n_draws != n_shapes)
-        die("manifest says n_draws=%lld but %s lists %zu draws", a->n_draws, sa.path, n_shapes);
-    npy_free(&na);
-    npy_free(&sa);
-
+    double *tape;
+    int64_t *shapes;
+    size_t tape_len, n_shapes;
+    load_tape(a, &tape, &tape_len, &shapes, &n_shapes);
     oard_rng rng;
     memset(&rng, 0, sizeof rng);
     oard_rng_replay(&rng, tape, tape_len, shapes, n_shapes);
@@ -962,6 +972,93 @@ static void run_sampler(const args *a, const oard_model *m, result *res)
     free(cb.sizes);
 }
 
+
+/* train_loss: upstream's training objective on a fixed t and a recorded noise draw. The
+ * loss, its per-sample terms and the gradient of every parameter (grad.<name>) are each
+ * compared, and each must be within the tolerance on its own (relative to its own largest
+ * magnitude; a gradient upstream reports as exactly zero must be exactly zero). */
+static const char *const TERM_NAMES[OARD_N_TERMS] = {"loss_t", "loss_0_x", "loss_0_cat", "loss_0_charge", "nll"};
+
+static void run_train(const args *a, const oard_model *m, result *res)
+{
+    const oard_config *cfg = oard_model_config(m);
+    if (a->schedule && strcmp(a->schedule, cfg->training_schedule) != 0)
+        die("the case uses schedule %s, the model was trained with %s", a->schedule, cfg->training_schedule);
+    if (a->timesteps && a->timesteps != cfg->training_timesteps)
+        die("the case uses %d timesteps, the model's training schedule has %d", a->timesteps, cfg->training_timesteps);
+    case_batch cb;
+    load_sizes(a->dir, &cb);
+    oard_real *xh[OARD_MAX_FRAG];
+    load_fragments(a->dir, "xh_", &cb, cfg, xh);
+    oard_real *cond = load_conditions(a->dir, &cb, cfg);
+    npy_array ta;
+    load_case_file(a->dir, "t_int", &ta);
+    if (ta.ndim == 2) expect_shape(&ta, 2, cb.n_samples, 1);
+    else expect_shape(&ta, 1, cb.n_samples, -1);
+    int64_t *t64 = npy_to_i64(&ta);
+    npy_free(&ta);
+    int *t_int = xcalloc((size_t)cb.n_samples, sizeof(int));
+    for (int b = 0; b < cb.n_samples; b++) t_int[b] = (int)t64[b];
+    double *tape;
+    int64_t *shapes;
+    size_t tape_len, n_shapes;
+    load_tape(a, &tape, &tape_len, &shapes, &n_shapes);
+    oard_rng rng;
+    memset(&rng, 0, sizeof rng);
+    oard_rng_replay(&rng, tape, tape_len, shapes, n_shapes);
+
+    size_t P = oard_param_size(m);
+    oard_real *grad = xcalloc(P, sizeof(oard_real));
+    double loss, *terms = xcalloc((size_t)cb.n_samples * OARD_N_TERMS, sizeof(double));
+    oard_batch batch = {cb.n_samples, cb.sizes, a->threads};
+    char err[OARD_ERRLEN] = "";
+    int rc = oard_train_loss(m, &batch, (const oard_real *const *)xh, cond, t_int, &rng, &loss, terms, grad, err);
+    if (rc != OARD_OK) {
+        snprintf(res->failure, sizeof res->failure, "oard_train_loss failed (code %d): %s", rc, err);
+    } else {
+        if (rng.tape_pos != tape_len || rng.shape_pos != n_shapes)
+            snprintf(res->failure, sizeof res->failure, "noise tape not fully consumed: %zu of %zu numbers",
+                     rng.tape_pos, tape_len);
+        oard_real lv = (oard_real)loss, *tv = xcalloc((size_t)cb.n_samples, sizeof(oard_real));
+        compare_output(a->dir, "loss", &lv, 1, 1, &res->outputs, &res->total);
+        for (int k = 0; k < OARD_N_TERMS; k++) {
+            char name[64];
+            for (int b = 0; b < cb.n_samples; b++) tv[b] = (oard_real)terms[(size_t)b * OARD_N_TERMS + k];
+            snprintf(name, sizeof name, "term.%s", TERM_NAMES[k]);
+            compare_output(a->dir, name, tv, (size_t)cb.n_samples, 1, &res->outputs, &res->total);
+        }
+        free(tv);
+        for (int i = 0; i < oard_tensor_count(m); i++) {
+            oard_tensor t;
+            oard_tensor_info(m, i, &t);
+            char path[PATHLEN];
+            snprintf(path, sizeof path, "%s/grad.%s.npy", a->dir, t.name);
+            if (!t.trainable && access(path, F_OK) != 0) continue; /* buffers: upstream has no gradient */
+            size_t n = 1;
+            for (int d = 0; d < t.ndim; d++) n *= (size_t)t.dims[d];
+            double *g = xcalloc(n, sizeof(double));
+            oard_real *gr = xcalloc(n, sizeof(oard_real));
+            oard_tensor_get(m, i, grad, g);
+            for (size_t k = 0; k < n; k++) gr[k] = (oard_real)g[k];
+            char name[256];
+            snprintf(name, sizeof name, "grad.%s", t.name);
+            size_t rows = t.ndim ? (size_t)t.dims[0] : 1;
+            compare_output(a->dir, name, gr, rows, n / rows, &res->outputs, &res->total);
+            free(g);
+            free(gr);
+        }
+    }
+    for (int f = 0; f < OARD_MAX_FRAG; f++) free(xh[f]);
+    free(cond);
+    free(t64);
+    free(t_int);
+    free(tape);
+    free(shapes);
+    free(grad);
+    free(terms);
+    free(cb.sizes);
+}
+
 /* ----------------------------------------------------------------------------
  * `golden_runner npy FILE`: prints a file as this reader decodes it (header, then one value
  * per line, %.17g), to check the reader against NumPy or a Python script. */
@@ -1002,6 +1099,7 @@ int main(int argc, char **argv)
 
     const char *ref_file = strcmp(a.kind, "forward") == 0      ? "eps_R"
                            : strcmp(a.kind, "confidence") == 0 ? "score"
+                           : strcmp(a.kind, "train_loss") == 0 ? "loss"
                                                                : "out_R";
     int ref_is_f64 = case_is_f64(&a, ref_file);
     tolerance tol = tolerance_for(a.kind, build_is_f64, ref_is_f64);
@@ -1020,10 +1118,13 @@ int main(int argc, char **argv)
     result *res = xcalloc(1, sizeof *res);
     if (strcmp(a.kind, "forward") == 0) run_forward(&a, m, res);
     else if (strcmp(a.kind, "confidence") == 0) run_confidence(&a, m, res);
+    else if (strcmp(a.kind, "train_loss") == 0) run_train(&a, m, res);
     else run_sampler(&a, m, res);
     oard_model_free(m);
 
     int ok = !res->failure[0] && within(&tol, &res->total);
+    if (strcmp(a.kind, "train_loss") == 0) /* every output on its own */
+        for (int i = 0; i < res->outputs.n; i++) ok = ok && within(&tol, &res->outputs.d[i].e);
     int info = tol.kind == TOL_NONE && !res->failure[0];
     if (a.verbose || !ok) {
         print_details("output", &res->outputs, &tol, a.verbose);
@@ -1033,10 +1134,17 @@ int main(int argc, char **argv)
     /* the result line: verdict, errors of the compared outputs (none when the engine failed
      * before producing any), tolerance or, for a cross check, which build met which data */
     double elapsed = wall_seconds() - g_t0;
-    char errs[96] = "", judged[64];
+    char errs[256] = "", judged[64];
     if (res->total.n)
         snprintf(errs, sizeof errs, "max_abs=%.3e rel=%.3e%s ", res->total.max_abs,
                  errstat_rel(&res->total), res->total.n_nonfinite ? " NON-FINITE" : "");
+    if (strcmp(a.kind, "train_loss") == 0 && res->outputs.n) { /* judged per output: show the worst */
+        const detail *w = &res->outputs.d[0];
+        for (int i = 1; i < res->outputs.n; i++)
+            if (errstat_rel(&res->outputs.d[i].e) > errstat_rel(&w->e)) w = &res->outputs.d[i];
+        snprintf(errs + strlen(errs), sizeof errs - strlen(errs), "worst_rel=%.3e (%s) ", errstat_rel(&w->e),
+                 w->name + (strncmp(w->name, "grad.ddpm.dynamics.", 19) == 0 ? 19 : 0));
+    }
     if (tol.kind == TOL_NONE)
         snprintf(judged, sizeof judged, "[%s build vs %s reference]", build_is_f64 ? "f64" : "f32",
                  ref_is_f64 ? "f64" : "f32");
