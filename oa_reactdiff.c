@@ -5672,9 +5672,13 @@ typedef struct {
     const char *weights, *confidence, *out, *outdir, *atoms, *list;
     const char *pos[3];
     int npos;
+    /* train */
+    const char *data, *init, *init_config, *train_out, *description;
+    double lr, weight_decay, ema; /* NAN: not given */
+    int batch, val_every, ckpt_every, no_clip, no_swap, resume, seed_set;
 } Args;
 
-enum { OPT_INT, OPT_SEED, OPT_STR, OPT_FLAG, OPT_SHARD, OPT_METHOD };
+enum { OPT_INT, OPT_SEED, OPT_STR, OPT_FLAG, OPT_SHARD, OPT_METHOD, OPT_REAL };
 typedef struct {
     const char *name;
     int type;
@@ -5685,11 +5689,11 @@ typedef struct {
 #define ARG_OFF(f) offsetof(Args, f)
 static const OptSpec OPTIONS[] = {
     {"-n", OPT_INT, ARG_OFF(n), " ts sample "},
-    {"--seed", OPT_SEED, ARG_OFF(seed), " ts sample "},
-    {"--steps", OPT_INT, ARG_OFF(steps), " ts sample "},
+    {"--seed", OPT_SEED, ARG_OFF(seed), " ts sample train "},
+    {"--steps", OPT_INT, ARG_OFF(steps), " ts sample train "},
     {"--resamplings", OPT_INT, ARG_OFF(resamplings), " ts "},
     {"--jump", OPT_INT, ARG_OFF(jump), " ts "},
-    {"--threads", OPT_INT, ARG_OFF(threads), " ts sample score "},
+    {"--threads", OPT_INT, ARG_OFF(threads), " ts sample score train "},
     {"--weights", OPT_STR, ARG_OFF(weights), " ts sample "},
     {"--confidence", OPT_STR, ARG_OFF(confidence), " ts score "},
     {"-o", OPT_STR, ARG_OFF(out), " ts sample "},
@@ -5700,8 +5704,22 @@ static const OptSpec OPTIONS[] = {
     {"--same-order", OPT_FLAG, ARG_OFF(same_order), " rmsd "},
     {"--no-reflection", OPT_FLAG, ARG_OFF(no_reflection), " rmsd "},
     {"--method", OPT_METHOD, 0, " rmsd "},
-    {"--help", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info "},
-    {"-h", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info "},
+    {"--data", OPT_STR, ARG_OFF(data), " train "},
+    {"--init", OPT_STR, ARG_OFF(init), " train "},
+    {"--init-config", OPT_STR, ARG_OFF(init_config), " train "},
+    {"--out", OPT_STR, ARG_OFF(train_out), " train "},
+    {"--description", OPT_STR, ARG_OFF(description), " train "},
+    {"--batch", OPT_INT, ARG_OFF(batch), " train "},
+    {"--lr", OPT_REAL, ARG_OFF(lr), " train "},
+    {"--weight-decay", OPT_REAL, ARG_OFF(weight_decay), " train "},
+    {"--ema", OPT_REAL, ARG_OFF(ema), " train "},
+    {"--val-every", OPT_INT, ARG_OFF(val_every), " train "},
+    {"--checkpoint-every", OPT_INT, ARG_OFF(ckpt_every), " train "},
+    {"--no-clip", OPT_FLAG, ARG_OFF(no_clip), " train "},
+    {"--no-swap", OPT_FLAG, ARG_OFF(no_swap), " train "},
+    {"--resume", OPT_FLAG, ARG_OFF(resume), " train "},
+    {"--help", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info train "},
+    {"-h", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info train "},
 };
 
 static int parse_count(const char *opt, const char *v, unsigned long long lo, unsigned long long hi,
@@ -5742,7 +5760,13 @@ static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err
             *(int *)(base + s->off) = (int)x;
         } else if (s->type == OPT_SEED) {
             if (parse_count(o, v, 0, UINT64_MAX, &x, err)) return OARD_ERR_ARG;
-            a->seed = x;
+            a->seed = x, a->seed_set = 1;
+        } else if (s->type == OPT_REAL) {
+            char *end;
+            double d = strtod(v, &end);
+            if (end == v || *end || !isfinite(d) || d < 0)
+                return fail(err, OARD_ERR_ARG, "option %s: '%s' is not a non-negative number", o, v);
+            *(double *)(base + s->off) = d;
         } else if (s->type == OPT_STR) {
             *(const char **)(base + s->off) = v;
         } else if (s->type == OPT_METHOD) {
@@ -6267,8 +6291,600 @@ static int cmd_info(const Args *a, char *err) {
     printf("trained             %s\nsource              %s\nsource sha256       %s\ndescription         %s\n",
            c->trained ? "yes" : "NO (untrained weights: generated structures are not meaningful)", c->source_file,
            c->source_sha256, c->description);
+    const char *ts = oard_model_meta(m, "train_steps"); /* written by oa_reactdiff train */
+    if (ts)
+        printf("training            %s steps on %s (%s reactions, split crc32 %s), val loss %s\n"
+               "training config     %s\ntraining start      %s\n",
+               ts, oard_model_meta(m, "train_data") ? oard_model_meta(m, "train_data") : "?",
+               oard_model_meta(m, "train_reactions") ? oard_model_meta(m, "train_reactions") : "?",
+               oard_model_meta(m, "train_split_crc32") ? oard_model_meta(m, "train_split_crc32") : "?",
+               oard_model_meta(m, "val_loss") ? oard_model_meta(m, "val_loss") : "?",
+               oard_model_meta(m, "train_config") ? oard_model_meta(m, "train_config") : "?",
+               oard_model_meta(m, "train_init") ? oard_model_meta(m, "train_init") : "?");
     oard_model_free(m);
     return OARD_OK;
+}
+
+/* ---- train: a denoiser on a reaction dataset ----
+ * The loop of upstream's trainer (pl_trainer.py DDPMModule.training_step under Lightning):
+ * per step a batch of reactions, t uniform in 0..T (EnVariationalDiffusion.forward's
+ * randint), oard_train_loss, the adaptive clipping and AdamW of oard_optim_step. Upstream's
+ * ProcessedTS1x(swapping_react_prod=True) adds every reaction a second time with reactant
+ * and product exchanged, so an epoch here is a seeded shuffle of those 2N items (N without
+ * --no-swap), batches run on across epochs. Everything a run depends on (parameters,
+ * optimizer state, RNG states, epoch and position) is in the checkpoint, so N steps +
+ * resume to 2N equals 2N steps bit for bit (in one build). */
+
+typedef struct {
+    char id[64];
+    int n;
+    real *xh[3]; /* R, TS, P rows: x, y, z, one-hot, Z (file atom order) */
+} TrainRxn;
+
+typedef struct {
+    TrainRxn *r;
+    int n;
+    uint32_t crc; /* CRC-32 of the sorted ids, one per line */
+} TrainSplit;
+
+static void split_free(TrainSplit *s) {
+    for (int i = 0; i < s->n; i++)
+        for (int f = 0; f < 3; f++) free(s->r[i].xh[f]);
+    free(s->r);
+    memset(s, 0, sizeof(*s));
+}
+
+static int cmp_rxn_id(const void *a, const void *b) { return strcmp(((const TrainRxn *)a)->id, ((const TrainRxn *)b)->id); }
+
+/* DIR/reactions/<id>/{react,ts,prod}.xyz: one frame each, the same atoms in the same order */
+static int read_reaction(const char *dir, const oard_config *c, TrainRxn *r, char *err) {
+    static const char *const names[3] = {"react", "ts", "prod"};
+    Molecule M[3];
+    char path[3][4200];
+    int rc = OARD_OK, nf = c->node_nfs[0];
+    memset(M, 0, sizeof(M));
+    for (int f = 0; f < 3 && !rc; f++) {
+        snprintf(path[f], sizeof(path[f]), "%s/reactions/%s/%s.xyz", dir, r->id, names[f]);
+        rc = read_xyz(path[f], &M[f], err);
+    }
+    for (int f = 1; f < 3 && !rc; f++) {
+        if (M[f].n != M[0].n)
+            rc = fail(err, OARD_ERR_FORMAT, "%s: %d atoms, %s has %d (the three files need the same atoms in the same order)",
+                      path[f], M[f].n, path[0], M[0].n);
+        for (int i = 0; i < M[0].n && !rc; i++)
+            if (M[f].z[i] != M[0].z[i])
+                rc = fail(err, OARD_ERR_FORMAT, "%s: atom %d is %s, %s has %s there (the three files need the same atom order)",
+                          path[f], i + 1, ELEMENT_SYMBOLS[M[f].z[i]], path[0], ELEMENT_SYMBOLS[M[0].z[i]]);
+    }
+    if (!rc && M[0].n < 2) rc = fail(err, OARD_ERR_FORMAT, "%s: a reaction needs at least 2 atoms", path[0]);
+    if (!rc) rc = check_model_elements(c, &M[0], err);
+    int *ident = rc ? NULL : xcalloc((size_t)M[0].n, sizeof(int));
+    if (!rc && !ident) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < M[0].n; i++) ident[i] = i;
+    for (int f = 0; f < 3 && !rc; f++) {
+        r->xh[f] = xcalloc((size_t)M[0].n * nf, sizeof(real));
+        if (!r->xh[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        else fill_rows(c, &M[f], ident, 0, r->xh[f], nf);
+    }
+    r->n = M[0].n;
+    free(ident);
+    for (int f = 0; f < 3; f++) mol_free(&M[f]);
+    return rc;
+}
+
+/* DIR/index.tsv (tab-separated, a header line naming the columns; "id" and "split" are
+ * used): the train and val reactions, each sorted by id. */
+static int read_dataset(const char *dir, const oard_config *c, TrainSplit *train, TrainSplit *val, char *err) {
+    char path[4200], line[16384];
+    memset(train, 0, sizeof(*train)), memset(val, 0, sizeof(*val));
+    snprintf(path, sizeof(path), "%s/index.tsv", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int rc = OARD_OK, lineno = 0, col_id = -1, col_split = -1, ncol = 0, cap[2] = {0, 0};
+    TrainSplit *sp[2] = {train, val};
+    while (!rc && fgets(line, sizeof(line), f)) {
+        lineno++;
+        if (!strchr(line, '\n') && !feof(f)) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: line too long", path, lineno);
+            break;
+        }
+        line[strcspn(line, "\r\n")] = 0;
+        char *field[64];
+        int nfld = 0;
+        for (char *p = line;; p++) { /* split on tabs, empty fields kept */
+            if (nfld < 64) field[nfld] = p;
+            nfld++;
+            p = strchr(p, '\t');
+            if (!p) break;
+            *p = 0;
+        }
+        if (lineno == 1) {
+            ncol = nfld;
+            for (int k = 0; k < nfld && k < 64; k++) {
+                if (!strcmp(field[k], "id")) col_id = k;
+                if (!strcmp(field[k], "split")) col_split = k;
+            }
+            if (col_id < 0 || col_split < 0)
+                rc = fail(err, OARD_ERR_FORMAT, "%s:1: the header names no '%s' column (tab-separated: id ... split ...)", path,
+                          col_id < 0 ? "id" : "split");
+            continue;
+        }
+        if (nfld == 1 && !line[0]) continue; /* blank line */
+        if (nfld != ncol) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: %d tab-separated fields, the header has %d", path, lineno, nfld, ncol);
+            break;
+        }
+        const char *id = field[col_id], *split = field[col_split];
+        int which = !strcmp(split, "train") ? 0 : !strcmp(split, "val") ? 1 : !strcmp(split, "test") ? 2 : -1;
+        if (which < 0) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: split '%.40s' is not train, val or test", path, lineno, split);
+            break;
+        }
+        int ok = *id && id[0] != '.' && strlen(id) < sizeof(train->r[0].id);
+        for (const char *q = id; *q && ok; q++) ok = isalnum((unsigned char)*q) || *q == '_' || *q == '-' || *q == '.';
+        if (!ok) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: id '%.40s' is not a plain name (letters, digits, '_', '-', '.')", path, lineno, id);
+            break;
+        }
+        if (which == 2) continue;
+        TrainSplit *s = sp[which];
+        if (s->n == cap[which]) {
+            cap[which] = cap[which] ? 2 * cap[which] : 64;
+            TrainRxn *nr = realloc(s->r, (size_t)cap[which] * sizeof(TrainRxn));
+            if (!nr) {
+                rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+                break;
+            }
+            s->r = nr;
+        }
+        TrainRxn *r = &s->r[s->n++];
+        memset(r, 0, sizeof(*r));
+        snprintf(r->id, sizeof(r->id), "%s", id);
+        rc = read_reaction(dir, c, r, err);
+    }
+    if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    fclose(f);
+    if (!rc && lineno == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: empty file", path);
+    if (!rc && train->n == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: no reactions in the train split", path);
+    for (int w = 0; w < 2 && !rc; w++) {
+        TrainSplit *s = sp[w];
+        qsort(s->r, (size_t)s->n, sizeof(TrainRxn), cmp_rxn_id);
+        s->crc = 0;
+        for (int i = 0; i < s->n && !rc; i++) {
+            if (i && !strcmp(s->r[i].id, s->r[i - 1].id))
+                rc = fail(err, OARD_ERR_FORMAT, "%s: reaction id %s listed twice", path, s->r[i].id);
+            s->crc = oard_crc32(s->crc, s->r[i].id, strlen(s->r[i].id));
+            s->crc = oard_crc32(s->crc, "\n", 1);
+        }
+    }
+    if (rc) split_free(train), split_free(val);
+    return rc;
+}
+
+/* uniform integer in [0, n) from the generator's raw 64-bit output (rejection, no bias) */
+static uint64_t rng_below(oard_rng *r, uint64_t n) {
+    uint64_t lim = UINT64_MAX - UINT64_MAX % n, x;
+    do x = xoshiro256ss(r->s);
+    while (x >= lim);
+    return x % n;
+}
+
+/* an oard_rng as one line and back: s0 s1 s2 s3 has_spare spare (hex float, exact) */
+static void rng_format(const oard_rng *r, char *buf, size_t n) {
+    snprintf(buf, n, "%016llx %016llx %016llx %016llx %d %a", (unsigned long long)r->s[0], (unsigned long long)r->s[1],
+             (unsigned long long)r->s[2], (unsigned long long)r->s[3], r->has_spare, r->spare);
+}
+
+static int rng_parse(const char *s, oard_rng *r) {
+    unsigned long long x[4];
+    int spare, pos = 0;
+    double v;
+    memset(r, 0, sizeof(*r));
+    if (!s || sscanf(s, "%llx %llx %llx %llx %d %la%n", &x[0], &x[1], &x[2], &x[3], &spare, &v, &pos) != 6 || s[pos])
+        return 0;
+    for (int k = 0; k < 4; k++) r->s[k] = x[k];
+    r->has_spare = spare != 0, r->spare = v;
+    return 1;
+}
+
+typedef struct {
+    const Args *a;
+    const char *dir, *data;
+    oard_model *m;
+    oard_optim *opt;
+    TrainSplit train, val;
+    int batch, swap, n_items, T;
+    uint64_t seed;
+    char init_desc[4300];
+    /* the run's position: everything below goes into the checkpoint */
+    long long epoch, pos;
+    int *perm; /* the epoch's order of the n_items items */
+    oard_rng rng_t, rng_noise;
+    double val_loss;
+    long long val_step;
+    double elapsed;
+} Trainer;
+
+/* item k of an epoch: reaction k mod N, reactant and product exchanged for k >= N */
+static void epoch_order(Trainer *T) {
+    oard_rng r;
+    oard_rng_seed(&r, reaction_seed(T->seed, "train:order") + (uint64_t)T->epoch);
+    for (int k = 0; k < T->n_items; k++) T->perm[k] = k;
+    for (int k = T->n_items - 1; k > 0; k--) { /* Fisher-Yates */
+        int j = (int)rng_below(&r, (uint64_t)k + 1), t = T->perm[k];
+        T->perm[k] = T->perm[j], T->perm[j] = t;
+    }
+}
+
+/* a batch of B items (item k of split s: reaction k mod s->n, swapped when k >= s->n) in
+ * upstream's node layout, fragment-major */
+static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *items, int B, int *sizes, real *xh[3],
+                          char *err) {
+    int nf = oard_model_config(T->m)->node_nfs[0];
+    size_t rows = 0;
+    for (int b = 0; b < B; b++) rows += (size_t)s->r[items[b] % s->n].n;
+    for (int f = 0; f < 3; f++) {
+        free(xh[f]);
+        xh[f] = xcalloc(rows * nf, sizeof(real));
+        if (!xh[f]) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    size_t at = 0;
+    for (int b = 0; b < B; b++) {
+        const TrainRxn *r = &s->r[items[b] % s->n];
+        int swapped = items[b] >= s->n;
+        sizes[b] = r->n;
+        for (int f = 0; f < 3; f++) {
+            int src = swapped && f != 1 ? 2 - f : f;
+            memcpy(xh[f] + at * nf, r->xh[src], (size_t)r->n * nf * sizeof(real));
+        }
+        at += (size_t)r->n;
+    }
+    return OARD_OK;
+}
+
+/* The validation loss: every val reaction, then (with swapping, as upstream's val set) each
+ * reversed, in batches of B, with t and noise from a generator seeded the same way every
+ * time, so the numbers are comparable across steps. With EMA the EMA weights are used (as
+ * upstream's EMACallback swaps them in for validation). The mean over samples. */
+static int validate(Trainer *T, double *out, char *err) {
+    int n_items = T->val.n * (T->swap ? 2 : 1), B = T->batch, rc = OARD_OK;
+    int *items = xcalloc((size_t)B, sizeof(int)), *sizes = xcalloc((size_t)B, sizeof(int)), *t = xcalloc((size_t)B, sizeof(int));
+    real *xh[3] = {NULL, NULL, NULL}, *params = oard_param_data(T->m), *saved = NULL;
+    size_t np = oard_param_size(T->m);
+    const real *ema = oard_optim_ema(T->opt);
+    if (!items || !sizes || !t) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc && ema) {
+        saved = malloc(np * sizeof(real));
+        if (!saved) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        else memcpy(saved, params, np * sizeof(real)), memcpy(params, ema, np * sizeof(real));
+    }
+    oard_rng rv;
+    oard_rng_seed(&rv, reaction_seed(T->seed, "train:val"));
+    double sum = 0;
+    for (int k0 = 0; !rc && k0 < n_items; k0 += B) {
+        int nb = n_items - k0 < B ? n_items - k0 : B;
+        for (int b = 0; b < nb; b++) items[b] = k0 + b, t[b] = (int)rng_below(&rv, (uint64_t)T->T + 1);
+        rc = assemble_batch(T, &T->val, items, nb, sizes, xh, err);
+        double loss = 0;
+        oard_batch batch = {nb, sizes, T->a->threads};
+        if (!rc) rc = oard_train_loss(T->m, &batch, (const real *const *)xh, NULL, t, &rv, &loss, NULL, NULL, err);
+        sum += loss * nb;
+    }
+    if (saved) memcpy(params, saved, np * sizeof(real));
+    *out = n_items ? sum / n_items : NAN;
+    for (int f = 0; f < 3; f++) free(xh[f]);
+    free(items), free(sizes), free(t), free(saved);
+    return rc;
+}
+
+static const char *train_path(const Trainer *T, const char *name, char *buf, size_t n) {
+    snprintf(buf, n, "%s/%s", T->dir, name);
+    return buf;
+}
+
+/* set the signal handler's temporary file to the one the library writes (PATH.tmp.<pid>) */
+static void expect_tmp(const char *path) {
+    int n = path ? snprintf(g_tmp_path, sizeof(g_tmp_path), "%s.tmp.%ld", path, (long)getpid()) : -1;
+    if (n < 0 || n >= (int)sizeof(g_tmp_path)) g_tmp_path[0] = 0;
+}
+
+static int write_checkpoint(Trainer *T, char *err) {
+    char path[4200], rt[160], rn[160], v[16][64];
+    const char *meta[48];
+    int k = 0, nv = 0;
+#define KV(key, ...) (snprintf(v[nv], sizeof(v[0]), __VA_ARGS__), meta[k++] = key, meta[k++] = v[nv++])
+    meta[k++] = "train.data", meta[k++] = T->data;
+    meta[k++] = "train.init", meta[k++] = T->init_desc;
+    KV("train.train_crc32", "%08x", (unsigned)T->train.crc);
+    KV("train.val_crc32", "%08x", (unsigned)T->val.crc);
+    KV("train.n_train", "%d", T->train.n);
+    KV("train.n_val", "%d", T->val.n);
+    KV("train.batch", "%d", T->batch);
+    KV("train.seed", "%llu", (unsigned long long)T->seed);
+    KV("train.swap", "%d", T->swap);
+    KV("train.epoch", "%lld", T->epoch);
+    KV("train.pos", "%lld", T->pos);
+    KV("train.val_loss", "%.17g", T->val_loss);
+    KV("train.val_step", "%lld", T->val_step);
+    KV("train.elapsed", "%.3f", T->elapsed);
+#undef KV
+    rng_format(&T->rng_t, rt, sizeof(rt));
+    rng_format(&T->rng_noise, rn, sizeof(rn));
+    meta[k++] = "train.rng_t", meta[k++] = rt;
+    meta[k++] = "train.rng_noise", meta[k++] = rn;
+    meta[k] = NULL;
+    train_path(T, "checkpoint.bin", path, sizeof(path));
+    expect_tmp(path);
+    int rc = oard_checkpoint_save(path, T->m, oard_param_data(T->m), T->opt, meta, err);
+    expect_tmp(NULL);
+    return rc;
+}
+
+static const char *meta_of(char **meta, const char *key) {
+    for (int i = 0; meta && meta[i]; i += 2)
+        if (!strcmp(meta[i], key)) return meta[i + 1];
+    return NULL;
+}
+
+/* The run's state from DIR/checkpoint.bin; options given on the command line must agree. */
+static int resume_checkpoint(Trainer *T, const char *path, char **meta, char *err) {
+    const Args *a = T->a;
+    const oard_optim_opts *o = oard_optim_options(T->opt);
+    const char *v;
+    char buf[64];
+    long long x;
+#define NEED(key) (v = meta_of(meta, key)) ? OARD_OK : fail(err, OARD_ERR_FORMAT, "%s: checkpoint has no %s", path, key)
+    int rc = NEED("train.seed");
+    if (!rc) T->seed = strtoull(v, NULL, 10);
+    if (!rc && a->seed_set && a->seed != T->seed)
+        rc = fail(err, OARD_ERR_ARG, "--seed %llu differs from the checkpoint's %s (a resumed run keeps its settings)",
+                  (unsigned long long)a->seed, v);
+    if (!rc) rc = NEED("train.batch");
+    if (!rc) T->batch = atoi(v);
+    if (!rc && a->batch && a->batch != T->batch)
+        rc = fail(err, OARD_ERR_ARG, "--batch %d differs from the checkpoint's %d (a resumed run keeps its settings)", a->batch, T->batch);
+    if (!rc) rc = NEED("train.swap");
+    if (!rc) T->swap = atoi(v) != 0;
+    if (!rc && a->no_swap && T->swap) rc = fail(err, OARD_ERR_ARG, "--no-swap: the checkpoint's run swaps reactant and product");
+    if (!rc && a->no_clip && o->clip) rc = fail(err, OARD_ERR_ARG, "--no-clip: the checkpoint's run clips gradients");
+    if (!rc && !isnan(a->lr) && a->lr != o->lr) rc = fail(err, OARD_ERR_ARG, "--lr %g differs from the checkpoint's %g", a->lr, o->lr);
+    if (!rc && !isnan(a->weight_decay) && a->weight_decay != o->weight_decay)
+        rc = fail(err, OARD_ERR_ARG, "--weight-decay %g differs from the checkpoint's %g", a->weight_decay, o->weight_decay);
+    if (!rc && !isnan(a->ema) && a->ema != o->ema_decay) rc = fail(err, OARD_ERR_ARG, "--ema %g differs from the checkpoint's %g", a->ema, o->ema_decay);
+    if (!rc) rc = NEED("train.init");
+    if (!rc) {
+        if ((a->init || a->init_config) && strcmp(v, T->init_desc))
+            rc = fail(err, OARD_ERR_ARG, "--init/--init-config differ from the checkpoint's start (%s)", v);
+        else snprintf(T->init_desc, sizeof(T->init_desc), "%s", v);
+    }
+    if (!rc) rc = NEED("train.train_crc32");
+    if (!rc && (snprintf(buf, sizeof(buf), "%08x", (unsigned)T->train.crc), strcmp(v, buf)))
+        rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the train split (crc32 %s of its ids) is not the checkpoint's (%s)", T->data, buf, v);
+    if (!rc) rc = NEED("train.val_crc32");
+    if (!rc && (snprintf(buf, sizeof(buf), "%08x", (unsigned)T->val.crc), strcmp(v, buf)))
+        rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the val split (crc32 %s of its ids) is not the checkpoint's (%s)", T->data, buf, v);
+    if (!rc) rc = NEED("train.epoch");
+    if (!rc) T->epoch = strtoll(v, NULL, 10);
+    if (!rc) rc = NEED("train.pos");
+    if (!rc) T->pos = x = strtoll(v, NULL, 10);
+    if (!rc && (T->epoch < 0 || x < 0 || x > T->train.n * (T->swap ? 2 : 1)))
+        rc = fail(err, OARD_ERR_FORMAT, "%s: data position out of range", path);
+    if (!rc) rc = NEED("train.rng_t");
+    if (!rc && !rng_parse(v, &T->rng_t)) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed train.rng_t", path);
+    if (!rc) rc = NEED("train.rng_noise");
+    if (!rc && !rng_parse(v, &T->rng_noise)) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed train.rng_noise", path);
+    if (!rc) rc = NEED("train.val_loss");
+    if (!rc) T->val_loss = strtod(v, NULL);
+    if (!rc) rc = NEED("train.val_step");
+    if (!rc) T->val_step = strtoll(v, NULL, 10);
+    if (!rc) rc = NEED("train.elapsed");
+    if (!rc) T->elapsed = strtod(v, NULL);
+#undef NEED
+    return rc;
+}
+
+/* Keep the lines of a log up to step `upto` (and its '#' lines): a resumed run redoes the
+ * steps after its checkpoint, so their lines are written again. */
+static int truncate_log(const char *path, long long upto, const char *header, char *err) {
+    FILE *f = fopen(path, "r");
+    AtomicFile af;
+    int rc = atomic_open(&af, path, err);
+    if (rc) {
+        if (f) fclose(f);
+        return rc;
+    }
+    char line[1024];
+    if (!f) fputs(header, af.f);
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!strchr(line, '\n')) break; /* a cut last line */
+        if (line[0] == '#' || strtoll(line, NULL, 10) <= upto) fputs(line, af.f);
+    }
+    if (f) fclose(f);
+    return atomic_close(&af, 1, err);
+}
+
+static int write_final_model(Trainer *T, char *err) {
+    char path[4200], steps[32], tcrc[16], vcrc[16], ntr[16], nva[16], vloss[40], epoch[32], cfg[512], desc[600];
+    const oard_optim_opts *o = oard_optim_options(T->opt);
+    long long done = oard_optim_steps(T->opt);
+    snprintf(steps, sizeof(steps), "%lld", done);
+    snprintf(epoch, sizeof(epoch), "%lld", T->epoch);
+    snprintf(tcrc, sizeof(tcrc), "%08x", (unsigned)T->train.crc);
+    snprintf(vcrc, sizeof(vcrc), "%08x", (unsigned)T->val.crc);
+    snprintf(ntr, sizeof(ntr), "%d", T->train.n);
+    snprintf(nva, sizeof(nva), "%d", T->val.n);
+    if (T->val.n) snprintf(vloss, sizeof(vloss), "%.9g", T->val_loss);
+    else snprintf(vloss, sizeof(vloss), "none");
+    snprintf(cfg, sizeof(cfg), "batch=%d,lr=%.9g,betas=%.9g/%.9g,eps=%.9g,weight_decay=%.9g,amsgrad=%d,clip=%d,ema=%.9g,"
+                               "swap=%d,seed=%llu,precision=%s",
+             T->batch, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->amsgrad, o->clip, o->ema_decay, T->swap,
+             (unsigned long long)T->seed, OARD_REAL_NAME);
+    if (T->a->description) snprintf(desc, sizeof(desc), "%s", T->a->description);
+    else
+        snprintf(desc, sizeof(desc), "trained with oa_reactdiff train: %lld steps of %d on %d reactions of %s%s", done, T->batch,
+                 T->train.n, T->data, T->swap ? " (both directions)" : "");
+    const char *meta[] = {"trained", "1", "description", desc, "train_steps", steps, "global_step", steps, "epoch", epoch,
+                          "train_data", T->data, "train_reactions", ntr, "train_split_crc32", tcrc, "val_reactions", nva,
+                          "val_split_crc32", vcrc, "val_loss", vloss, "train_config", cfg, "train_init", T->init_desc,
+                          "train_program", "oa_reactdiff " OARD_VERSION " (" OARD_REAL_NAME ")", NULL};
+    const real *w = oard_optim_ema(T->opt) ? oard_optim_ema(T->opt) : oard_param_data(T->m);
+    train_path(T, "model.bin", path, sizeof(path));
+    expect_tmp(path);
+    int rc = oard_model_save(T->m, w, meta, sizeof(real) == 8, path, err);
+    expect_tmp(NULL);
+    if (rc == OARD_ERR_ARG) rc = OARD_ERR_FORMAT; /* e.g. a --description the format cannot hold */
+    return rc;
+}
+
+static int cmd_train(const Args *a, char *err) {
+    if (a->npos) return fail(err, OARD_ERR_ARG, "train: unexpected argument '%s'", a->pos[0]);
+    if (!a->train_out) return fail(err, OARD_ERR_ARG, "train needs --out DIR (checkpoint, logs, model.bin)");
+    if (!a->resume && !a->init == !a->init_config)
+        return fail(err, OARD_ERR_ARG, "train needs --init WEIGHTS or --init-config SPEC (one of them; or --resume)");
+    if (a->description && (strchr(a->description, '\n') || strlen(a->description) > 511))
+        return fail(err, OARD_ERR_ARG, "--description: one line of at most 511 bytes");
+    if (!isnan(a->ema) && !(a->ema < 1)) return fail(err, OARD_ERR_ARG, "--ema: the decay must be below 1 (e.g. 0.999)");
+    if (!isnan(a->lr) && !(a->lr > 0)) return fail(err, OARD_ERR_ARG, "--lr must be positive");
+    Trainer T;
+    memset(&T, 0, sizeof(T));
+    T.a = a, T.dir = a->train_out, T.data = a->data ? a->data : "data";
+    T.batch = a->batch ? a->batch : 14; /* upstream's bz */
+    T.swap = !a->no_swap, T.seed = a->seed, T.val_loss = NAN, T.val_step = -1;
+    int steps = a->steps ? a->steps : 1000, val_every = a->val_every ? a->val_every : 100;
+    int ckpt_every = a->ckpt_every ? a->ckpt_every : val_every;
+    if (a->init) { /* the file and its checksum (header bytes 56..59) */
+        char cwd[2048] = "";
+        unsigned char h[64];
+        if (a->init[0] != '/' && !getcwd(cwd, sizeof(cwd))) cwd[0] = 0;
+        FILE *f = fopen(a->init, "rb");
+        int got = f && fread(h, 1, 64, f) == 64;
+        if (f) fclose(f);
+        snprintf(T.init_desc, sizeof(T.init_desc), "weights %s%s%s (crc32 %08x)", cwd, cwd[0] ? "/" : "", a->init,
+                 got ? (unsigned)rd_u32(h + 56) : 0u);
+    } else if (a->init_config) {
+        snprintf(T.init_desc, sizeof(T.init_desc), "config %s seed %llu", a->init_config, (unsigned long long)a->seed);
+    }
+    char ckpath[4200], logpath[4200], valpath[4200];
+    train_path(&T, "checkpoint.bin", ckpath, sizeof(ckpath));
+    train_path(&T, "train.log", logpath, sizeof(logpath));
+    train_path(&T, "val.log", valpath, sizeof(valpath));
+    int rc = OARD_OK;
+    char **meta = NULL;
+    int have_ckpt = access(ckpath, F_OK) == 0;
+    if (a->resume && !have_ckpt) return fail(err, OARD_ERR_IO, "%s: no checkpoint to resume from", ckpath);
+    if (!a->resume && have_ckpt)
+        return fail(err, OARD_ERR_ARG, "%s exists: add --resume to continue that run, or choose another --out", ckpath);
+    /* the model and the optimizer */
+    if (a->resume) {
+        rc = oard_checkpoint_load(ckpath, &T.m, &T.opt, &meta, err);
+        if (rc == OARD_ERR_FORMAT) rc = OARD_ERR_MODEL; /* an unusable checkpoint: as an unusable weights file */
+    } else {
+        if (a->init) rc = load_weights(a->init, OARD_KIND_DENOISER, &T.m, err);
+        else {
+            rc = oard_model_init(a->init_config, a->seed, &T.m, err);
+            if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the spec is at fault */
+        }
+        oard_optim_opts o;
+        oard_optim_defaults(&o);
+        if (!isnan(a->lr)) o.lr = a->lr;
+        if (!isnan(a->weight_decay)) o.weight_decay = a->weight_decay;
+        if (!isnan(a->ema)) o.ema_decay = a->ema;
+        o.clip = !a->no_clip;
+        if (!rc) rc = oard_optim_new(T.m, 0, oard_param_data(T.m), &o, &T.opt, err);
+    }
+    const oard_config *c = rc ? NULL : oard_model_config(T.m);
+    if (!rc && c->kind != OARD_KIND_DENOISER) rc = fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", a->resume ? ckpath : a->init);
+    if (!rc) rc = read_dataset(T.data, c, &T.train, &T.val, err);
+    if (!rc && a->resume) rc = resume_checkpoint(&T, ckpath, meta, err);
+    free(meta);
+    long long done = rc ? 0 : oard_optim_steps(T.opt);
+    if (!rc && done > steps)
+        rc = fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, steps);
+    if (!rc) {
+        T.T = c->training_timesteps;
+        T.n_items = T.train.n * (T.swap ? 2 : 1);
+        T.perm = xcalloc((size_t)T.n_items, sizeof(int));
+        if (!T.perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc && !a->resume) {
+        oard_rng_seed(&T.rng_t, reaction_seed(T.seed, "train:t"));
+        oard_rng_seed(&T.rng_noise, reaction_seed(T.seed, "train:noise"));
+    }
+    if (!rc) epoch_order(&T);
+    /* the logs: a fresh run starts them, a resumed one keeps the lines up to its checkpoint */
+    if (!rc && mkdir(T.dir, 0777) != 0 && errno != EEXIST)
+        rc = fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", T.dir, strerror(errno));
+    if (!rc) rc = truncate_log(logpath, a->resume ? done : -1, "# step loss grad_norm clip_limit clipped lr seconds\n", err);
+    if (!rc) rc = truncate_log(valpath, a->resume ? done : -1, "# step val_loss samples seconds\n", err);
+    if (!rc && !a->resume) rc = write_checkpoint(&T, err); /* step 0: a resume point from the start */
+    FILE *tlog = NULL, *vlog = NULL;
+    if (!rc) {
+        tlog = fopen(logpath, "a"), vlog = fopen(valpath, "a");
+        if (!tlog || !vlog) rc = fail(err, OARD_ERR_IO, "%s: cannot write: %s", !tlog ? logpath : valpath, strerror(errno));
+    }
+    if (!rc)
+        fprintf(stderr, "oa_reactdiff: training %s from step %lld to %d: %d train reactions%s, %d val, batch %d, %s%s\n", T.dir,
+                done, steps, T.train.n, T.swap ? " (both directions)" : "", T.val.n, T.batch,
+                c->trained ? "from a trained model" : "from untrained weights", oard_optim_ema(T.opt) ? ", EMA" : "");
+    int B = T.batch, *items = xcalloc((size_t)B, sizeof(int)), *sizes = xcalloc((size_t)B, sizeof(int));
+    int *tt = xcalloc((size_t)B, sizeof(int));
+    real *xh[3] = {NULL, NULL, NULL}, *grad = rc ? NULL : aligned_calloc(oard_param_size(T.m), sizeof(real));
+    if (!rc && (!items || !sizes || !tt || !grad)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    struct timespec t0;
+    for (long long step = done + 1; !rc && step <= steps; step++) {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int b = 0; b < B; b++) {
+            if (T.pos == T.n_items) T.epoch++, T.pos = 0, epoch_order(&T);
+            items[b] = T.perm[T.pos++];
+        }
+        for (int b = 0; b < B; b++) tt[b] = (int)rng_below(&T.rng_t, (uint64_t)T.T + 1); /* torch.randint(0, T + 1) */
+        double loss = 0;
+        oard_step_info info;
+        oard_batch batch = {B, sizes, a->threads};
+        rc = assemble_batch(&T, &T.train, items, B, sizes, xh, err);
+        if (!rc) rc = oard_train_loss(T.m, &batch, (const real *const *)xh, NULL, tt, &T.rng_noise, &loss, NULL, grad, err);
+        if (!rc) rc = oard_optim_step(T.opt, oard_param_data(T.m), grad, &info, err);
+        if (rc) {
+            char tmp[OARD_ERRLEN];
+            snprintf(tmp, sizeof(tmp), "%s", err);
+            fail(err, rc, "step %lld: %s (last checkpoint: %s)", step, tmp, ckpath);
+            break;
+        }
+        double sec = seconds_since(&t0);
+        T.elapsed += sec;
+        fprintf(tlog, "%lld %.9g %.9g %.9g %d %.9g %.3f\n", step, loss, info.grad_norm, info.clip_limit, info.clipped,
+                oard_optim_options(T.opt)->lr, sec);
+        fflush(tlog);
+        if ((step % val_every == 0 || step == steps) && T.val.n) {
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            rc = validate(&T, &T.val_loss, err);
+            if (rc) break;
+            T.val_step = step;
+            fprintf(vlog, "%lld %.9g %d %.3f\n", step, T.val_loss, T.val.n * (T.swap ? 2 : 1), seconds_since(&t0));
+            fflush(vlog);
+            fprintf(stderr, "oa_reactdiff: step %lld/%d  loss %.6g  val %.6g  (%.0f s)\n", step, steps, loss, T.val_loss, T.elapsed);
+        }
+        if (step % ckpt_every == 0 || step == steps) rc = write_checkpoint(&T, err);
+    }
+    if (!rc && T.val.n && T.val_step != steps) { /* e.g. resumed at the end, before a validation at step N */
+        rc = validate(&T, &T.val_loss, err);
+        T.val_step = steps;
+    }
+    if (!rc) rc = write_final_model(&T, err);
+    if (!rc) {
+        char mp[4200];
+        fprintf(stderr, "oa_reactdiff: wrote %s (%d steps%s, val loss %.6g)\n", train_path(&T, "model.bin", mp, sizeof(mp)),
+                steps, oard_optim_ema(T.opt) ? ", EMA weights" : "", T.val_loss);
+    }
+    if (tlog && fclose(tlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", logpath);
+    if (vlog && fclose(vlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", valpath);
+    for (int f = 0; f < 3; f++) free(xh[f]);
+    free(items), free(sizes), free(tt), free(T.perm);
+    aligned_free(grad);
+    split_free(&T.train), split_free(&T.val);
+    oard_optim_free(T.opt);
+    oard_model_free(T.m);
+    return rc;
 }
 
 /* ---- help ---- */
@@ -6282,6 +6898,7 @@ static const char *const HELP_MAIN =
     "  rmsd     RMSD of two structures after superposition and atom matching\n"
     "  score    the recommender's confidence score of a TS\n"
     "  info     what a weights file holds\n"
+    "  train    train a denoiser on a reaction dataset (checkpoints, resume)\n"
     "\n"
     "Weights: --weights FILE, else $OA_REACTDIFF_WEIGHTS, else weights.bin beside the binary\n"
     "(or PREFIX/share/oa_reactdiff/weights.bin after make install).\n"
@@ -6353,6 +6970,40 @@ static const struct {
      "\n"
      "  --confidence FILE  confidence model weights (kind confidence)\n"
      "  --threads K        OpenMP threads\n"},
+    {"train",
+     "usage: oa_reactdiff train --out DIR (--init WEIGHTS | --init-config SPEC) [options]\n"
+     "       oa_reactdiff train --out DIR --resume [--steps N]\n"
+     "\n"
+     "Trains the denoiser with upstream's objective (l2 training loss), AdamW (AMSGrad)\n"
+     "and upstream's adaptive gradient clipping. Each step takes a batch of training\n"
+     "reactions from a seeded shuffle (every reaction also with reactant and product\n"
+     "exchanged, as upstream), draws t uniformly in 0..T and updates the weights.\n"
+     "DIR gets train.log (one line per step), val.log, checkpoint.bin (every\n"
+     "--checkpoint-every steps and at the end) and model.bin (the trained weights).\n"
+     "\n"
+     "  --data DIR          dataset: DIR/index.tsv (columns id ... split) and\n"
+     "                      DIR/reactions/<id>/{react,ts,prod}.xyz (default data)\n"
+     "  --init WEIGHTS      start from this denoiser (architecture and weights)\n"
+     "  --init-config SPEC  start from a fresh model, e.g. layers=4,hidden=64,radial=32,cutoff=10\n"
+     "                      (upstream's defaults otherwise: 6 layers, 196 hidden, 96 radial)\n"
+     "  --steps N           train until step N (default 1000)\n"
+     "  --batch B           reactions per step (default 14, as upstream)\n"
+     "  --lr X              learning rate (default 2.5e-4)\n"
+     "  --weight-decay X    AdamW weight decay (default 0)\n"
+     "  --ema D             keep an EMA of the weights with decay D (e.g. 0.999); it is\n"
+     "                      used for validation and written as model.bin\n"
+     "  --no-clip           no adaptive gradient clipping\n"
+     "  --no-swap           do not add the reactions with reactant and product exchanged\n"
+     "  --seed S            data order, t, noise and the fresh model (default 42)\n"
+     "  --val-every K       validation loss on the val split every K steps (default 100)\n"
+     "  --checkpoint-every C  checkpoint every C steps (default: K)\n"
+     "  --threads K         OpenMP threads\n"
+     "  --description TEXT  description written into model.bin\n"
+     "  --resume            continue the run in DIR from its checkpoint; options given\n"
+     "                      again must equal the checkpoint's, --steps sets the new end\n"
+     "\n"
+     "A run of 2N steps and a run of N steps resumed to 2N give the same model.bin, byte\n"
+     "for byte. Ctrl-C or SIGTERM leaves the last checkpoint intact.\n"},
     {"info",
      "usage: oa_reactdiff info WEIGHTS\n"
      "\n"
@@ -6390,11 +7041,12 @@ int main(int argc, char **argv) {
     Args a;
     memset(&a, 0, sizeof(a));
     a.seed = 42, a.n = 1, a.resamplings = 5, a.jump = 5, a.shard_n = 1;
+    a.lr = a.weight_decay = a.ema = NAN;
     int rc;
-    static const char *const commands[] = {"ts", "sample", "rmsd", "score", "info"};
+    static const char *const commands[] = {"ts", "sample", "rmsd", "score", "info", "train"};
     int known = 0;
     for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++) known |= !strcmp(cmd, commands[k]);
-    if (!known) rc = fail(err, OARD_ERR_ARG, "unknown command '%s' (ts, sample, rmsd, score, info; --help)", cmd);
+    if (!known) rc = fail(err, OARD_ERR_ARG, "unknown command '%s' (ts, sample, rmsd, score, info, train; --help)", cmd);
     else rc = parse_args(cmd, argc, argv, &a, err);
     if (!rc && a.help) {
         print_help(stdout, cmd);
@@ -6405,6 +7057,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(cmd, "sample")) rc = cmd_sample(&a, err);
         else if (!strcmp(cmd, "rmsd")) rc = cmd_rmsd(&a, err);
         else if (!strcmp(cmd, "score")) rc = cmd_score(&a, err);
+        else if (!strcmp(cmd, "train")) rc = cmd_train(&a, err);
         else rc = cmd_info(&a, err);
     }
     if (rc == -EXIT_BATCH) {

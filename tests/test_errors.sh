@@ -127,6 +127,37 @@ else
 fi
 # an interrupted batch keeps its finished outputs and a rerun resumes: tests/test_cli.sh
 
+# --- train: the dataset, the start, the checkpoint (tests/fixtures/train, copied and spoilt)
+TRAIN="$BIN train --batch 2 --steps 2 --val-every 1"
+cp -r "$ROOT/tests/fixtures/train" ds
+tr() { d=$1; shift; $TRAIN --data "$d" --init "$W" --out run "$@"; } # output: run/model.bin
+row "train: missing dataset" 1 "nodata/index.tsv: cannot open: No such file or directory" run/model.bin -- tr nodata
+cp -r ds ds_nosplit && cut -f1-13 ds/index.tsv >ds_nosplit/index.tsv
+row "train: index without a split column" 3 "ds_nosplit/index.tsv:1: the header names no 'split' column" run/model.bin -- tr ds_nosplit
+cp -r ds ds_row && printf 'r0000\tC\n' >>ds_row/index.tsv
+row "train: malformed index row" 3 "ds_row/index.tsv:9: 2 tab-separated fields, the header has 15" run/model.bin -- tr ds_row
+cp -r ds ds_split && sed -i '2s/\ttrain\t/\ttrian\t/' ds_split/index.tsv
+row "train: unknown split" 3 "ds_split/index.tsv:2: split 'trian' is not train, val or test" run/model.bin -- tr ds_split
+cp -r ds ds_gone && rm ds_gone/reactions/r55d200ea469c/ts.xyz
+row "train: reaction file missing" 1 "ds_gone/reactions/r55d200ea469c/ts.xyz: cannot open: No such file" run/model.bin -- tr ds_gone
+cp -r ds ds_order && f=ds_order/reactions/r55d200ea469c/prod.xyz && { sed -n '1,2p' $f; sed -n '4p' $f; sed -n '3p' $f; sed -n '5,$p' $f; } >x.xyz && mv x.xyz $f
+row "train: atom order differs between react, ts and prod" 3 "r55d200ea469c/prod.xyz: atom 1 is O, ds_order/reactions/r55d200ea469c/react.xyz has C there" run/model.bin -- tr ds_order
+cp -r ds ds_si && for x in react ts prod; do sed -i '3s/^ *[A-Z][a-z]*/Si/' ds_si/reactions/r55d200ea469c/$x.xyz; done
+row "train: element the model does not know" 3 "react.xyz: atom 1 is Si, which the model does not know" run/model.bin -- tr ds_si
+cp -r ds ds_notrain && awk -F'\t' -v OFS='\t' 'NR > 1 && $14 == "train" { $14 = "test" } { print }' ds/index.tsv >ds_notrain/index.tsv
+row "train: no training reactions" 3 "ds_notrain/index.tsv: no reactions in the train split" run/model.bin -- tr ds_notrain
+row "train: bad --init-config" 2 "--init-config: unknown key 'layer'" run/model.bin -- $TRAIN --data ds --init-config layer=2 --out run
+$TRAIN --data ds --init "$W" --out done 2>/dev/null
+row "train: checkpoint exists (no --resume)" 2 "done/checkpoint.bin exists: add --resume" done/model.bin -- tr ds --out done
+row "train: resume with other settings" 2 "--batch 3 differs from the checkpoint's 2" done/model.bin -- tr ds --out done --resume --batch 3
+cp -r ds ds_changed && sed -i '2s/\ttrain\t/\ttest\t/' ds_changed/index.tsv
+row "train: resume on a changed dataset" 3 "ds_changed/index.tsv: the train split (crc32" done/model.bin -- tr ds_changed --out done --resume
+cp -r done spoilt && $PYTHON -c "
+import sys; b = bytearray(open('spoilt/checkpoint.bin', 'rb').read()); b[len(b) // 2] ^= 1; open('spoilt/checkpoint.bin', 'wb').write(b)"
+row "train: corrupted checkpoint" 4 "spoilt/checkpoint.bin: checksum mismatch" spoilt/model.bin -- tr ds --out spoilt --resume
+row "train: checkpoint of the other precision" 4 "done/checkpoint.bin: written by the float32 build, this is the float64 build" done/model.bin -- \
+    "$ROOT/oa_reactdiff64" train --data ds --out done --resume
+
 echo
 [ $fails -eq 0 ] && echo "test_errors: all passed" || echo "test_errors: $fails FAILED"
 [ $fails -eq 0 ]
