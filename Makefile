@@ -204,10 +204,14 @@ test-valgrind: build/valgrind/oa_reactdiff
 	$(VG) $$B rmsd $$T/ts.xyz examples/vinyl_alcohol_ts.xyz >/dev/null; \
 	$(VG) $$B info weights.bin >/dev/null; \
 	$(VG) $$B sample --atoms CH4O --steps 4 --weights weights.bin -o $$T/smp 2>/dev/null; \
+	rm -rf $$T/train; \
+	$(VG) $$B train --data tests/fixtures/train --init weights.bin --out $$T/train --steps 2 --batch 2 --val-every 1 --ema 0.9 2>/dev/null; \
+	$(VG) $$B train --data tests/fixtures/train --out $$T/train --steps 3 --batch 2 --val-every 1 --resume 2>/dev/null; \
+	test -s $$T/train/model.bin; \
 	printf '2\n\nC 0 0 0\nQ 1 0 0\n' >$$T/bad.xyz; \
 	st=0; $(VG) $$B ts $$T/bad.xyz examples/vinyl_alcohol_prod.xyz --weights weights.bin 2>$$T/err.log || st=$$?; \
 	if [ $$st -ne 3 ]; then cat $$T/err.log; echo "valgrind: error path exit $$st, expected 3"; exit 1; fi; \
-	echo "valgrind memcheck: ts, rmsd, info, sample and an error path: no errors, no leaks"
+	echo "valgrind memcheck: ts, rmsd, info, sample, train and resume, and an error path: no errors, no leaks"
 
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.

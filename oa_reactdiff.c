@@ -6494,6 +6494,8 @@ typedef struct {
     oard_optim *opt;
     TrainSplit train, val;
     int batch, swap, n_items, T;
+    int steps, val_every, ckpt_every; /* the run's end and its cadence */
+    const char *description;          /* --description, or NULL */
     uint64_t seed;
     char init_desc[4300];
     /* the run's position: everything below goes into the checkpoint */
@@ -6607,7 +6609,11 @@ static int write_checkpoint(Trainer *T, char *err) {
     KV("train.val_loss", "%.17g", T->val_loss);
     KV("train.val_step", "%lld", T->val_step);
     KV("train.elapsed", "%.3f", T->elapsed);
+    KV("train.steps", "%d", T->steps);
+    KV("train.val_every", "%d", T->val_every);
+    KV("train.checkpoint_every", "%d", T->ckpt_every);
 #undef KV
+    if (T->description) meta[k++] = "train.description", meta[k++] = T->description;
     rng_format(&T->rng_t, rt, sizeof(rt));
     rng_format(&T->rng_noise, rn, sizeof(rn));
     meta[k++] = "train.rng_t", meta[k++] = rt;
@@ -6719,7 +6725,7 @@ static int write_final_model(Trainer *T, char *err) {
                                "swap=%d,seed=%llu,precision=%s",
              T->batch, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->amsgrad, o->clip, o->ema_decay, T->swap,
              (unsigned long long)T->seed, OARD_REAL_NAME);
-    if (T->a->description) snprintf(desc, sizeof(desc), "%s", T->a->description);
+    if (T->description) snprintf(desc, sizeof(desc), "%s", T->description);
     else
         snprintf(desc, sizeof(desc), "trained with oa_reactdiff train: %lld steps of %d on %d reactions of %s%s", done, T->batch,
                  T->train.n, T->data, T->swap ? " (both directions)" : "");
@@ -6750,8 +6756,9 @@ static int cmd_train(const Args *a, char *err) {
     T.a = a, T.dir = a->train_out, T.data = a->data ? a->data : "data";
     T.batch = a->batch ? a->batch : 14; /* upstream's bz */
     T.swap = !a->no_swap, T.seed = a->seed, T.val_loss = NAN, T.val_step = -1;
-    int steps = a->steps ? a->steps : 1000, val_every = a->val_every ? a->val_every : 100;
-    int ckpt_every = a->ckpt_every ? a->ckpt_every : val_every;
+    T.steps = a->steps ? a->steps : 1000, T.val_every = a->val_every ? a->val_every : 100;
+    T.ckpt_every = a->ckpt_every ? a->ckpt_every : T.val_every;
+    T.description = a->description;
     if (a->init) { /* the file and its checksum (header bytes 56..59) */
         char cwd[2048] = "";
         unsigned char h[64];
@@ -6778,6 +6785,15 @@ static int cmd_train(const Args *a, char *err) {
     if (a->resume) {
         rc = oard_checkpoint_load(ckpath, &T.m, &T.opt, &meta, err);
         if (rc == OARD_ERR_FORMAT) rc = OARD_ERR_MODEL; /* an unusable checkpoint: as an unusable weights file */
+        /* what the command line leaves out: the checkpoint's run (data, end, cadence, description) */
+        const char *v;
+        if (!rc && !a->data && (v = meta_of(meta, "train.data"))) T.data = v;
+        if (!rc && !a->steps && (v = meta_of(meta, "train.steps"))) T.steps = atoi(v);
+        if (!rc && !a->val_every && (v = meta_of(meta, "train.val_every"))) T.val_every = atoi(v);
+        if (!rc && !a->ckpt_every && (v = meta_of(meta, "train.checkpoint_every"))) T.ckpt_every = atoi(v);
+        if (!rc && !a->description && (v = meta_of(meta, "train.description"))) T.description = v;
+        if (!rc && (T.steps < 1 || T.val_every < 1 || T.ckpt_every < 1))
+            rc = fail(err, OARD_ERR_MODEL, "%s: malformed step counts", ckpath);
     } else {
         if (a->init) rc = load_weights(a->init, OARD_KIND_DENOISER, &T.m, err);
         else {
@@ -6796,7 +6812,7 @@ static int cmd_train(const Args *a, char *err) {
     if (!rc && c->kind != OARD_KIND_DENOISER) rc = fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", a->resume ? ckpath : a->init);
     if (!rc) rc = read_dataset(T.data, c, &T.train, &T.val, err);
     if (!rc && a->resume) rc = resume_checkpoint(&T, ckpath, meta, err);
-    free(meta);
+    const int steps = T.steps, val_every = T.val_every, ckpt_every = T.ckpt_every;
     long long done = rc ? 0 : oard_optim_steps(T.opt);
     if (!rc && done > steps)
         rc = fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, steps);
@@ -6884,6 +6900,7 @@ static int cmd_train(const Args *a, char *err) {
     split_free(&T.train), split_free(&T.val);
     oard_optim_free(T.opt);
     oard_model_free(T.m);
+    free(meta);
     return rc;
 }
 

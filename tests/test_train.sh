@@ -162,7 +162,7 @@ st=$?
 left=$(ls killed | grep -c '\.tmp\.')
 if [ $st -eq 143 ] && [ ! -e killed/model.bin ] && [ "$left" -eq 0 ] && [ -s killed/checkpoint.bin ]; then
     last=$(grep -v '^#' killed/train.log | tail -1 | cut -d' ' -f1)
-    "$BIN" train $K --out killed --resume 2>/dev/null
+    "$BIN" train --out killed --resume 2>/dev/null # data, steps, cadence: the checkpoint's
     if cmp -s ref/model.bin killed/model.bin && diff <(cut -d' ' -f1-6 ref/train.log) <(cut -d' ' -f1-6 killed/train.log) >/dev/null; then
         pass "SIGTERM at step $last of 150: exit 143, no model.bin, no temporary file; resumed: model.bin and train.log as uninterrupted"
     else
