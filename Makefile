@@ -93,11 +93,11 @@ build/test_consistency: tests/test_consistency.c $(ENGINE)
 	$(CC) $(ALL_CFLAGS) -DOARD_NO_MAIN tests/test_consistency.c oa_reactdiff.c -o $@ $(LDLIBS)
 
 # The backward pass checked by finite differences needs float64.
-build/test_train: tests/test_train.c $(ENGINE)
+build/test_backward: tests/test_backward.c $(ENGINE)
 	@mkdir -p build
-	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_train.c oa_reactdiff.c -o $@ $(LDLIBS)
+	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_backward.c oa_reactdiff.c -o $@ $(LDLIBS)
 
-test-programs: build/test_schedules build/test_equivariance build/test_consistency build/test_train
+test-programs: build/test_schedules build/test_equivariance build/test_consistency build/test_backward
 
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)

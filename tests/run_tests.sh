@@ -9,7 +9,7 @@
 #                      and variant models, reactions rxn14 and rxnfar
 #   test_consistency   speed paths: dump vs no dump, 1 vs 2 threads, workspace reuse give
 #                      bit-identical outputs (float32 build); the memory limit refuses
-#   test_train         the backward pass: finite differences for every trainable tensor,
+#   test_backward      the backward pass: finite differences for every trainable tensor,
 #                      training forward = inference forward, 1 vs 2 threads, zero gradient
 #                      of buffers and padding (float64 build)
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
@@ -28,7 +28,7 @@ PYTHON=${PYTHON:-python3}
 FIX=tests/fixtures/golden
 
 echo "== building the test programs"
-if ! $MAKE --no-print-directory oa_reactdiff build/test_schedules build/test_equivariance build/test_consistency build/test_train; then
+if ! $MAKE --no-print-directory oa_reactdiff build/test_schedules build/test_equivariance build/test_consistency build/test_backward; then
     echo "run_tests: build FAILED"
     exit 1
 fi
@@ -86,7 +86,7 @@ if [ -n "$FULL" ]; then
     run "equivariance full model" build/test_equivariance "$FULL" - "$FIX/cases/forward_tiny_rxn14_f64"
 fi
 run "consistency" build/test_consistency build/tiny.bin build/variant.bin $FULL
-run "backward pass" build/test_train build/tiny.bin build/variant.bin
+run "backward pass" build/test_backward build/tiny.bin build/variant.bin
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin

@@ -1,7 +1,7 @@
 /*
- * test_train.c - the backward pass checked without golden data (float64 engine).
+ * test_backward.c - the backward pass checked without golden data (float64 engine).
  *
- *   build/test_train MODEL.bin [MODEL.bin ...]
+ *   build/test_backward MODEL.bin [MODEL.bin ...]
  *
  * For each denoiser model, on a deterministic batch of two reactions (5 and 7 atoms, the TS
  * spread so that some edges fall outside the cutoff; one sample at t = 700, one at t = 0 so
@@ -223,6 +223,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     for (int i = 1; i < argc; i++) test_model(argv[i]);
-    printf("test_train: %s\n", n_fail ? "FAIL" : "PASS");
+    printf("test_backward: %s\n", n_fail ? "FAIL" : "PASS");
     return n_fail ? 1 : 0;
 }
