@@ -208,7 +208,7 @@ test-valgrind: build/valgrind/oa_reactdiff
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
 SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs
+SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs data
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize
 	cp -r $(SAN_FILES) build/sanitize/

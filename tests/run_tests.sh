@@ -15,6 +15,8 @@
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #   test_errors.sh     one test per row of the README's failure table
+#   test_evaluate.sh   tools/evaluate.py on two test reactions: outputs, counts, RMSDs equal
+#                      to `oa_reactdiff rmsd`, self-check, failures (xtb part: SKIP without xtb)
 #
 # The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
 # (again only when the checkpoint or the converter is newer). If $OARD_GOLDEN/full.ckpt
@@ -90,6 +92,7 @@ run "backward pass" build/test_backward build/tiny.bin build/variant.bin
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
+run "evaluation tool" bash tests/test_evaluate.sh ./oa_reactdiff build/conf_tiny.bin
 
 echo
 if [ "$status" -ne 0 ]; then
