@@ -174,3 +174,52 @@ def cdf_plot(cv, x0, y0, w, h, series, xmax, xticks, marks=(), xlabel="", ylabel
         lx -= text_width(label) + 30
         cv.rect(lx, y0 - 18, lx + 20, y0 - 8, color)
         cv.text(lx + 26, y0 - 18, label)
+
+
+def line_plot(cv, x0, y0, w, h, series, xmax, ymax, xticks, yticks, xlabel="", ylabel=""):
+    """Curves y(x) in the box at (x0, y0) of size w x h, x in [0, xmax], y in [0, ymax]
+    (values above ymax are drawn at the top edge). series: list of (points, color,
+    label[, line width, default 3]), points a list of (x, y) in increasing x, joined by
+    straight segments. xticks, yticks: labelled positions (with light guides for y).
+    A legend goes above the box, right-aligned, as in cdf_plot."""
+    def px(x):
+        return x0 + int(round(w * min(max(x, 0.0), xmax) / xmax))
+
+    def py(y):
+        return y0 + h - int(round(h * min(max(y, 0.0), ymax) / ymax))
+
+    for y in yticks:                                               # guides
+        cv.rect(x0, py(y), x0 + w, py(y) + 1, GREY)
+    for item in series:
+        pts, color = item[0], item[1]
+        lw = item[3] if len(item) > 3 else 3
+        ms = item[4] if len(item) > 4 else 0
+        a, b = lw // 2, lw - lw // 2
+        for x, y in pts if ms else ():
+            cv.rect(px(x) - ms, py(y) - ms, px(x) + ms, py(y) + ms, color)
+        for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
+            n = max(abs(px(xb) - px(xa)), abs(py(yb) - py(ya)), 1)
+            for k in range(n + 1):                                 # a segment as dots
+                x = px(xa + (xb - xa) * k / float(n))
+                y = py(ya + (yb - ya) * k / float(n))
+                cv.rect(x - a, y - a, x + b, y + b, color)
+    cv.rect(x0, y0 + h, x0 + w, y0 + h + 2, BLACK)                 # x axis
+    cv.rect(x0 - 2, y0, x0, y0 + h + 2, BLACK)                     # y axis
+    for x in xticks:
+        lab = "%g" % x
+        cv.rect(px(x), y0 + h, px(x) + 1, y0 + h + 6, BLACK)
+        cv.text(px(x) - text_width(lab) // 2, y0 + h + 10, lab)
+    for y in yticks:
+        lab = "%g" % y
+        cv.rect(x0 - 6, py(y), x0, py(y) + 1, BLACK)
+        cv.text(x0 - 10 - text_width(lab), py(y) - 5, lab)
+    if xlabel:
+        cv.text(x0 + (w - text_width(xlabel)) // 2, y0 + h + 28, xlabel)
+    if ylabel:
+        cv.text(x0 - 10 - text_width(ylabel), y0 - 18, ylabel)
+    lx = x0 + w
+    for item in reversed(series):
+        color, label = item[1], item[2]
+        lx -= text_width(label) + 30
+        cv.rect(lx, y0 - 18, lx + 20, y0 - 8, color)
+        cv.text(lx + 26, y0 - 18, label)
