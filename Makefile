@@ -101,7 +101,13 @@ build/test_train64: tests/test_train.c $(ENGINE)
 	@mkdir -p build
 	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_train.c oa_reactdiff.c -o $@ $(LDLIBS)
 
-test-programs: build/test_schedules build/test_equivariance build/test_consistency build/test_train build/test_train64
+# The backward pass checked by finite differences needs float64.
+build/test_backward: tests/test_backward.c $(ENGINE)
+	@mkdir -p build
+	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_backward.c oa_reactdiff.c -o $@ $(LDLIBS)
+
+test-programs: build/test_schedules build/test_equivariance build/test_consistency build/test_backward build/test_train \
+	build/test_train64
 
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)
@@ -216,7 +222,7 @@ test-valgrind: build/valgrind/oa_reactdiff
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
 SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs
+SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs data
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize
 	cp -r $(SAN_FILES) build/sanitize/

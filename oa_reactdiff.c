@@ -2852,12 +2852,77 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
  * inputs: the geometry (mask, frames, RBF, node frames) carries no gradient.
  */
 
+/* A Linear's weight in upstream's (out, in) layout, rows ldb >= in apart: the backward
+ * pass's dx = dy W then runs through the same matmul kernel as the forward. */
+typedef struct {
+    size_t off, len;  /* the transposed weight's place in the arena */
+    int ld, ldb;
+    const real *wb;   /* (out, ldb) */
+} BackW;
+
 typedef struct {
     const oard_model *m;
-    real *G; /* gradient, arena layout */
+    real *G;          /* gradient, arena layout */
+    const BackW *bw;  /* every Linear weight, by arena offset */
+    int n_bw;
+    real *xT, *dyb;   /* scratch: a block of a layer's inputs transposed, of its output gradient padded */
 } Grad;
 
+#define BACK_ROWS 256 /* rows per block of the weight gradient */
+
 static real *gslot(const Grad *T, const real *p) { return T->G + (p - T->m->params); }
+
+/* W (out, in) of the Linear whose transposed weight starts at wt (or a block of its input
+ * rows, as linear_block makes): a pointer to its first column, and the row length */
+static const real *back_weight(const Grad *T, const real *wt, int *ldb) {
+    size_t off = (size_t)(wt - T->m->params);
+    int lo = 0, hi = T->n_bw - 1;
+    while (lo < hi) { /* the last entry with bw.off <= off */
+        int mid = (lo + hi + 1) / 2;
+        if (T->bw[mid].off <= off) lo = mid;
+        else hi = mid - 1;
+    }
+    const BackW *b = &T->bw[lo];
+    *ldb = b->ldb;
+    return b->wb + (off - b->off) / (size_t)b->ld;
+}
+
+/* the upstream-layout copies of every Linear weight of m (one allocation, freed with free) */
+static BackW *back_weights(const oard_model *m, int *n, real **block) {
+    int cnt = 0;
+    size_t total = 0;
+    for (int i = 0; i < m->file.n_t; i++)
+        if (m->file.t[i].ld) cnt++, total += (size_t)m->file.t[i].dims[0] * round_up((size_t)m->file.t[i].dims[1], TILE_N) + TILE_N;
+    /* rows of ldb values: whole column tiles, except narrow inputs (< VW), which matmul reads unpadded */
+    BackW *bw = xcalloc((size_t)cnt + 1, sizeof(BackW));
+    real *wb = aligned_calloc(total + 1, sizeof(real));
+    if (!bw || !wb) {
+        free(bw), aligned_free(wb);
+        return NULL;
+    }
+    int k = 0;
+    size_t pos = 0;
+    for (int i = 0; i < m->file.n_t; i++) {
+        const wtensor *t = &m->file.t[i];
+        if (!t->ld) continue;
+        size_t out = (size_t)t->dims[0], in = (size_t)t->dims[1], ldb = in < (size_t)VW ? in : round_up(in, TILE_N);
+        const real *w = m->params + t->arena_off;
+        real *dst = wb + pos;
+        for (size_t o = 0; o < out; o++)
+            for (size_t c = 0; c < in; c++) dst[o * ldb + c] = w[c * (size_t)t->ld + o];
+        bw[k].off = t->arena_off, bw[k].len = in * (size_t)t->ld, bw[k].ld = t->ld, bw[k].ldb = (int)ldb, bw[k].wb = dst;
+        k++;
+        pos += out * ldb + TILE_N;
+    }
+    for (int a = 1; a < k; a++) /* by arena offset (insertion sort: a few hundred entries) */
+        for (int b = a; b > 0 && bw[b - 1].off > bw[b].off; b--) {
+            BackW tmp = bw[b];
+            bw[b] = bw[b - 1], bw[b - 1] = tmp;
+        }
+    *n = k;
+    *block = wb;
+    return bw;
+}
 
 /* SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
 static inline real dsilu(real x) {
@@ -2878,28 +2943,32 @@ static void linear_train(const Linear *L, const real *x, size_t rows, real *pre,
 }
 
 /* Backward of y = x W^T + b over rows: dW += dy^T x, db += sum of dy, and dx = dy W
- * (added to dx when acc, skipped when dx is NULL). */
+ * (added to dx when acc, skipped when dx is NULL). Both products run through the matmul
+ * kernel: dW^T += x^T dy on blocks of rows (x transposed into T->xT), dx with W in
+ * upstream's layout (back_weight). */
 static void linear_backward(const Grad *T, const Linear *L, const real *x, const real *dy, size_t rows, real *dx,
                             int acc) {
     const int in = L->in, out = L->out;
     real *gw = gslot(T, L->wt), *gb = L->b ? gslot(T, L->b) : NULL;
-    for (size_t r = 0; r < rows; r++) {
-        const real *xr = x + r * (size_t)in, *dr = dy + r * (size_t)out;
-        for (int i = 0; i < in; i++) {
-            const real xi = xr[i];
-            real *gwi = gw + (size_t)i * L->ldw;
-            if (xi != 0)
-                for (int o = 0; o < out; o++) gwi[o] += xi * dr[o];
+    for (size_t r0 = 0; r0 < rows; r0 += BACK_ROWS) {
+        size_t rb = rows - r0 < BACK_ROWS ? rows - r0 : BACK_ROWS;
+        for (size_t r = 0; r < rb; r++)
+            for (int i = 0; i < in; i++) T->xT[(size_t)i * rb + r] = x[(r0 + r) * (size_t)in + i];
+        /* whole column tiles, zero padded (narrow outputs, which matmul runs unpadded, as they are) */
+        const size_t ldd = out < VW ? (size_t)out : round_up((size_t)out, TILE_N);
+        for (size_t r = 0; r < rb; r++) {
+            memcpy(T->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
+            memset(T->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
         }
-        if (gb)
-            for (int o = 0; o < out; o++) gb[o] += dr[o];
-        if (dx) {
-            real *dxr = dx + r * (size_t)in;
-            for (int i = 0; i < in; i++) {
-                real v = dot(dr, L->wt + (size_t)i * L->ldw, out);
-                dxr[i] = acc ? dxr[i] + v : v;
-            }
-        }
+        matmul(gw, (size_t)L->ldw, T->xT, rb, T->dyb, ldd, NULL, (int)rb, out, (size_t)in, 1);
+    }
+    if (gb)
+        for (size_t r = 0; r < rows; r++)
+            for (int o = 0; o < out; o++) gb[o] += dy[r * (size_t)out + o];
+    if (dx) {
+        int ldb;
+        const real *wb = back_weight(T, L->wt, &ldb);
+        matmul(dx, (size_t)in, dy, (size_t)out, wb, (size_t)ldb, NULL, out, in, rows, acc);
     }
 }
 
@@ -3873,8 +3942,9 @@ static void log_p_features(const oard_config *c, int n, int nf, const real *zt, 
 
 /* One sample: n atoms per fragment; xh[f], noise[f] its rows (n, nf); the gradient of its
  * nll is added to G (which the caller zeroed). terms: OARD_N_TERMS values. */
-static int train_sample(const oard_model *m, int n, const real *const xh[3], const real *const noise[3], int t_int,
-                        const oard_schedule *sch, const real *cond, real *G, double *terms, char *err) {
+static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, const real *const xh[3],
+                        const real *const noise[3], int t_int, const oard_schedule *sch, const real *cond, real *G,
+                        double *terms, char *err) {
     const oard_config *c = &m->cfg;
     const int nf = c->node_nfs[0], F = nf - c->pos_dim, I = c->in_hidden_channels;
     const int Eemb = I - c->condition_time - c->condition_nf;
@@ -3959,7 +4029,16 @@ static int train_sample(const oard_model *m, int n, const real *const xh[3], con
         terms[OARD_TERM_NLL] = lt + l0x + l0c + l0q;
         if (!rc && G) {
             for (int f = 0; f < 3; f++) centre_fragment(d + (size_t)3 * f * n, 3, frag_off, 1); /* centring is symmetric */
-            Grad T = {m, G};
+            size_t wmax = 0; /* the widest layer input or output */
+            for (int i = 0; i < m->file.n_t; i++)
+                for (int k = 0; k < 2 && m->file.t[i].ld; k++)
+                    if ((size_t)m->file.t[i].dims[k] > wmax) wmax = (size_t)m->file.t[i].dims[k];
+            real *scratch = aligned_calloc(2 * BACK_ROWS * round_up(wmax + TILE_N, TILE_N), sizeof(real));
+            if (!scratch) {
+                rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
+                goto done;
+            }
+            Grad T = {m, G, bw, n_bw, scratch, scratch + BACK_ROWS * round_up(wmax + TILE_N, TILE_N)};
             leftnet_backward(&x, &t, &T, d, d);
             for (int f = 0; f < 3; f++) { /* into the encoders: the columns of h they produced */
                 real *dy = w->enc_tmp;
@@ -3967,8 +4046,10 @@ static int train_sample(const oard_model *m, int n, const real *const xh[3], con
                     memcpy(dy + (size_t)i * Eemb, t.g_h + (size_t)(f * n + i) * I, (size_t)Eemb * sizeof(real));
                 mlp_backward(&T, &m->enc[f], t.feat[f], (size_t)n, t.enc_pre[f], t.enc_act[f], dy, NULL, 0, t.g_n1);
             }
+            aligned_free(scratch);
         }
     }
+done:
     aligned_free(block);
     for (int f = 0; f < 3; f++) free(zt[f]);
     oard_workspace_free(ws);
@@ -4021,6 +4102,10 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
             for (int k = 0; k < 3; k++) noise[f][(size_t)i * nf + k] = tmp[3 * i + k];
         rc = oard_rng_normal(rng, tmp, (size_t)NF, (size_t)F, err); /* drawn, then zeroed: pos_only */
     }
+    int n_bw = 0;
+    real *bw_block = NULL;
+    BackW *bw = (rc || !grad) ? NULL : back_weights(m, &n_bw, &bw_block);
+    if (!rc && grad && !bw) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
     char *errs = rc ? NULL : xcalloc((size_t)B, OARD_ERRLEN);
     int *rcs = rc ? NULL : xcalloc((size_t)B, sizeof(int));
     if (!rc && (!errs || !rcs)) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
@@ -4030,7 +4115,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
         for (int b = 0; b < B; b++) {
             const real *xs[3], *ns[3];
             for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
-            rcs[b] = train_sample(m, batch->sizes[b], xs, ns, t_int[b], &sch,
+            rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &sch,
                                   cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
                                   tm + (size_t)b * OARD_N_TERMS, errs + (size_t)b * OARD_ERRLEN);
         }
@@ -4050,8 +4135,9 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
             }
     }
     for (int f = 0; f < 3; f++) free(x[f]), free(noise[f]);
-    free(tmp), free(tm), free(off), free(errs), free(rcs);
+    free(tmp), free(tm), free(off), free(errs), free(rcs), free(bw);
     aligned_free(G);
+    aligned_free(bw_block);
     oard_schedule_free(&sch);
     return rc;
 }

@@ -9,11 +9,16 @@
 #                      and variant models, reactions rxn14 and rxnfar
 #   test_consistency   speed paths: dump vs no dump, 1 vs 2 threads, workspace reuse give
 #                      bit-identical outputs (float32 build); the memory limit refuses
+#   test_backward      the backward pass: finite differences for every trainable tensor,
+#                      training forward = inference forward, 1 vs 2 threads, zero gradient
+#                      of buffers and padding (float64 build)
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #   test_errors.sh     one test per row of the README's failure table
 #   test_train.sh      model save/init, the optimizer against a Python reference,
 #                      checkpoints, the train command (resume bit-identical, its errors)
+#   test_evaluate.sh   tools/evaluate.py on two test reactions: outputs, counts, RMSDs equal
+#                      to `oa_reactdiff rmsd`, self-check, failures (xtb part: SKIP without xtb)
 #
 # The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
 # (again only when the checkpoint or the converter is newer). If $OARD_GOLDEN/full.ckpt
@@ -28,7 +33,7 @@ FIX=tests/fixtures/golden
 
 echo "== building the test programs"
 if ! $MAKE --no-print-directory oa_reactdiff oa_reactdiff64 build/test_schedules build/test_equivariance build/test_consistency \
-    build/test_train build/test_train64 build/golden_runner build/golden_runner64; then
+    build/test_backward build/test_train build/test_train64 build/golden_runner build/golden_runner64; then
     echo "run_tests: build FAILED"
     exit 1
 fi
@@ -86,9 +91,11 @@ if [ -n "$FULL" ]; then
     run "equivariance full model" build/test_equivariance "$FULL" - "$FIX/cases/forward_tiny_rxn14_f64"
 fi
 run "consistency" build/test_consistency build/tiny.bin build/variant.bin $FULL
+run "backward pass" build/test_backward build/tiny.bin build/variant.bin
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
+run "evaluation tool" bash tests/test_evaluate.sh ./oa_reactdiff build/conf_tiny.bin
 run "training" bash tests/test_train.sh build/tiny.bin build/variant.bin
 
 echo

@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """Dataset statistics: writes DATA/README.md and DATA/barriers.png from
 DATA/index.tsv and DATA/attempts.tsv (stdlib only; the PNG encoder and the
-bitmap digits are our own).
+bitmap font are our own, in tools/plotlib.py).
 
 usage: report.py [DATA]      (default: the repository's data/ directory)
 """
 
 import os
-import struct
 import sys
-import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))          # tools/: the shared PNG code
+from plotlib import Canvas, histogram  # noqa: E402
 
 STAGES = [("product", "product optimised to the intended bonding"),
           ("ts", "P-RFO converged to a stationary point"),
@@ -29,74 +29,6 @@ def read_tsv(path):
         return []
     head = rows[0]
     return [dict(zip(head, r)) for r in rows[1:]]
-
-
-# ------------------------------------------------------------------ PNG
-
-FONT = {  # 3x5 bitmap digits and a few signs, rows top to bottom
-    "0": ["111", "101", "101", "101", "111"], "1": ["010", "110", "010", "010", "111"],
-    "2": ["111", "001", "111", "100", "111"], "3": ["111", "001", "111", "001", "111"],
-    "4": ["101", "101", "111", "001", "001"], "5": ["111", "100", "111", "001", "111"],
-    "6": ["111", "100", "111", "101", "111"], "7": ["111", "001", "010", "010", "010"],
-    "8": ["111", "101", "111", "101", "111"], "9": ["111", "101", "111", "001", "111"],
-    "-": ["000", "000", "111", "000", "000"], ".": ["000", "000", "000", "000", "010"],
-    " ": ["000", "000", "000", "000", "000"],
-}
-
-
-class Canvas:
-    def __init__(self, w, h):
-        self.w, self.h = w, h
-        self.px = [[(255, 255, 255)] * w for _ in range(h)]
-
-    def rect(self, x0, y0, x1, y1, c):
-        for y in range(max(0, min(y0, y1)), min(self.h, max(y0, y1))):
-            row = self.px[y]
-            for x in range(max(0, min(x0, x1)), min(self.w, max(x0, x1))):
-                row[x] = c
-
-    def text(self, x, y, s, c=(0, 0, 0), scale=2):
-        for ch in s:
-            g = FONT.get(ch, FONT[" "])
-            for r, bits in enumerate(g):
-                for k, b in enumerate(bits):
-                    if b == "1":
-                        self.rect(x + k * scale, y + r * scale, x + (k + 1) * scale, y + (r + 1) * scale, c)
-            x += 4 * scale
-
-    def png(self):
-        raw = b"".join(b"\x00" + bytes(v for p in row for v in p) for row in self.px)
-
-        def chunk(t, d):
-            return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
-        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", self.w, self.h, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-
-
-def histogram(cv, x0, y0, w, h, values, lo, hi, nbins, color, tick_every):
-    counts = [0] * nbins
-    for v in values:
-        k = int((v - lo) / (hi - lo) * nbins)
-        if 0 <= k < nbins:
-            counts[k] += 1
-        elif k >= nbins:
-            counts[-1] += 1
-        else:
-            counts[0] += 1
-    top = max(counts + [1])
-    bw = w // nbins
-    for k, c in enumerate(counts):
-        bh = int(round(h * c / float(top)))
-        cv.rect(x0 + k * bw + 1, y0 + h - bh, x0 + (k + 1) * bw - 1, y0 + h, color)
-    cv.rect(x0, y0 + h, x0 + nbins * bw, y0 + h + 2, (0, 0, 0))      # x axis
-    cv.rect(x0 - 2, y0, x0, y0 + h + 2, (0, 0, 0))                     # y axis
-    for k in range(0, nbins + 1, tick_every):
-        lab = "%g" % (lo + (hi - lo) * k / nbins)
-        cv.rect(x0 + k * bw, y0 + h, x0 + k * bw + 1, y0 + h + 6, (0, 0, 0))
-        cv.text(x0 + k * bw - 4 * len(lab), y0 + h + 10, lab)
-    cv.text(x0 - 12 - 8 * len(str(top)), y0, str(top))                # y max count
-    cv.text(x0 - 20, y0 + h - 8, "0")
-    return counts
 
 
 def pct(a, b):
