@@ -165,7 +165,7 @@ test-core: all runners
 # and ASan + UBSan, no clang needed.
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
-FUZZERS = xyz list weights
+FUZZERS = xyz list weights checkpoint
 FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
