@@ -881,8 +881,10 @@ static void run_confidence(const args *a, const oard_model *m, result *res)
 }
 
 /* The tape: every standard normal upstream drew (float64, whatever the case dtype), and the
- * (rows, cols) of each draw; checked against the manifest's n_draws when given. */
-static void load_tape(const args *a, double **tape, size_t *tape_len, int64_t **shapes, size_t *n_shapes)
+ * (rows, cols) of each draw; checked against the manifest's n_draws when given. rng is set to
+ * replay it. */
+static void load_tape(const args *a, double **tape, size_t *tape_len, int64_t **shapes, size_t *n_shapes,
+                      oard_rng *rng)
 {
     npy_array na, sa;
     load_case_file(a->dir, "noise", &na);
@@ -905,6 +907,8 @@ static void load_tape(const args *a, double **tape, size_t *tape_len, int64_t **
         die("manifest says n_draws=%lld but %s lists %zu draws", a->n_draws, sa.path, *n_shapes);
     npy_free(&na);
     npy_free(&sa);
+    memset(rng, 0, sizeof *rng);
+    oard_rng_replay(rng, *tape, *tape_len, *shapes, *n_shapes);
 }
 
 /* inpaint and sample: replay upstream's noise tape through the engine's sampler. */
@@ -921,10 +925,8 @@ static void run_sampler(const args *a, const oard_model *m, result *res)
     double *tape;
     int64_t *shapes;
     size_t tape_len, n_shapes;
-    load_tape(a, &tape, &tape_len, &shapes, &n_shapes);
     oard_rng rng;
-    memset(&rng, 0, sizeof rng);
-    oard_rng_replay(&rng, tape, tape_len, shapes, n_shapes);
+    load_tape(a, &tape, &tape_len, &shapes, &n_shapes, &rng);
 
     oard_sampler_opts o;
     memset(&o, 0, sizeof o);
@@ -1002,10 +1004,8 @@ static void run_train(const args *a, const oard_model *m, result *res)
     double *tape;
     int64_t *shapes;
     size_t tape_len, n_shapes;
-    load_tape(a, &tape, &tape_len, &shapes, &n_shapes);
     oard_rng rng;
-    memset(&rng, 0, sizeof rng);
-    oard_rng_replay(&rng, tape, tape_len, shapes, n_shapes);
+    load_tape(a, &tape, &tape_len, &shapes, &n_shapes, &rng);
 
     size_t P = oard_param_size(m);
     oard_real *grad = xcalloc(P, sizeof(oard_real));
