@@ -118,6 +118,30 @@ def histogram(cv, x0, y0, w, h, values, lo, hi, nbins, color, tick_every):
     return counts
 
 
+def axes(cv, x0, y0, w, h, px, py, xticks, yticks, xlabel, ylabel, series):
+    """Axes of the box at (x0, y0), w x h: ticks (position, label) through the maps px
+    and py, axis labels, and a legend (colour and label of each series) above the box,
+    right-aligned."""
+    cv.rect(x0, y0 + h, x0 + w, y0 + h + 2, BLACK)                 # x axis
+    cv.rect(x0 - 2, y0, x0, y0 + h + 2, BLACK)                     # y axis
+    for x, lab in xticks:
+        cv.rect(px(x), y0 + h, px(x) + 1, y0 + h + 6, BLACK)
+        cv.text(px(x) - text_width(lab) // 2, y0 + h + 10, lab)
+    for y, lab in yticks:
+        cv.rect(x0 - 6, py(y), x0, py(y) + 1, BLACK)
+        cv.text(x0 - 10 - text_width(lab), py(y) - 5, lab)
+    if xlabel:
+        cv.text(x0 + (w - text_width(xlabel)) // 2, y0 + h + 28, xlabel)
+    if ylabel:
+        cv.text(x0 - 10 - text_width(ylabel), y0 - 18, ylabel)
+    lx = x0 + w
+    for item in reversed(series):
+        color, label = item[1], item[2]
+        lx -= text_width(label) + 30
+        cv.rect(lx, y0 - 18, lx + 20, y0 - 8, color)
+        cv.text(lx + 26, y0 - 18, label)
+
+
 def cdf_plot(cv, x0, y0, w, h, series, xmax, xticks, marks=(), xlabel="", ylabel=""):
     """Empirical cumulative distributions in the box at (x0, y0) of size w x h.
 
@@ -155,25 +179,8 @@ def cdf_plot(cv, x0, y0, w, h, series, xmax, xticks, marks=(), xlabel="", ylabel
             cv.rect(px(x) - a, py(f) - a, px(x) + b, py(f_prev) + b, color)            # rise
             x_prev, f_prev = x, f
         cv.rect(px(x_prev) - a, py(f_prev) - a, x0 + w, py(f_prev) + b, color)
-    cv.rect(x0, y0 + h, x0 + w, y0 + h + 2, BLACK)                 # x axis
-    cv.rect(x0 - 2, y0, x0, y0 + h + 2, BLACK)                     # y axis
-    for x in xticks:
-        lab = "%g" % x
-        cv.rect(px(x), y0 + h, px(x) + 1, y0 + h + 6, BLACK)
-        cv.text(px(x) - text_width(lab) // 2, y0 + h + 10, lab)
-    for f, lab in ((0.0, "0"), (0.5, "0.5"), (1.0, "1")):
-        cv.rect(x0 - 6, py(f), x0, py(f) + 1, BLACK)
-        cv.text(x0 - 10 - text_width(lab), py(f) - 5, lab)
-    if xlabel:
-        cv.text(x0 + (w - text_width(xlabel)) // 2, y0 + h + 28, xlabel)
-    if ylabel:
-        cv.text(x0 - 10 - text_width(ylabel), y0 - 18, ylabel)
-    lx = x0 + w                                                    # legend above the box
-    for item in reversed(series):
-        color, label = item[1], item[2]
-        lx -= text_width(label) + 30
-        cv.rect(lx, y0 - 18, lx + 20, y0 - 8, color)
-        cv.text(lx + 26, y0 - 18, label)
+    axes(cv, x0, y0, w, h, px, py, [(x, "%g" % x) for x in xticks],
+         [(0.0, "0"), (0.5, "0.5"), (1.0, "1")], xlabel, ylabel, series)
 
 
 def line_plot(cv, x0, y0, w, h, series, xmax, ymax, xticks, yticks, xlabel="", ylabel=""):
@@ -203,23 +210,5 @@ def line_plot(cv, x0, y0, w, h, series, xmax, ymax, xticks, yticks, xlabel="", y
                 x = px(xa + (xb - xa) * k / float(n))
                 y = py(ya + (yb - ya) * k / float(n))
                 cv.rect(x - a, y - a, x + b, y + b, color)
-    cv.rect(x0, y0 + h, x0 + w, y0 + h + 2, BLACK)                 # x axis
-    cv.rect(x0 - 2, y0, x0, y0 + h + 2, BLACK)                     # y axis
-    for x in xticks:
-        lab = "%g" % x
-        cv.rect(px(x), y0 + h, px(x) + 1, y0 + h + 6, BLACK)
-        cv.text(px(x) - text_width(lab) // 2, y0 + h + 10, lab)
-    for y in yticks:
-        lab = "%g" % y
-        cv.rect(x0 - 6, py(y), x0, py(y) + 1, BLACK)
-        cv.text(x0 - 10 - text_width(lab), py(y) - 5, lab)
-    if xlabel:
-        cv.text(x0 + (w - text_width(xlabel)) // 2, y0 + h + 28, xlabel)
-    if ylabel:
-        cv.text(x0 - 10 - text_width(ylabel), y0 - 18, ylabel)
-    lx = x0 + w
-    for item in reversed(series):
-        color, label = item[1], item[2]
-        lx -= text_width(label) + 30
-        cv.rect(lx, y0 - 18, lx + 20, y0 - 8, color)
-        cv.text(lx + 26, y0 - 18, label)
+    axes(cv, x0, y0, w, h, px, py, [(x, "%g" % x) for x in xticks], [(y, "%g" % y) for y in yticks],
+         xlabel, ylabel, series)
