@@ -917,14 +917,18 @@ static real dot(const real *x, const real *w, int n) {
  * vectorises the float64 tile across rows, through memory: ten times slower). */
 #if defined(__GNUC__)
 #define UNROLL_FULL _Pragma("GCC unroll 64")
+#define ALWAYS_INLINE __attribute__((always_inline))
 #else
 #define UNROLL_FULL
+#define ALWAYS_INLINE
 #endif
 
-/* One tile. nc (TILE_N or VW) is a constant after inlining, so acc lives in registers.
+/* One tile. nc (TILE_N or VW) is a constant after inlining (forced: with many callers of
+ * matmul the compiler may otherwise call one generic copy, six times slower), so acc
+ * lives in registers.
  * Rows past mr repeat the last valid row and are not stored; columns past ncv are the
  * zero padding of W and are not stored. */
-static inline void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ldy, const real *x, size_t ldx,
+static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ldy, const real *x, size_t ldx,
                                const real *w, size_t ldw, int K, const real *bias, int accumulate) {
     real acc[TILE_M][TILE_N];
     const real *xr[TILE_M];
