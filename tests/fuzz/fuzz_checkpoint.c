@@ -35,17 +35,6 @@ static void load_bytes(const uint8_t *data, size_t size) {
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    load_bytes(data, size);
-    if (size >= 64) {
-        uint8_t *b = malloc(size);
-        memcpy(b, data, size);
-        uint64_t n = size;
-        for (int k = 0; k < 8; k++) b[48 + k] = (uint8_t)(n >> (8 * k));
-        uint32_t c = oard_crc32(0, b, 56);
-        c = oard_crc32(c, b + 60, size - 60);
-        for (int k = 0; k < 4; k++) b[56 + k] = (uint8_t)(c >> (8 * k));
-        load_bytes(b, size);
-        free(b);
-    }
+    fuzz_with_repaired_header(data, size, load_bytes);
     return 0;
 }
