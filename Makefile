@@ -106,7 +106,13 @@ build/test_backward: tests/test_backward.c $(ENGINE)
 	@mkdir -p build
 	$(CC) $(ALL_CFLAGS) -DOARD_DOUBLE -DOARD_NO_MAIN tests/test_backward.c oa_reactdiff.c -o $@ $(LDLIBS)
 
-test-programs: build/test_schedules build/test_equivariance build/test_consistency build/test_backward build/test_train \
+# SiLU's vectorised exponential against its scalar definition on every float: built as the
+# benchmarks are ($(BENCH_OPT)), the build where it is in use (it says SKIP elsewhere).
+build/test_silu: tests/test_silu.c $(ENGINE)
+	@mkdir -p build
+	$(CC) $(BENCH_OPT) $(CSTD) $(WARN) -I. tests/test_silu.c -o $@ $(LDLIBS)
+
+test-programs: build/test_silu build/test_schedules build/test_equivariance build/test_consistency build/test_backward build/test_train \
 	build/test_train64
 
 check-golden: runners

@@ -12,6 +12,7 @@
 #   test_backward      the backward pass: finite differences for every trainable tensor,
 #                      training forward = inference forward, 1 vs 2 threads, zero gradient
 #                      of buffers and padding (float64 build)
+#   test_silu          the vectorised SiLU equals its scalar definition on all 2^32 floats
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #   test_errors.sh     one test per row of the README's failure table
@@ -33,7 +34,7 @@ FIX=tests/fixtures/golden
 
 echo "== building the test programs"
 if ! $MAKE --no-print-directory oa_reactdiff oa_reactdiff64 build/test_schedules build/test_equivariance build/test_consistency \
-    build/test_backward build/test_train build/test_train64 build/golden_runner build/golden_runner64; then
+    build/test_backward build/test_train build/test_train64 build/test_silu build/golden_runner build/golden_runner64; then
     echo "run_tests: build FAILED"
     exit 1
 fi
@@ -92,6 +93,7 @@ if [ -n "$FULL" ]; then
 fi
 run "consistency" build/test_consistency build/tiny.bin build/variant.bin $FULL
 run "backward pass" build/test_backward build/tiny.bin build/variant.bin
+run "SiLU on every float" build/test_silu
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
