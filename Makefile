@@ -110,7 +110,7 @@ build/test_backward: tests/test_backward.c $(ENGINE)
 # benchmarks are ($(BENCH_OPT)), the build where it is in use (it says SKIP elsewhere).
 build/test_silu: tests/test_silu.c $(ENGINE)
 	@mkdir -p build
-	$(CC) $(BENCH_OPT) $(CSTD) $(WARN) -I. tests/test_silu.c -o $@ $(LDLIBS)
+	$(CC) $(BENCH_OPT) $(CSTD) $(WARN) $(OMP_FLAGS) -I. tests/test_silu.c -o $@ $(LDLIBS)
 
 test-programs: build/test_silu build/test_schedules build/test_equivariance build/test_consistency build/test_backward build/test_train \
 	build/test_train64
