@@ -4,6 +4,8 @@
  * in float32 (build/bench) and float64 (build/bench64). No timing is asserted anywhere.
  *
  *   bench table TINY.bin FULL.bin R.xyz P.xyz [--reps K]
+ *       first the machine's float32 multiply-add peak at 1 and 2 threads, measured
+ *       (bench peak float32 fma threads=<n> gflops=<rate>); then,
  *       for the tiny and the full model, on the reaction (one candidate: "rxn14") and on
  *       8 copies of it in one batch ("batch8"), at 1 and 2 threads, one line each:
  *       bench <model> <case> threads=<n> ms_per_call=<median> gflops=<rate>
@@ -264,6 +266,47 @@ static double bench_line(const oard_model *m, const char *name, const reaction *
     return ms;
 }
 
+/* The machine's float32 peak: PEAK_CHAINS independent multiply-add chains per thread, which
+ * the compiler keeps in vector registers (-O3 -march=native: 12 AVX-512 registers here),
+ * so that nothing but the FMA units limits it. Portable C, no intrinsics. */
+#define PEAK_CHAINS 192
+static float peak_kernel(long iters, float b, float c) {
+    float a[PEAK_CHAINS];
+    for (int j = 0; j < PEAK_CHAINS; j++) a[j] = (float)j;
+    for (long k = 0; k < iters; k++) {
+#if defined(__GNUC__)
+#pragma GCC unroll 192
+#endif
+        for (int j = 0; j < PEAK_CHAINS; j++) a[j] = fmaf(a[j], b, c);
+    }
+    float s = 0;
+    for (int j = 0; j < PEAK_CHAINS; j++) s += a[j];
+    return s;
+}
+
+/* GFLOP/s of peak_kernel on `threads` threads (best of 3 runs of about 0.1 s) */
+static double peak_gflops(int threads) {
+    const long iters = 4000000;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        volatile float sink = 0;
+        double t0 = now();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+            float s = peak_kernel(iters, 0.9999999f, 1e-7f);
+#ifdef _OPENMP
+#pragma omp critical
+#endif
+            sink += s;
+        }
+        double g = 2.0 * PEAK_CHAINS * (double)iters * threads / (now() - t0) * 1e-9;
+        if (g > best) best = g;
+    }
+    return best;
+}
+
 static int reps_arg(int argc, char **argv, int dflt) {
     for (int i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], "--reps") == 0) return atoi(argv[i + 1]) > 0 ? atoi(argv[i + 1]) : dflt;
@@ -272,6 +315,8 @@ static int reps_arg(int argc, char **argv, int dflt) {
 
 static void cmd_table(int argc, char **argv) {
     const char *paths[2] = {argv[2], argv[3]}, *names[2] = {"tiny", "full"}, *cases[2] = {"rxn14", "batch8"};
+    double peak[3] = {0, peak_gflops(1), peak_gflops(2)};
+    for (int nt = 1; nt <= 2; nt++) printf("bench peak float32 fma threads=%d gflops=%.1f\n", nt, peak[nt]);
     for (int k = 0; k < 2; k++) {
         oard_model *m = load(paths[k]);
         const oard_config *c = oard_model_config(m);
@@ -286,8 +331,10 @@ static void cmd_table(int argc, char **argv) {
                 double ms = bench_line(m, names[k], &r, cases[ci], nt, reps_arg(argc, argv, k ? 5 : 9));
                 if (nt == 1) t1 = ms, c1 = cpu_ms_median;
                 else /* CPU time well above 1 thread's means the threads waited for a CPU */
-                    printf("# %s %s: 1 -> 2 threads speed-up %.2fx (CPU time per call %.2f ms at 1 thread, %.2f at 2)\n",
-                           names[k], cases[ci], t1 / ms, c1, cpu_ms_median);
+                    printf("# %s %s: 1 -> 2 threads speed-up %.2fx (CPU time per call %.2f ms at 1 thread, %.2f at 2);"
+                           " fraction of the measured peak %.0f%% at 1 thread, %.0f%% at 2\n",
+                           names[k], cases[ci], t1 / ms, c1, cpu_ms_median, 100 * fl / t1 * 1e-6 / peak[1],
+                           100 * fl / ms * 1e-6 / peak[2]);
             }
         }
         oard_model_free(m);
