@@ -5,7 +5,8 @@
 #      checks that reactions are accepted, files and index are written, and a
 #      rerun resumes (nothing left to do);
 #  (b) checks that the verifier accepts a generated TS and rejects non-saddles
-#      (an energy minimum, a second-order saddle, a non-stationary point).
+#      (an energy minimum, a second-order saddle, a non-stationary point);
+#  (c) checks the P-RFO's Bofill Hessian update on a quadratic surface.
 # Needs: xtb and obabel (Debian packages xtb, openbabel), python3.  ~1 minute.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -91,5 +92,28 @@ _, h = xtbrun.hessian(syms, xyz)
 ok, reason, fs, _ = tssearch.check_frequencies(syms, xyz, h)
 print("planar CH4 r=%.3f: %s; lowest %s" % (r, reason, ["%.0f" % f for f in fs[:3]]))
 assert not ok and "second imaginary" in reason, reason
+PY
+python3 - "$here" <<'PY' || fail "Bofill Hessian update"
+# the P-RFO's Hessian update: symmetric, satisfies the secant condition H' s = y,
+# and leaves an exact Hessian of a quadratic surface unchanged
+import random, sys
+sys.path.insert(0, sys.argv[1])
+import tssearch
+rnd = random.Random(3)
+n = 9
+a = [[0.0] * n for _ in range(n)]
+for i in range(n):
+    for j in range(i, n):
+        a[i][j] = a[j][i] = rnd.uniform(-1, 1) + (3.0 * (i - 1) if i == j else 0.0)  # indefinite
+s = [rnd.uniform(-0.1, 0.1) for _ in range(n)]
+y = [sum(a[i][j] * s[j] for j in range(n)) for i in range(n)]
+h = [[a[i][j] + (0.05 * rnd.uniform(-1, 1) if i == j else 0.0) for j in range(n)] for i in range(n)]
+h = tssearch.bofill_update(h, s, y)
+sec = max(abs(sum(h[i][j] * s[j] for j in range(n)) - y[i]) for i in range(n))
+sym = max(abs(h[i][j] - h[j][i]) for i in range(n) for j in range(n))
+same = tssearch.bofill_update([r[:] for r in a], s, y)
+diff = max(abs(same[i][j] - a[i][j]) for i in range(n) for j in range(n))
+print("bofill: secant residual %.2e, asymmetry %.2e, change of an exact Hessian %.2e" % (sec, sym, diff))
+assert sec < 1e-12 and sym < 1e-12 and diff < 1e-14, (sec, sym, diff)
 PY
 echo "ci_check: OK"

@@ -229,9 +229,10 @@ def _tangent(path, k):
     return [(q - p) / chem.BOHR for pa, pb in zip(a, b) for p, q in zip(pa, pb)]
 
 
-def _search_and_verify(syms, start, guide, rbonds, phash, info):
-    res = tssearch.prfo(syms, start, guide=guide)
+def _search_and_verify(syms, start, guide, rbonds, phash, info, hess_every):
+    res = tssearch.prfo(syms, start, guide=guide, hess_every=hess_every)
     info["prfo_iterations"] = info.get("prfo_iterations", 0) + res["iterations"]
+    info["prfo_hessians"] = info.get("prfo_hessians", 0) + res["hessians"]
     if not res["converged"]:
         raise Reject("ts", "P-RFO not converged (gmax %.2e)" % res.get("gmax", float("nan")))
     v = tssearch.verify_ts(syms, res["coords"], res["hessian"], rbonds, phash)
@@ -272,7 +273,8 @@ def run_reaction(task):
         # ---- TS from the highest interior point of the scan
         k = max(range(1, len(path) - 1), key=lambda i: path[i][0])
         try:
-            res, v = _search_and_verify(syms, path[k][1], _tangent(path, k), rbonds, ed["prod_hash"], info)
+            res, v = _search_and_verify(syms, path[k][1], _tangent(path, k), rbonds, ed["prod_hash"], info,
+                                        task["hess_every"])
             info["ts_route"] = "scan+prfo"
         except Reject as first:
             if not task["neb"]:
@@ -283,7 +285,7 @@ def run_reaction(task):
             k = max(range(1, len(nebp) - 1), key=lambda i: nebp[i][0])
             try:
                 res, v = _search_and_verify(syms, nebp[k][1], _tangent(nebp, k), rbonds,
-                                            ed["prod_hash"], info)
+                                            ed["prod_hash"], info, task["hess_every"])
             except Reject as second:
                 raise Reject(second.stage, second.reason + " [scan route: %s: %s]" % (first.stage, first.reason))
             info["ts_route"] = "neb+prfo"
@@ -417,6 +419,7 @@ def build_tasks(mols, args, settings, xver):
             tasks.append({"mol": mol, "edit": ed, "id": "r" + ed["key"][:12], "data": args.data,
                           "seed": args.seed, "scan_points": args.scan_points,
                           "neb": not args.no_neb, "neb_iters": args.neb_iters,
+                          "hess_every": args.prfo_hess_every,
                           "settings": settings, "xtb_version": xver})
         per.append(tasks)
     order = []
@@ -440,6 +443,8 @@ def main(argv=None):
     ap.add_argument("--scan-points", type=int, default=12)
     ap.add_argument("--neb-iters", type=int, default=40)
     ap.add_argument("--no-neb", action="store_true", help="skip the NEB fallback")
+    ap.add_argument("--prfo-hess-every", type=int, default=4,
+                    help="exact xtb Hessian every N P-RFO steps, Bofill updates between (1: every step)")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many new attempts (0: all)")
     ap.add_argument("--index-only", action="store_true", help="only regenerate index.tsv")
     args = ap.parse_args(argv)
@@ -450,7 +455,7 @@ def main(argv=None):
         return 0
     xver = xtbrun.version()
     settings = {k: getattr(args, k) for k in ("max_per_reactant", "max_atoms", "max_break", "max_form",
-                                              "scan_points", "neb_iters", "no_neb")}
+                                              "scan_points", "neb_iters", "no_neb", "prfo_hess_every")}
     settings.update(prfo_gmax=tssearch.GMAX_TOL, imag_min=tssearch.IMAG_MIN,
                     imag_other=tssearch.IMAG_OTHER, displace=tssearch.DISPLACE,
                     bond_tol=chem.BOND_TOL, max_barrier=MAX_BARRIER)

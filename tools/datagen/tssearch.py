@@ -7,8 +7,10 @@ gradients and Hessians (stdlib only).
 * neb: a climbing-image nudged elastic band of our own (used as a fallback
   when the scan maximum does not lead to a verified saddle).
 * prfo: partitioned rational function optimisation (Baker 1986 style) in
-  Cartesian coordinates with translations/rotations projected out, an exact
-  xtb Hessian at every step (cheap for <= 20 atoms) and a dynamic trust radius.
+  Cartesian coordinates with translations/rotations projected out and a
+  dynamic trust radius.  The Hessian is xtb's exact one every `hess_every`
+  steps and Bofill-updated (Bofill 1994) in between; convergence is always
+  confirmed with an exact Hessian, which is the one returned.
 * verify_ts: one imaginary frequency below -50 cm^-1 (no other below
   -20 cm^-1), then +/- displacement along that mode and xtb minimisations,
   whose connectivity graphs must be the reactant's and the product's.
@@ -191,33 +193,86 @@ def _lowest_rfo_shift(b, f):
     return 0.5 * (lo + hi)
 
 
-def prfo(syms, xyz, guide=None, max_iter=50, trust=0.15, log=None):
+def bofill_update(h, s, y):
+    """Bofill's update of a Hessian h (list of lists, modified in place) for a
+    step s and gradient change y: phi * Murtagh-Sargent + (1 - phi) * Powell
+    symmetric Broyden, phi = (xi.s)^2 / (|xi|^2 |s|^2), xi = y - h s.  It
+    keeps neither sign pattern fixed, as a saddle search needs."""
+    n = len(s)
+    xi = [yi - chem.dot(row, s) for yi, row in zip(y, h)]
+    xs, ss, xx = chem.dot(xi, s), chem.dot(s, s), chem.dot(xi, xi)
+    if ss < 1e-16 or xx < 1e-24:
+        return h
+    phi = xs * xs / (xx * ss)
+    ms = (1.0 / xs) if abs(xs) > 1e-12 * math.sqrt(xx * ss) else 0.0
+    if ms == 0.0:
+        phi = 0.0
+    for i in range(n):
+        hi = h[i]
+        for j in range(n):
+            d_ms = ms * xi[i] * xi[j]
+            d_psb = (xi[i] * s[j] + s[i] * xi[j]) / ss - xs * s[i] * s[j] / (ss * ss)
+            hi[j] += phi * d_ms + (1.0 - phi) * d_psb
+    return h
+
+
+def _analyse(geom, g, h):
+    """Projected gradient and Hessian eigen-analysis at one P-RFO point:
+    returns (gp, vals, vecs, keep, gmax, grms, nneg), keep = the indices of
+    the eigenvectors that are not translations or rotations."""
+    n3 = len(g)
+    basis = chem.tr_basis(geom)
+    gp = chem.project_out(g, basis)
+    hp = chem.projected_matrix(h, basis, shift=0.0)
+    vals, vecs = chem.jacobi_eigh(hp)
+    # discard the TR directions (largest overlap with the TR basis)
+    trs = sorted(range(n3), key=lambda k: -sum(chem.dot(vecs[k], bb) ** 2 for bb in basis))
+    drop = set(trs[:len(basis)])
+    keep = [k for k in range(n3) if k not in drop]
+    gmax = max(abs(v) for v in gp)
+    grms = math.sqrt(sum(v * v for v in gp) / n3)
+    nneg = sum(1 for k in keep if vals[k] < -1e-5)
+    return gp, vals, vecs, keep, gmax, grms, nneg
+
+
+def prfo(syms, xyz, guide=None, max_iter=50, trust=0.15, log=None, hess_every=1):
     """Saddle-point search.  xyz in Angstrom; guide: optional 3N Cartesian
-    vector (e.g. path tangent) used to pick the mode to follow at the start.
-    Returns dict(converged, coords, energy, iterations, hessian, gmax)."""
+    vector (e.g. path tangent) used to pick the mode to follow at the start;
+    hess_every: exact xtb Hessian every this many steps (1: every step),
+    Bofill updates in between.
+    Returns dict(converged, coords, energy, iterations, hessian, gmax,
+    hessians: number of exact Hessians)."""
     n3 = 3 * len(syms)
     x = _flat_bohr(xyz)
     mode = None
     prev = None      # (energy, predicted change)
-    res = {"converged": False, "iterations": 0}
+    res = {"converged": False, "iterations": 0, "hessians": 0}
+    h = None         # current Hessian; exact when exact is True
+    last = None      # (x, g) of the previous step, for the update
+    since = 0        # steps since the last exact Hessian
     for it in range(max_iter):
         geom = _unflat_ang(x)
         if len(geom) > 1 and max(min(chem.dist(a, b) for b in geom if b is not a) for a in geom) > 3.5:
             res["reason"] = "an atom drifted away (fragmentation)"
             return res
         e, g = xtbrun.gradient(syms, geom)
-        _, h = xtbrun.hessian(syms, geom)
-        basis = chem.tr_basis(geom)
-        gp = chem.project_out(g, basis)
-        hp = chem.projected_matrix(h, basis, shift=0.0)
-        vals, vecs = chem.jacobi_eigh(hp)
-        # discard the TR directions (largest overlap with the TR basis)
-        trs = sorted(range(n3), key=lambda k: -sum(chem.dot(vecs[k], bb) ** 2 for bb in basis))
-        drop = set(trs[:len(basis)])
-        keep = [k for k in range(n3) if k not in drop]
-        gmax = max(abs(v) for v in gp)
-        grms = math.sqrt(sum(v * v for v in gp) / n3)
-        nneg = sum(1 for k in keep if vals[k] < -1e-5)
+        if h is None or since + 1 >= hess_every:
+            _, h = xtbrun.hessian(syms, geom)
+            res["hessians"] += 1
+            exact, since = True, 0
+        else:
+            h = bofill_update(h, [a - b for a, b in zip(x, last[0])],
+                              [a - b for a, b in zip(g, last[1])])
+            exact, since = False, since + 1
+        last = (x, g)
+        gp, vals, vecs, keep, gmax, grms, nneg = _analyse(geom, g, h)
+        converged = gmax < GMAX_TOL and grms < GRMS_TOL and nneg == 1
+        if converged and not exact:       # confirm with the exact Hessian here
+            _, h = xtbrun.hessian(syms, geom)
+            res["hessians"] += 1
+            exact, since = True, 0
+            gp, vals, vecs, keep, gmax, grms, nneg = _analyse(geom, g, h)
+            converged = nneg == 1
         res.update(coords=geom, energy=e, hessian=h, iterations=it, gmax=gmax)
         if log is not None:
             log.append((it, e, gmax, nneg, trust))
@@ -231,7 +286,7 @@ def prfo(syms, xyz, guide=None, max_iter=50, trust=0.15, log=None):
                     trust = min(trust * 1.5, 0.3)
                 elif ratio < 0.25 or ratio > 3.0:
                     trust = max(trust * 0.5, 0.02)
-        if gmax < GMAX_TOL and grms < GRMS_TOL and nneg == 1:
+        if converged:
             res["converged"] = True
             return res
         # choose the mode to maximise along
@@ -270,8 +325,10 @@ def prfo(syms, xyz, guide=None, max_iter=50, trust=0.15, log=None):
         pred = sum(c * f[k] + 0.5 * vals[k] * c * c for k, c in coeffs.items())
         prev = (e, pred, sn)
         if max(abs(s) for s in step) < STEP_TOL and gmax < 3 * GMAX_TOL and nneg == 1:
-            res["converged"] = True
-            return res
+            if exact:
+                res["converged"] = True
+                return res
+            since = hess_every
         x = [a + s for a, s in zip(x, step)]
     res["iterations"] = max_iter
     return res
