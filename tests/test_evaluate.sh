@@ -2,7 +2,7 @@
 # test_evaluate.sh - tools/evaluate.py on two test reactions with the bundled (untrained)
 # weights and quick sampler settings: outputs, counts, RMSDs equal to `oa_reactdiff rmsd`
 # called directly, the reference-as-candidate self-check (RMSD 0), resuming, refusing a rerun
-# with other settings, a reaction whose ts run fails, missing inputs, --confidence ranking,
+# with other settings, the R-P midpoint baseline, a reaction whose ts run fails, missing inputs, --confidence ranking,
 # and (only where xtb is installed; else a SKIP line) the GFN2-xTB energies.
 #
 #   bash tests/test_evaluate.sh [BINARY] [CONFIDENCE_WEIGHTS]
@@ -104,6 +104,28 @@ assert dict(zip(h, rows[1]))["rmsd_first"] == "0.00000000"
 assert d["counts"]["evaluated"] == 2 and d["rmsd"]["best"]["fraction_below"]["0.1"] == 1.0, d
 print("  max RMSD %.1e over %d frames" % (max(vals), len(vals)))
 EOF
+
+echo "== the midpoint baseline: with P a rotated, moved copy of R, the midpoint is R"
+mkdir -p mid/reactions
+head -1 "$DATA/index.tsv" >mid/index.tsv
+grep "$(printf '\ttest\t')" "$DATA/index.tsv" | head -1 >>mid/index.tsv
+mid_id=$(sed -n 2p mid/index.tsv | cut -f1)
+cp -r "$DATA/reactions/$mid_id" mid/reactions/
+# P := R turned 90 degrees about z and shifted: superimposed on R it is R again
+awk 'NR > 2 { printf "%s %.10f %.10f %.10f\n", $1, -$3 + 1.5, $2 - 2.0, $4 + 0.7; next } { print }' \
+    "$DATA/reactions/$mid_id/react.xyz" >mid/reactions/$mid_id/prod.xyz
+if $EV --data mid --split test --binary "$BIN" --reference-as-candidate -n 2 --out evmid >mid.out 2>mid.err; then
+    got=$(awk -F'\t' 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "rmsd_midpoint") c = i } NR == 2 { print $c }' evmid/per_reaction.tsv)
+    want=$("$BIN" rmsd "$DATA/reactions/$mid_id/react.xyz" "$DATA/reactions/$mid_id/ts.xyz")
+    if $PYTHON -c "import sys; g, w = float(sys.argv[1]), float(sys.argv[2]); print('  midpoint %.8f, R to TS %.8f, |diff| %.1e' % (g, w, abs(g - w))); sys.exit(abs(g - w) > 1e-7)" "$got" "$want" &&
+        grep -q "^Without a model: the midpoint of R and P" evmid/summary.md; then
+        pass "midpoint baseline equals oa_reactdiff rmsd of R itself (tolerance 1e-7), stated in summary.md"
+    else
+        bad "midpoint baseline $got, R to TS $want"
+    fi
+else
+    bad "midpoint run: exit $?: $(tail -2 mid.err)"
+fi
 
 echo "== a reaction whose ts run fails"
 mkdir -p bad/reactions

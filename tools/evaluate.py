@@ -17,6 +17,10 @@ usage: python3 tools/evaluate.py --data data --split test --weights weights.bin 
    (frame 0: the top-ranked one with --confidence, else simply the first draw)
    and of the best one (minimum over the N frames: an oracle, it needs the
    reference).
+   The same measure is applied to a guess made without any model, the midpoint
+   of R and P (P superimposed on R atom by atom; OUT/midpoint/ID.xyz): the
+   baseline a trained model has to beat (summary, and per_reaction.tsv's last
+   column).
 3. A candidate is garbage when two atoms are closer than --min-distance (0.5 A)
    or farther apart than --max-distance (20 A; the largest distance in any of
    our structures is under 7 A). Garbage candidates are counted, not hidden.
@@ -384,6 +388,33 @@ def evaluate_reaction(a, r, tsdir, ts_failed):
     r["best_frame"] = min(range(len(vals)), key=lambda k: (vals[k], k))
 
 
+def midpoint_baseline(a, r, scratch):
+    """r["rmsd_midpoint"]: RMSD to the reference TS of the guess without a model, the
+    midpoint of R and P (P superimposed on R, atom i on atom i: the dataset keeps one atom
+    order), measured like the candidates.  None if it cannot be computed."""
+    d = os.path.join(a.data, "reactions", r["id"])
+    try:
+        syms, xr, _ = chem.read_xyz(os.path.join(d, "react.xyz"))
+        syms_p, xp, _ = chem.read_xyz(os.path.join(d, "prod.xyz"))
+    except (OSError, ValueError) as e:
+        r["rmsd_midpoint"] = None
+        r["message"] = r["message"] or "midpoint baseline: %s" % one_line(e)
+        return
+    if syms_p != syms:
+        r["rmsd_midpoint"] = None
+        r["message"] = r["message"] or "midpoint baseline: react.xyz and prod.xyz differ in atom order"
+        return
+    xp = chem.superimpose(xr, xp)
+    mid = [[0.5 * (u[k] + v[k]) for k in range(3)] for u, v in zip(xr, xp)]
+    path = os.path.join(scratch, r["id"] + ".xyz")
+    write_text(path, chem.xyz_text(syms, mid, "midpoint of react.xyz and prod.xyz (superimposed)"))
+    try:
+        r["rmsd_midpoint"] = rmsd_frames(a.binary, path, os.path.join(d, "ts.xyz"))[0]
+    except (EvalError, IndexError) as e:
+        r["rmsd_midpoint"] = None
+        r["message"] = r["message"] or "midpoint baseline: %s" % one_line(e)
+
+
 def xtb_energies(a, rows):
     """Single points of the first and best frames of the evaluated reactions; fills
     r['xtb'] = {'first': (energy or None, status), 'best': ...}."""
@@ -464,7 +495,8 @@ def summarise(a, rows):
                    "candidates": n_cand, "garbage_candidates": n_garbage},
         "failed": [{"id": r["id"], "status": r["status"], "message": r["message"]} for r in failed],
         "rmsd": {"first": rmsd_stats([r["rmsd"][0] for r in ok]),
-                 "best": rmsd_stats([r["rmsd"][r["best_frame"]] for r in ok])},
+                 "best": rmsd_stats([r["rmsd"][r["best_frame"]] for r in ok]),
+                 "midpoint": rmsd_stats([r["rmsd_midpoint"] for r in ok if r.get("rmsd_midpoint") is not None])},
     }
     if a.xtb:
         s["energy"] = {}
@@ -515,6 +547,12 @@ def markdown(s):
         out.append("| energy failures (garbage geometry or xtb failed) | %d of %d | %d of %d |"
                    % (ef["n_failed"], c["evaluated"], eb["n_failed"], c["evaluated"]))
     out.append("")
+    rm = s["rmsd"]["midpoint"]
+    out.append("Without a model: the midpoint of R and P (P superimposed on R) is at median %s Å, mean %s Å "
+               "from the reference TS; below 0.1 / 0.2 / 0.5 Å: %s / %s / %s (%d reactions)."
+               % (fmt(rm["median"]), fmt(rm["mean"]), pct(rm["fraction_below"]["0.1"]),
+                  pct(rm["fraction_below"]["0.2"]), pct(rm["fraction_below"]["0.5"]), rm["n"]))
+    out.append("")
     out.append("First candidate: %s. Best: the lowest RMSD of the N (needs the reference). "
                "Garbage candidates (atoms closer than %g Å or farther than %g Å apart): %d of %d."
                % (s["first_candidate"], st["min_distance"], st["max_distance"], c["garbage_candidates"], c["candidates"]))
@@ -528,7 +566,7 @@ def markdown(s):
 def tsv(a, rows):
     head = ["id", "formula", "n_atoms", "status", "n_candidates", "rmsd_first", "rmsd_best", "best_frame",
             "rmsd_all", "n_garbage", "e_ts_ref", "e_first", "e_best", "err_first_kcal", "err_best_kcal",
-            "energy_first", "energy_best", "message"]
+            "energy_first", "energy_best", "message", "rmsd_midpoint"]
     out = ["\t".join(head)]
     for r in rows:
         ok = r["status"] == "ok"
@@ -545,7 +583,8 @@ def tsv(a, rows):
             "NA" if ef is None else "%.8f" % ef, "NA" if eb is None else "%.8f" % eb,
             "NA" if ef is None else "%.4f" % err_kcal(ef, r["e_ts_ref"]),
             "NA" if eb is None else "%.4f" % err_kcal(eb, r["e_ts_ref"]),
-            sf, sb, r["message"] or "-"]))
+            sf, sb, r["message"] or "-",
+            "%.8f" % r["rmsd_midpoint"] if ok and r.get("rmsd_midpoint") is not None else "NA"]))
     return "\n".join(out) + "\n"
 
 
@@ -587,8 +626,12 @@ def main(argv):
         ts_failed = write_reference_candidates(a, rows, tsdir)
     else:
         ts_failed = run_model(a, rows, tsdir)
+    mids = os.path.join(a.out, "midpoint")
+    os.makedirs(mids, exist_ok=True)
     for r in rows:
         evaluate_reaction(a, r, tsdir, ts_failed)
+        if r["status"] == "ok":
+            midpoint_baseline(a, r, mids)
     if a.xtb:
         xtb_energies(a, rows)
     s = summarise(a, rows)

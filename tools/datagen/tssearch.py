@@ -70,37 +70,13 @@ def scan_path(syms, xr, pairs, targets, npts=12, fc=1.0):
 
 # --------------------------------------------------------------- NEB
 
-def _align(ref, mov):
-    """Rigidly superimpose `mov` onto `ref` (Kabsch via quaternion and a
-    4x4 Jacobi eigen-solve).  Both lists of [x,y,z]; returns new coords."""
-    n = len(ref)
-    cr = [sum(p[k] for p in ref) / n for k in range(3)]
-    cm = [sum(p[k] for p in mov) / n for k in range(3)]
-    a = [[p[k] - cr[k] for k in range(3)] for p in ref]
-    b = [[p[k] - cm[k] for k in range(3)] for p in mov]
-    s = [[sum(b[i][x] * a[i][y] for i in range(n)) for y in range(3)] for x in range(3)]
-    sxx, sxy, sxz = s[0]
-    syx, syy, syz = s[1]
-    szx, szy, szz = s[2]
-    k4 = [[sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
-          [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
-          [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
-          [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz]]
-    vals, vecs = chem.jacobi_eigh(k4)
-    q0, q1, q2, q3 = vecs[-1]
-    rot = [[q0*q0+q1*q1-q2*q2-q3*q3, 2*(q1*q2-q0*q3), 2*(q1*q3+q0*q2)],
-           [2*(q1*q2+q0*q3), q0*q0-q1*q1+q2*q2-q3*q3, 2*(q2*q3-q0*q1)],
-           [2*(q1*q3-q0*q2), 2*(q2*q3+q0*q1), q0*q0-q1*q1-q2*q2+q3*q3]]
-    return [[sum(rot[x][y] * p[y] for y in range(3)) + cr[x] for x in range(3)] for p in b]
-
-
 def neb(syms, images, iters=60, k_spring=0.1, max_step=0.1, log=None):
     """Climbing-image NEB (improved tangent) with a damped velocity-Verlet-free
     steepest-descent/FIRE-like update.  images: list of coords (Angstrom),
     end points fixed.  Returns list of (energy, coords)."""
     imgs = [list(map(list, im)) for im in images]
     for i in range(1, len(imgs)):
-        imgs[i] = _align(imgs[i - 1], imgs[i])
+        imgs[i] = chem.superimpose(imgs[i - 1], imgs[i])
     x = [_flat_bohr(im) for im in imgs]
     m = len(x)
     e = [None] * m
