@@ -391,27 +391,20 @@ def evaluate_reaction(a, r, tsdir, ts_failed):
 def midpoint_baseline(a, r, scratch):
     """r["rmsd_midpoint"]: RMSD to the reference TS of the guess without a model, the
     midpoint of R and P (P superimposed on R, atom i on atom i: the dataset keeps one atom
-    order), measured like the candidates.  None if it cannot be computed."""
+    order), measured like the candidates.  None, with a message, if it cannot be computed."""
     d = os.path.join(a.data, "reactions", r["id"])
+    r["rmsd_midpoint"] = None
     try:
         syms, xr, _ = chem.read_xyz(os.path.join(d, "react.xyz"))
         syms_p, xp, _ = chem.read_xyz(os.path.join(d, "prod.xyz"))
-    except (OSError, ValueError) as e:
-        r["rmsd_midpoint"] = None
-        r["message"] = r["message"] or "midpoint baseline: %s" % one_line(e)
-        return
-    if syms_p != syms:
-        r["rmsd_midpoint"] = None
-        r["message"] = r["message"] or "midpoint baseline: react.xyz and prod.xyz differ in atom order"
-        return
-    xp = chem.superimpose(xr, xp)
-    mid = [[0.5 * (u[k] + v[k]) for k in range(3)] for u, v in zip(xr, xp)]
-    path = os.path.join(scratch, r["id"] + ".xyz")
-    write_text(path, chem.xyz_text(syms, mid, "midpoint of react.xyz and prod.xyz (superimposed)"))
-    try:
+        if syms_p != syms:
+            raise ValueError("react.xyz and prod.xyz differ in atom order")
+        xp = chem.superimpose(xr, xp)
+        mid = [[0.5 * (u[k] + v[k]) for k in range(3)] for u, v in zip(xr, xp)]
+        path = os.path.join(scratch, r["id"] + ".xyz")
+        write_text(path, chem.xyz_text(syms, mid, "midpoint of react.xyz and prod.xyz (superimposed)"))
         r["rmsd_midpoint"] = rmsd_frames(a.binary, path, os.path.join(d, "ts.xyz"))[0]
-    except (EvalError, IndexError) as e:
-        r["rmsd_midpoint"] = None
+    except (OSError, ValueError, IndexError, EvalError) as e:
         r["message"] = r["message"] or "midpoint baseline: %s" % one_line(e)
 
 
