@@ -229,8 +229,8 @@ def _tangent(path, k):
     return [(q - p) / chem.BOHR for pa, pb in zip(a, b) for p, q in zip(pa, pb)]
 
 
-def _search_and_verify(syms, start, guide, rbonds, phash, info, hess_every):
-    res = tssearch.prfo(syms, start, guide=guide, hess_every=hess_every)
+def _search_and_verify(syms, start, guide, rbonds, phash, info, hess_every, max_iter):
+    res = tssearch.prfo(syms, start, guide=guide, hess_every=hess_every, max_iter=max_iter)
     info["prfo_iterations"] = info.get("prfo_iterations", 0) + res["iterations"]
     info["prfo_hessians"] = info.get("prfo_hessians", 0) + res["hessians"]
     if not res["converged"]:
@@ -274,7 +274,7 @@ def run_reaction(task):
         k = max(range(1, len(path) - 1), key=lambda i: path[i][0])
         try:
             res, v = _search_and_verify(syms, path[k][1], _tangent(path, k), rbonds, ed["prod_hash"], info,
-                                        task["hess_every"])
+                                        task["hess_every"], task["prfo_max_iter"])
             info["ts_route"] = "scan+prfo"
         except Reject as first:
             if not task["neb"]:
@@ -285,7 +285,8 @@ def run_reaction(task):
             k = max(range(1, len(nebp) - 1), key=lambda i: nebp[i][0])
             try:
                 res, v = _search_and_verify(syms, nebp[k][1], _tangent(nebp, k), rbonds,
-                                            ed["prod_hash"], info, task["hess_every"])
+                                            ed["prod_hash"], info, task["hess_every"],
+                                            task["prfo_max_iter"])
             except Reject as second:
                 raise Reject(second.stage, second.reason + " [scan route: %s: %s]" % (first.stage, first.reason))
             info["ts_route"] = "neb+prfo"
@@ -413,13 +414,16 @@ def build_tasks(mols, args, settings, xver):
         eds = enumerate_edits(syms, bonds, max_break=args.max_break, max_form=args.max_form)
         for ed in eds:
             ed["key"] = sha(args.seed, mol["canonical"], ed["cgr"])
-        eds.sort(key=lambda ed: ed["key"])
+        if args.simple_first:       # fewer bond changes first, seeded order within
+            eds.sort(key=lambda ed: (len(ed["break"]) + len(ed["form"]), ed["key"]))
+        else:
+            eds.sort(key=lambda ed: ed["key"])
         tasks = []
         for ed in eds[:args.max_per_reactant]:
             tasks.append({"mol": mol, "edit": ed, "id": "r" + ed["key"][:12], "data": args.data,
                           "seed": args.seed, "scan_points": args.scan_points,
                           "neb": not args.no_neb, "neb_iters": args.neb_iters,
-                          "hess_every": args.prfo_hess_every,
+                          "hess_every": args.prfo_hess_every, "prfo_max_iter": args.prfo_max_iter,
                           "settings": settings, "xtb_version": xver})
         per.append(tasks)
     order = []
@@ -445,6 +449,10 @@ def main(argv=None):
     ap.add_argument("--no-neb", action="store_true", help="skip the NEB fallback")
     ap.add_argument("--prfo-hess-every", type=int, default=4,
                     help="exact xtb Hessian every N P-RFO steps, Bofill updates between (1: every step)")
+    ap.add_argument("--prfo-max-iter", type=int, default=50,
+                    help="give up a P-RFO search after this many steps")
+    ap.add_argument("--simple-first", action="store_true",
+                    help="per reactant, try edits with fewer bond changes first")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many new attempts (0: all)")
     ap.add_argument("--index-only", action="store_true", help="only regenerate index.tsv")
     args = ap.parse_args(argv)
@@ -455,7 +463,8 @@ def main(argv=None):
         return 0
     xver = xtbrun.version()
     settings = {k: getattr(args, k) for k in ("max_per_reactant", "max_atoms", "max_break", "max_form",
-                                              "scan_points", "neb_iters", "no_neb", "prfo_hess_every")}
+                                              "scan_points", "neb_iters", "no_neb", "prfo_hess_every",
+                                              "prfo_max_iter", "simple_first")}
     settings.update(prfo_gmax=tssearch.GMAX_TOL, imag_min=tssearch.IMAG_MIN,
                     imag_other=tssearch.IMAG_OTHER, displace=tssearch.DISPLACE,
                     bond_tol=chem.BOND_TOL, max_barrier=MAX_BARRIER)
