@@ -35,6 +35,37 @@ def pct(a, b):
     return "%.1f%%" % (100.0 * a / b) if b else "-"
 
 
+def edit_counts(edit):
+    """(bonds broken, bonds formed) of an attempts.tsv edit 'b:i-j;k-l|f:i-k'."""
+    parts = dict(p.split(":", 1) for p in edit.split("|"))
+    return tuple(len([x for x in parts.get(k, "").split(";") if x]) for k in ("b", "f"))
+
+
+def edit_class_table(att):
+    """Markdown table: attempts, acceptance and attempt seconds per accepted
+    reaction for each (broken, formed) edit class."""
+    cls = {}
+    for r in att:
+        try:
+            k = edit_counts(r.get("edit", ""))
+        except ValueError:
+            continue
+        c = cls.setdefault(k, [0, 0, 0.0])
+        c[0] += 1
+        c[1] += r.get("stage") == "done"
+        try:
+            c[2] += float(r.get("seconds") or 0)
+        except ValueError:
+            pass
+    lines = ["| bonds broken / formed | attempts | accepted | rate | attempt seconds per accepted |",
+             "|---|---|---|---|---|"]
+    for k in sorted(cls):
+        n, a, t = cls[k]
+        lines.append("| %d / %d | %d | %d | %s | %s |" % (k[0], k[1], n, a, pct(a, n),
+                                                      "%.0f" % (t / a) if a else "-"))
+    return "\n".join(lines)
+
+
 def main(argv):
     data = os.path.abspath(argv[0] if argv else os.path.join(HERE, "..", "..", "data"))
     idx = read_tsv(os.path.join(data, "index.tsv"))
@@ -74,6 +105,7 @@ def main(argv):
         lines.append("| %s (%s) | %d | %d | %s |" % (st, desc, passed, rej, pct(passed, remaining)))
         remaining = passed
     stage_table = "\n".join(lines)
+    class_table = edit_class_table(att)
 
     splits = {}
     mols = {}
@@ -163,6 +195,13 @@ Forward barrier histogram counts (5 kcal/mol bins from 0): %s
 
 Accepted: %d of %d attempts (%s).  Compute: %.1f CPU-hours in total
 (one core per reaction), %.1f s per attempt, %.1f s per accepted reaction.
+
+## Acceptance by edit class
+
+All sessions and settings together (NEB fallback in sessions 1-4 only);
+attempt seconds are wall time and depend on machine load.
+
+%s
 """ % (len(idx), ", ".join("%s %d" % (k, splits[k]) for k in sorted(splits)),
        len(set(r["reactant"] for r in idx)),
        ", ".join("%s %d reactions / %d molecules" % (k, splits[k], len(mols[k])) for k in sorted(splits)) or "-",
@@ -170,7 +209,7 @@ Accepted: %d of %d attempts (%s).  Compute: %.1f CPU-hours in total
        ", ".join("%s: %d" % (k, brk[k]) for k in sorted(brk)) or "-",
        len(keys), n_dup, n_cross, size / 1e6, bstats(fwd), bstats(rev), bstats(imag), " ".join(str(c) for c in c1),
        stage_table, n_acc, n_att, pct(n_acc, n_att), secs / 3600.0,
-       secs / n_att if n_att else 0.0, secs / n_acc if n_acc else 0.0)
+       secs / n_att if n_att else 0.0, secs / n_acc if n_acc else 0.0, class_table)
     with open(os.path.join(data, "README.md"), "w") as f:
         f.write(text)
     print(text)
