@@ -6,7 +6,9 @@
 #      rerun resumes (nothing left to do);
 #  (b) checks that the verifier accepts a generated TS and rejects non-saddles
 #      (an energy minimum, a second-order saddle, a non-stationary point);
-#  (c) checks the P-RFO's Bofill Hessian update on a quadratic surface.
+#  (c) checks the P-RFO's Bofill Hessian update on a quadratic surface;
+#  (d) checks --simple-first (same tasks, fewer bond changes first within
+#      each reactant) and the report's per-edit-class accounting.
 # Needs: xtb and obabel (Debian packages xtb, openbabel), python3.  ~1 minute.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -115,5 +117,37 @@ same = tssearch.bofill_update([r[:] for r in a], s, y)
 diff = max(abs(same[i][j] - a[i][j]) for i in range(n) for j in range(n))
 print("bofill: secant residual %.2e, asymmetry %.2e, change of an exact Hessian %.2e" % (sec, sym, diff))
 assert sec < 1e-12 and sym < 1e-12 and diff < 1e-14, (sec, sym, diff)
+PY
+python3 - "$here" "$tmp/data" "$fix"/m*.xyz <<'PY' || fail "--simple-first order or edit-class report"
+# --simple-first reorders each reactant's edits by the number of bond changes
+# and keeps the same set of tasks; report.py counts attempts per edit class
+import argparse, sys
+sys.path.insert(0, sys.argv[1])
+import chem, datagen, report
+mols = []
+for path in sys.argv[3:]:
+    syms, xyz, _ = chem.read_xyz(path)
+    mols.append({"molid": path, "canonical": path, "syms": syms, "xyz": xyz})
+def tasks(simple):
+    a = argparse.Namespace(max_atoms=99, max_break=2, max_form=2, seed=1, max_per_reactant=10**6,
+                           data="", scan_points=12, no_neb=True, neb_iters=40, prfo_hess_every=4,
+                           prfo_max_iter=30, simple_first=simple)
+    return datagen.build_tasks(mols, a, {}, "")
+plain, simple = tasks(False), tasks(True)
+assert sorted(t["id"] for t in plain) == sorted(t["id"] for t in simple), "task sets differ"
+nch = lambda t: len(t["edit"]["break"]) + len(t["edit"]["form"])
+for m in mols:
+    seq = [nch(t) for t in simple if t["mol"] is m]
+    assert seq == sorted(seq), (m["molid"], seq)
+    assert seq != [nch(t) for t in plain if t["mol"] is m], "order unchanged: test is vacuous"
+print("simple-first: %d tasks, bond changes per reactant in order %s" % (
+    len(simple), ["".join(str(nch(t)) for t in simple if t["mol"] is m) for m in mols]))
+assert report.edit_counts("b:0-1;2-3|f:0-2") == (2, 1) and report.edit_counts("b:4-5|f:") == (1, 0)
+att = report.read_tsv(sys.argv[2] + "/attempts.tsv")
+table = report.edit_class_table(att)
+rows = [l.split("|")[2:4] for l in table.splitlines()[2:]]
+assert sum(int(r[0]) for r in rows) == len(att), table
+assert sum(int(r[1]) for r in rows) == sum(1 for r in att if r["stage"] == "done"), table
+print(table)
 PY
 echo "ci_check: OK"
