@@ -49,13 +49,18 @@ def hetero_bonds(mol):
     return sum(1 for (p, q, o) in mol[1] if mol[0][p] != "C" and mol[0][q] != "C")
 
 
-def canonical(mol):
-    """Canonical string of a tree: minimum over roots of the sorted rooted form."""
-    elems, bonds = mol
-    adj = {i: [] for i in range(len(elems))}
-    for p, q, o in bonds:
+def adjacency(mol):
+    """atom -> [(neighbour, bond order)]"""
+    adj = {i: [] for i in range(len(mol[0]))}
+    for p, q, o in mol[1]:
         adj[p].append((q, o))
         adj[q].append((p, o))
+    return adj
+
+
+def canonical(mol):
+    """Canonical string of a tree: minimum over roots of the sorted rooted form."""
+    elems, adj = mol[0], adjacency(mol)
 
     def rooted(v, parent):
         kids = sorted("%d%s" % (o, rooted(w, v)) for (w, o) in adj[v] if w != parent)
@@ -80,11 +85,7 @@ def grow(mol):
 
 
 def smiles(mol):
-    elems, bonds = mol
-    adj = {i: [] for i in range(len(elems))}
-    for p, q, o in bonds:
-        adj[p].append((q, o))
-        adj[q].append((p, o))
+    elems, adj = mol[0], adjacency(mol)
     sym = {1: "", 2: "=", 3: "#"}
 
     def write(v, parent):
