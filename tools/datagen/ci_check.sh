@@ -156,14 +156,15 @@ PY
 # e.g. N-F allowed, gives 16 molecules), no duplicate molecules among larger ones
 # by obabel's canonical SMILES, and --exclude leaves out exactly the listed molecules.
 enum=(python3 "$here/enumerate_molecules.py")
-"${enum[@]}" --heavy 2 2>/dev/null | cut -d' ' -f1 | obabel -ismi -ocan 2>/dev/null | cut -f1 | sort > "$tmp/enum2.can"
-printf '%s\n' CC C=C C#C CN C=N C#N CO C=O CF NN N=N N#N NO | obabel -ismi -ocan 2>/dev/null | cut -f1 | sort > "$tmp/enum2.want"
+canon() { cut -d' ' -f1 | obabel -ismi -ocan 2>/dev/null | cut -f1 | sort; }
+"${enum[@]}" --heavy 2 2>/dev/null | canon > "$tmp/enum2.can"
+printf '%s\n' CC C=C C#C CN C=N C#N CO C=O CF NN N=N N#N NO | canon > "$tmp/enum2.want"
 diff "$tmp/enum2.want" "$tmp/enum2.can" || fail "enumerator: two-heavy-atom set differs from the hand-written one"
-"${enum[@]}" --heavy 4 2>/dev/null | cut -d' ' -f1 | obabel -ismi -ocan 2>/dev/null | cut -f1 | sort > "$tmp/enum4.can"
+"${enum[@]}" --heavy 4 2>/dev/null | canon > "$tmp/enum4.can"
 [ "$(wc -l < "$tmp/enum4.can")" -gt 50 ] || fail "enumerator: too few four-heavy-atom molecules"
 [ -z "$(uniq -d "$tmp/enum4.can")" ] || fail "enumerator: duplicate molecules: $(uniq -d "$tmp/enum4.can" | head -3 | tr '\n' ' ')"
 head -20 "$tmp/enum4.can" > "$tmp/enum4.excl"
-"${enum[@]}" --heavy 4 --exclude "$tmp/enum4.excl" 2>/dev/null | cut -d' ' -f1 | obabel -ismi -ocan 2>/dev/null | cut -f1 | sort > "$tmp/enum4b.can"
+"${enum[@]}" --heavy 4 --exclude "$tmp/enum4.excl" 2>/dev/null | canon > "$tmp/enum4b.can"
 [ "$(comm -12 "$tmp/enum4.excl" "$tmp/enum4b.can" | wc -l)" -eq 0 ] || fail "enumerator: --exclude ignored"
 [ "$(wc -l < "$tmp/enum4b.can")" -eq $(($(wc -l < "$tmp/enum4.can") - 20)) ] || fail "enumerator: --exclude removed the wrong molecules"
 echo "ci_check: enumerator: $(wc -l < "$tmp/enum2.can") two-heavy-atom molecules as expected, $(wc -l < "$tmp/enum4.can") four-heavy-atom ones, no duplicates"

@@ -104,8 +104,7 @@ def n_hydrogens(mol):
 
 
 def enumerate_trees(nmax):
-    level = {canonical(([e], [])): ([e], []) for e in ELEMENTS}
-    by_size = {1: list(level.values())}
+    by_size = {1: [([e], []) for e in ELEMENTS]}
     for n in range(2, nmax + 1):
         nxt = {}
         for mol in by_size[n - 1]:
@@ -119,10 +118,14 @@ def obabel_canonical(smis):
     try:
         res = subprocess.run(["obabel", "-ismi", "-ocan"], input="\n".join(smis) + "\n",
                              capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    except OSError:
+        return None                     # no obabel: compare SMILES as written
+    except subprocess.CalledProcessError as exc:
+        sys.exit("enumerate_molecules: obabel failed: %s" % exc.stderr.strip().splitlines()[-1:])
     out = [ln.split()[0] if ln.split() else "" for ln in res.stdout.splitlines()]
-    return out if len(out) == len(smis) else None
+    if len(out) != len(smis):           # obabel drops what it cannot parse
+        sys.exit("enumerate_molecules: obabel canonicalised %d of %d SMILES" % (len(out), len(smis)))
+    return out
 
 
 def main(argv=None):
