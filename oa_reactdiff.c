@@ -4860,11 +4860,13 @@ static int fill_kept(void *ctx, int i, double *out, char *err) {
     return OARD_OK;
 }
 
-static int model_to_bridge(oard_model **mp, int T, double beta_max, double power, double inv_power, char *err) {
+int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double power, double inv_power, oard_model **mp,
+                         char *err) {
     static const char *const dropped[] = {"objective", "sampling_schedule", "sampling_timesteps", "sampling_precision",
                                           "training_schedule", "training_timesteps", "training_precision", "loss_scales",
                                           "sb_timesteps", "sb_beta_max", "sb_power", "sb_inv_power"};
-    const oard_model *m = *mp;
+    *mp = NULL;
+    if (m->cfg.kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "a bridge model needs a denoiser");
     const wfile *w = &m->file;
     char sv[4][40];
     snprintf(sv[0], sizeof(sv[0]), "%d", T), snprintf(sv[1], sizeof(sv[1]), "%.17g", beta_max);
@@ -4893,12 +4895,8 @@ static int model_to_bridge(oard_model **mp, int T, double beta_max, double power
     if (!rc) rc = image_build(OARD_KIND_DENOISER, nk, keys, vals, nt, td, sizeof(real) == 8, fill_kept, &bf, "bridge model",
                               &img, &size, err);
     free(keys), free(vals), free(td), free(index);
-    oard_model *out = NULL;
-    if (!rc) rc = model_load_image("bridge model", img, size, OARD_KIND_DENOISER, &out, err);
-    if (rc) return rc;
-    oard_model_free(*mp);
-    *mp = out;
-    return OARD_OK;
+    if (!rc) rc = model_load_image("bridge model", img, size, OARD_KIND_DENOISER, mp, err);
+    return rc;
 }
 
 /* ---- oard_model_init: a fresh denoiser ---- */
@@ -6464,7 +6462,32 @@ static int bridge_options(const Args *a, oard_bridge_opts *o, char *err) {
     return OARD_OK;
 }
 
-static int fit_onto(int n, double *mob, const double *ref); /* with the RMSD code */
+static void superpose_rotation(int n, const double *a, const double *b, const int *map, double R[9]);
+
+/* Move the n points mob (n, 3) onto ref by the best proper rotation about their centroids
+ * and the translation of centroids (Kabsch; reflections are never used). */
+static int fit_onto(int n, double *mob, const double *ref) {
+    double cm[3] = {0, 0, 0}, cr[3] = {0, 0, 0}, R[9];
+    double *a = xcalloc((size_t)n * 6, sizeof(double)), *b = a ? a + 3 * n : NULL;
+    if (!a) return OARD_ERR_NOMEM;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            cm[k] += mob[3 * i + k] / n;
+            cr[k] += ref[3 * i + k] / n;
+        }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            a[3 * i + k] = mob[3 * i + k] - cm[k];
+            b[3 * i + k] = ref[3 * i + k] - cr[k];
+        }
+    superpose_rotation(n, a, b, NULL, R);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++)
+            mob[3 * i + k] = R[3 * k] * a[3 * i] + R[3 * k + 1] * a[3 * i + 1] + R[3 * k + 2] * a[3 * i + 2] + cr[k];
+    free(a);
+    return OARD_OK;
+}
+
 
 /* run_model.py's pre-treatment: R centred on its plain centroid, P fitted onto it (Kabsch),
  * both written with %.6f and read back; rows in the file's atom order */
@@ -7547,7 +7570,12 @@ static int cmd_train(const Args *a, char *err) {
          * start, with train_rpsb_ts1x.py's schedule (T 3000, beta_max 0.3, power 0.5) */
         if (!rc && oard_model_config(T.m)->kind == OARD_KIND_DENOISER && want_bridge &&
             oard_model_config(T.m)->objective != OARD_OBJECTIVE_BRIDGE)
-            rc = model_to_bridge(&T.m, 3000, 0.3, 0.5, 1.0, err);
+        {
+            oard_model *b = NULL;
+            rc = oard_model_to_bridge(T.m, 3000, 0.3, 0.5, 1.0, &b, err);
+            oard_model_free(T.m);
+            T.m = b;
+        }
         oard_optim_opts o;
         oard_optim_defaults(&o);
         if (!isnan(a->lr)) o.lr = a->lr;
@@ -7943,30 +7971,6 @@ static double rotated_rmsd(int n, const double *a, const double *b, const int *m
         }
     }
     return sqrt(s / n);
-}
-
-/* Move the n points mob (n, 3) onto ref by the best proper rotation about their centroids
- * and the translation of centroids (Kabsch; reflections are never used). */
-static int fit_onto(int n, double *mob, const double *ref) {
-    double cm[3] = {0, 0, 0}, cr[3] = {0, 0, 0}, R[9];
-    double *a = xcalloc((size_t)n * 6, sizeof(double)), *b = a ? a + 3 * n : NULL;
-    if (!a) return OARD_ERR_NOMEM;
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k < 3; k++) {
-            cm[k] += mob[3 * i + k] / n;
-            cr[k] += ref[3 * i + k] / n;
-        }
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k < 3; k++) {
-            a[3 * i + k] = mob[3 * i + k] - cm[k];
-            b[3 * i + k] = ref[3 * i + k] - cr[k];
-        }
-    superpose_rotation(n, a, b, NULL, R);
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k < 3; k++)
-            mob[3 * i + k] = R[3 * k] * a[3 * i] + R[3 * k + 1] * a[3 * i + 1] + R[3 * k + 2] * a[3 * i + 2] + cr[k];
-    free(a);
-    return OARD_OK;
 }
 
 static double superposed_rmsd(int n, const double *a, const double *b, const int *map) {
