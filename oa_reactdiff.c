@@ -6427,7 +6427,7 @@ static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path
         char cm[8192] = "";
         if (name) kv_string(cm, sizeof(cm), "name", name);
         if (c->objective == OARD_OBJECTIVE_BRIDGE) /* deterministic: no seed */
-            kv_format(cm, sizeof(cm), " method=bridge solver=%s nfe=%d%s%s", res->solver, res->nfe,
+            kv_format(cm, sizeof(cm), " sample=0 n_samples=1 method=bridge solver=%s nfe=%d%s%s", res->solver, res->nfe,
                       res->ode_method ? " ode_method=" : "", res->ode_method ? res->ode_method : "");
         else
             kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d resamplings=%d jump=%d", b, N,
