@@ -14,6 +14,8 @@ gradients and Hessians (stdlib only).
 * verify_ts: one imaginary frequency below -50 cm^-1 (no other below
   -20 cm^-1), then +/- displacement along that mode and xtb minimisations,
   whose connectivity graphs must be the reactant's and the product's.
+* search_and_verify: P-RFO from a starting geometry, then verify_ts (used by
+  the generator and by tools/refine.py).
 """
 
 import math
@@ -369,4 +371,24 @@ def verify_ts(syms, xyz, hess, react_bonds, prod_hash):
         return out
     out.update(ok=True, reason="", react=(r[0], r[1]), prod=(p[0], p[1]),
                prod_bonds=p[2])
+    return out
+
+
+def search_and_verify(syms, start, react_bonds, prod_hash, guide=None, hess_every=1, max_iter=50,
+                      log=None):
+    """prfo from start, then verify_ts on the saddle it converged to.
+
+    Returns dict(ok, stage, reason, prfo, verify): stage is '' when ok, 'ts'
+    when the P-RFO did not converge, else verify_ts's ('freq' or 'irc');
+    prfo is prfo's result (its coords, the saddle or the last point reached,
+    are absent when the search stopped before its first point), verify
+    verify_ts's dict (None when the P-RFO did not converge).  xtb failures
+    are raised (xtbrun.XtbError)."""
+    res = prfo(syms, start, guide=guide, hess_every=hess_every, max_iter=max_iter, log=log)
+    out = {"ok": False, "stage": "ts", "prfo": res, "verify": None,
+           "reason": "P-RFO not converged (gmax %.2e)" % res.get("gmax", float("nan"))}
+    if not res["converged"]:
+        return out
+    v = verify_ts(syms, res["coords"], res["hessian"], react_bonds, prod_hash)
+    out.update(ok=v["ok"], stage="" if v["ok"] else v["stage"], reason=v["reason"], verify=v)
     return out
