@@ -18,6 +18,10 @@ code (tools/datagen: tssearch.search_and_verify):
         (up to isomorphism: an equivalent atom may take part).
 A candidate passing all three is verdict=verified, else verdict=failed:<stage> (ts, freq,
 irc, or xtb when xtb itself failed, e.g. no SCF convergence on a broken geometry).
+--max-iter 0: no search, the candidate is checked as it is (tools/datagen/verify.py's
+test): it must be a stationary point (max|g| < 9e-4 Eh/bohr, else failed:stationary), then
+freq and irc. A search started at a minimum (the reactant) may climb to the TS and pass;
+the candidate as it is cannot.
 
 OUT.xyz: one frame per candidate, in candidate order: the saddle point (or the last
 geometry the search reached), comment line `Properties=species:S:1:pos:R:3 candidate=<i>
@@ -86,13 +90,16 @@ def parse_args(argv):
     p.add_argument("-o", "--out", required=True, metavar="OUT.xyz", help="refined frames (extended XYZ)")
     p.add_argument("--charge", type=int, default=0, help="molecular charge (default 0)")
     p.add_argument("--uhf", type=int, default=0, help="number of unpaired electrons (default 0)")
-    p.add_argument("--max-iter", type=int, default=50, help="P-RFO steps at most (default 50)")
+    p.add_argument("--max-iter", type=int, default=50,
+                   help="P-RFO steps at most (default 50; 0: no search, check the candidates as they are)")
     p.add_argument("--hess-every", type=int, default=4,
                    help="exact xtb Hessian every K P-RFO steps, Bofill updates between (default 4; 1: always)")
     p.add_argument("--workers", type=int, default=1, help="candidates refined in parallel (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="one stderr line per P-RFO step")
     a = p.parse_args(argv)
-    for name in ("max_iter", "hess_every", "workers"):
+    if a.max_iter < 0:
+        raise RefineError("--max-iter must be at least 0, got %d" % a.max_iter, 2)
+    for name in ("hess_every", "workers"):
         if getattr(a, name) < 1:
             raise RefineError("--%s must be at least 1, got %d" % (name.replace("_", "-"), getattr(a, name)), 2)
     if a.uhf < 0:
@@ -107,7 +114,9 @@ def read_frames(path):
         frames = chem.read_xyz_frames(path)
     except OSError as e:
         raise RefineError("%s: cannot open: %s" % (path, e.strerror or e), 1)
-    except (ValueError, IndexError, UnicodeDecodeError):
+    except (ValueError, IndexError, UnicodeDecodeError) as e:
+        if "truncated" in str(e):
+            raise RefineError("%s: truncated: fewer atom lines than the atom count" % path, 3)
         raise RefineError("%s: not an xyz file (atom count, element and x y z per line expected)" % path, 3)
     if not frames:
         raise RefineError("%s: empty file (no atoms)" % path, 3)
@@ -131,7 +140,7 @@ def load_inputs(a):
     (sp, xp), = read_frames(a.product)[:1]
     cands = read_frames(a.candidates)
     for path, s2, k in [(a.product, sp, None)] + [(a.candidates, s, k) for k, (s, _) in enumerate(cands)]:
-        where = path if k is None else "%s: frame %d" % (path, k)
+        where = path if k is None or len(cands) == 1 else "%s: frame %d" % (path, k)
         if len(s2) != len(syms):
             raise RefineError("%s: %d atoms, %s has %d (R, P and the candidates need the same atoms in the same order)"
                               % (where, len(s2), a.reactant, len(syms)), 3)
@@ -175,9 +184,12 @@ def refine_one(job):
     c0 = dict(xtbrun.STATS)
     out = {"candidate": i, "coords": cand, "energy": None, "freqs": None, "reason": ""}
     try:
-        sv = tssearch.search_and_verify(syms, cand, rb, ph, guide=rp_guide(cand, xr, xp),
-                                        hess_every=opt["hess_every"], max_iter=opt["max_iter"],
-                                        log=StepLog("candidate %d" % i) if opt["verbose"] else None)
+        if opt["max_iter"] == 0:
+            sv = tssearch.verify_as_given(syms, cand, rb, ph)
+        else:
+            sv = tssearch.search_and_verify(syms, cand, rb, ph, guide=rp_guide(cand, xr, xp),
+                                            hess_every=opt["hess_every"], max_iter=opt["max_iter"],
+                                            log=StepLog("candidate %d" % i) if opt["verbose"] else None)
         res = sv["prfo"]
         if "coords" in res:
             out.update(coords=res["coords"], energy=res["energy"])
@@ -236,10 +248,10 @@ def reference_energy(syms, xyz, path):
 
 
 def run(a):
+    syms, xr, xp, cands = load_inputs(a)
     if not shutil.which(xtbrun.XTB):
         raise RefineError("the xtb program ('%s') is not installed or not on PATH (Debian: apt-get install xtb; "
                           "or set XTB=/path/to/xtb)" % xtbrun.XTB, 2)
-    syms, xr, xp, cands = load_inputs(a)
     xtbrun.set_charge(a.charge, a.uhf)
     fd, tmp = open_output(a.out)
     try:
@@ -262,7 +274,7 @@ def run(a):
 
         if a.workers == 1 or len(jobs) == 1:
             for j in jobs:
-                say("candidate %d: P-RFO" % j[0])
+                say("candidate %d: %s" % (j[0], "P-RFO" if a.max_iter else "checking it as it is"))
                 done(refine_one(j))
         else:
             with ProcessPoolExecutor(max_workers=min(a.workers, len(jobs))) as pool:
