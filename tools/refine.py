@@ -28,7 +28,7 @@ geometry the search reached), comment line `Properties=species:S:1:pos:R:3 candi
 verdict=... energy=<Eh> imag_freq=<cm^-1> n_imag=<k> barrier_fwd=<kcal/mol>
 barrier_rev=<kcal/mol> n_grad=<g> n_hess=<h> n_opt_grad=<o> seconds=<s> reason="..."`.
 imag_freq is the lowest harmonic frequency at the final geometry (negative: imaginary;
-NA when the search did not converge, as no exact Hessian is computed there); n_imag counts
+NA when no frequency test ran: the search did not converge); n_imag counts
 the frequencies below -20 cm^-1. Barriers are E(geometry) - E(R.xyz) and - E(P.xyz), with R
 and P as given (single points). n_grad and n_hess count the search's gradients and exact
 Hessians; n_opt_grad the geometry steps of the two minimisations of the irc stage (xtb's
@@ -75,15 +75,15 @@ def say(msg):
 
 # ------------------------------------------------------------------ inputs
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise RefineError("%s (python3 tools/refine.py --help)" % message, 2)
+def usage_error(message):
+    raise RefineError("%s (python3 tools/refine.py --help)" % message, 2)
 
 
 def parse_args(argv):
-    parts = __doc__.split("\n\n")
-    p = Parser(prog="tools/refine.py", description=parts[0], epilog="\n\n".join(parts[2:]),
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    intro, _, rest = __doc__.partition("\n\n")
+    p = argparse.ArgumentParser(prog="tools/refine.py", description=intro, epilog=rest.partition("\n\n")[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.error = usage_error      # one line and exit status 2, not argparse's usage block
     p.add_argument("reactant", metavar="R.xyz")
     p.add_argument("product", metavar="P.xyz")
     p.add_argument("candidates", metavar="CANDIDATES.xyz")
