@@ -4,7 +4,8 @@
 #   make                     oa_reactdiff (float32) and oa_reactdiff64 (float64)
 #   make test                golden fixtures in the repo, ../shared/golden if present,
 #                            tests/run_tests.sh if present
-#   make check-golden DIR=d  golden cases of any directory with a manifest.json
+#   make check-golden DIR=d  golden cases of any directory with a manifest.json (OA-ReactDiff
+#                            kinds and React-OT's schedule, ot_forward, ot_train_loss, ot_sample)
 #   make install PREFIX=p    binaries in p/bin, weights in p/share/oa_reactdiff
 #   make OPENMP=0            serial build (default: OpenMP if the compiler supports it)
 #   make NATIVE=1            optimise for this machine (-O3 -march=native: AVX-512/AVX2 and
@@ -29,6 +30,7 @@ PYTHON ?= python3
 GOLDEN_FLAGS ?=
 DIR ?= ../shared/golden
 GOLDEN ?= ../shared/golden
+GOLDEN_OT ?= ../shared/golden_ot
 BENCH_OPT ?= -O3 -march=native
 FULL_CKPT ?= ../shared/golden/full.ckpt
 
@@ -156,6 +158,14 @@ test-core: all runners
 	else \
 		echo "note: $(GOLDEN) not found; only the fixtures in tests/fixtures/golden were checked"; \
 	fi; \
+	echo "== React-OT golden fixtures (tests/fixtures/golden_ot)"; \
+	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) tests/fixtures/golden_ot || status=1; \
+	if [ -d $(GOLDEN_OT) ]; then \
+		echo "== React-OT golden data ($(GOLDEN_OT))"; \
+		$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(GOLDEN_OT) || status=1; \
+	else \
+		echo "note: $(GOLDEN_OT) not found; only the fixtures in tests/fixtures/golden_ot were checked"; \
+	fi; \
 	if [ -f tests/run_tests.sh ]; then \
 		echo "== tests/run_tests.sh"; \
 		OARD_GOLDEN=$(GOLDEN) bash tests/run_tests.sh || status=1; \
@@ -235,7 +245,7 @@ test-sanitize:
 	rm -rf build/sanitize/tests/fuzz/corpus
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	$(MAKE) --no-print-directory -C build/sanitize test-core CFLAGS="$(SAN_FLAGS)" LDLIBS="-lm" \
-		GOLDEN=$(abspath $(GOLDEN)) PYTHON=$(PYTHON)
+		GOLDEN=$(abspath $(GOLDEN)) GOLDEN_OT=$(abspath $(GOLDEN_OT)) PYTHON=$(PYTHON)
 
 # make install PREFIX=/opt/oard: PREFIX/bin/oa_reactdiff{,64} and
 # PREFIX/share/oa_reactdiff/weights.bin, where the installed binary looks for its weights.
