@@ -24,7 +24,7 @@ freq and irc. A search started at a minimum (the reactant) may climb to the TS a
 the candidate as it is cannot.
 
 OUT.xyz: one frame per candidate, in candidate order: the saddle point (or the last
-geometry the search reached), comment line `Properties=species:S:1:pos:R:3 candidate=<i>
+geometry the search reached; the candidate itself after failed:xtb), comment line `Properties=species:S:1:pos:R:3 candidate=<i>
 verdict=... energy=<Eh> imag_freq=<cm^-1> n_imag=<k> barrier_fwd=<kcal/mol>
 barrier_rev=<kcal/mol> n_grad=<g> n_hess=<h> n_opt_grad=<o> seconds=<s> reason="..."`.
 imag_freq is the lowest harmonic frequency at the final geometry (negative: imaginary;
@@ -198,7 +198,8 @@ def refine_one(job):
         out["verdict"] = "verified" if sv["ok"] else "failed:" + sv["stage"]
         out["reason"] = sv["reason"] + ("; " + res["reason"] if res.get("reason") else "")
     except xtbrun.XtbError as e:
-        out.update(verdict="failed:xtb", reason=" ".join(str(e).split()))
+        why = "xtb failed: %s" % e.detail if e.detail else str(e)
+        out.update(verdict="failed:xtb", reason=" ".join(why.split()))
     out["n_grad"] = xtbrun.STATS["grad"] - c0["grad"]
     out["n_hess"] = xtbrun.STATS["hess"] - c0["hess"]
     out["n_opt_grad"] = xtbrun.STATS["opt_cycles"] - c0["opt_cycles"]

@@ -24,7 +24,19 @@ STATS = {"calls": 0, "grad": 0, "hess": 0, "sp": 0, "opt": 0, "opt_cycles": 0}
 
 
 class XtbError(RuntimeError):
-    pass
+    """str(): the failing call and xtb's last output line (as the generator
+    records it); detail: xtb's innermost error message, when it printed one
+    (e.g. 'scf: Self consistent charge iterator did not converge')."""
+
+    def __init__(self, msg, detail=""):
+        RuntimeError.__init__(self, msg)
+        self.detail = detail
+
+
+def _error_cause(out):
+    """The innermost message of xtb's error trace ('-1- scf: ...'), or ''."""
+    trace = re.findall(r"^\s*-(\d+)- (.+?)\s*$", out, re.M)
+    return min(trace, key=lambda t: int(t[0]))[1] if trace else ""
 
 
 def set_charge(charge, uhf):
@@ -77,7 +89,8 @@ def run(syms, xyz, args, inp=None, extra_files=None, keep=None):
                 with open(fp) as f:
                     files[k] = f.read()
         if p.returncode != 0 or "abnormal termination" in out or "[ERROR]" in out:
-            raise XtbError("xtb failed (%s): %s" % (" ".join(args), out.strip().splitlines()[-1:] if out.strip() else "no output"))
+            raise XtbError("xtb failed (%s): %s" % (" ".join(args), out.strip().splitlines()[-1:] if out.strip() else "no output"),
+                           _error_cause(out))
         return out, files
     finally:
         shutil.rmtree(d, ignore_errors=True)
