@@ -200,6 +200,8 @@ def refine_one(job):
     except xtbrun.XtbError as e:
         why = "xtb failed: %s" % e.detail if e.detail else str(e)
         out.update(verdict="failed:xtb", reason=" ".join(why.split()))
+    except ValueError as e:     # xtb's files unreadable, e.g. '*****' for a number past its format
+        out.update(verdict="failed:xtb", reason="xtb output unreadable: %s" % " ".join(str(e).split())[:200])
     out["n_grad"] = xtbrun.STATS["grad"] - c0["grad"]
     out["n_hess"] = xtbrun.STATS["hess"] - c0["hess"]
     out["n_opt_grad"] = xtbrun.STATS["opt_cycles"] - c0["opt_cycles"]
