@@ -13,7 +13,8 @@
 #   make CC=clang OPT=-O3    other compiler / optimisation
 #   make test GOLDEN_FLAGS="--cross -v"   also run the f64 cases in the float32 build
 #   make bench               speed of the denoiser (tiny and official-size model), 1 and 2
-#                            threads, float64/float32 ratio; built with $(BENCH_OPT)
+#                            threads, float64/float32 ratio, one React-OT TS (ode midpoint,
+#                            nfe 10) at 2 threads; built with $(BENCH_OPT)
 #   make bench-ts            wall time of one TS candidate (150 steps; and RePaint 5 x 5)
 #   make bench-rss           memory estimate and peak RSS of one call on 3 x 100 atoms
 
@@ -277,11 +278,17 @@ build/full.bin: tools/ckpt2bin.py
 	@if [ ! -f $@ ] || [ "$(FULL_CKPT)" -nt $@ ] || [ tools/ckpt2bin.py -nt $@ ]; then \
 		echo "converting $(FULL_CKPT) -> $@"; $(PYTHON) tools/ckpt2bin.py "$(FULL_CKPT)" $@ --untrained --quiet; fi
 
-bench: build/bench build/bench64 build/tiny.bin build/full.bin
+build/ot_tiny.bin: tests/fixtures/golden_ot/ot_tiny.ckpt tools/ckpt2bin.py
+	@mkdir -p build
+	$(PYTHON) tools/ckpt2bin.py $< $@ --untrained --quiet
+
+bench: build/bench build/bench64 build/tiny.bin build/full.bin build/ot_tiny.bin
 	@build/bench table build/tiny.bin build/full.bin $(RXN) | tee build/bench.out
 	@f32=$$(awk '/^bench full rxn14 threads=1 /{sub("ms_per_call=","",$$5); print $$5}' build/bench.out); \
 	f64=$$(build/bench64 one build/full.bin full $(RXN) rxn14 1 | sed 's/^bench /bench64 /' | tee /dev/stderr | awk '{sub("ms_per_call=","",$$5); print $$5}'); \
 	awk -v a="$$f64" -v b="$$f32" 'BEGIN { printf "bench float64/float32 time ratio (full rxn14 threads=1): %.2f\n", a / b }'
+	@build/bench bridge tiny build/ot_tiny.bin $(RXN) 2
+	@build/bench bridge full build/full.bin $(RXN) 2
 
 bench-ts: build/bench build/full.bin
 	build/bench ts build/full.bin $(RXN) 150 1 1 2

@@ -2637,6 +2637,8 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
     const oard_config *c = &m->cfg;
     memset(S, 0, sizeof(*S));
     if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "sampling needs a denoiser model");
+    if (c->objective != OARD_OBJECTIVE_DIFFUSION)
+        return fail(err, OARD_ERR_MODEL, "a bridge (React-OT) model generates a TS from R and P only; this sampler needs a diffusion model");
     if (!c->pos_only)
         return fail(err, OARD_ERR_MODEL, "model generates features (pos_only=0): not supported by this sampler");
     for (int k = 0; k < 3; k++)
@@ -4842,6 +4844,61 @@ int oard_model_save(const oard_model *m, const oard_real *params, const char *co
     return rc;
 }
 
+/* ---- a diffusion denoiser as a bridge model ----
+ * React-OT fine-tunes the object-aware LEFTNet of an OA-ReactDiff model: the same tensors
+ * without the diffusion schedules (keys and gamma tables), objective "bridge" and the SB
+ * schedule's arguments. The parameters are written in the build's precision, unchanged. */
+typedef struct {
+    const oard_model *m;
+    const int *index; /* model tensor of each tensor kept */
+} BridgeFill;
+
+static int fill_kept(void *ctx, int i, double *out, char *err) {
+    (void)err;
+    const BridgeFill *b = ctx;
+    oard_tensor_get(b->m, b->index[i], b->m->params, out);
+    return OARD_OK;
+}
+
+int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double power, double inv_power, oard_model **mp,
+                         char *err) {
+    static const char *const dropped[] = {"objective", "sampling_schedule", "sampling_timesteps", "sampling_precision",
+                                          "training_schedule", "training_timesteps", "training_precision", "loss_scales",
+                                          "sb_timesteps", "sb_beta_max", "sb_power", "sb_inv_power"};
+    *mp = NULL;
+    if (m->cfg.kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "a bridge model needs a denoiser");
+    const wfile *w = &m->file;
+    char sv[4][40];
+    snprintf(sv[0], sizeof(sv[0]), "%d", T), snprintf(sv[1], sizeof(sv[1]), "%.17g", beta_max);
+    snprintf(sv[2], sizeof(sv[2]), "%.17g", power), snprintf(sv[3], sizeof(sv[3]), "%.17g", inv_power);
+    const char *add[5][2] = {{"objective", "bridge"}, {"sb_timesteps", sv[0]}, {"sb_beta_max", sv[1]}, {"sb_power", sv[2]},
+                             {"sb_inv_power", sv[3]}};
+    const char **keys = xcalloc((size_t)w->n_meta + 6, sizeof(char *)), **vals = xcalloc((size_t)w->n_meta + 6, sizeof(char *));
+    TensorDesc *td = xcalloc((size_t)w->n_t + 1, sizeof(TensorDesc));
+    int *index = xcalloc((size_t)w->n_t + 1, sizeof(int)), nk = 0, nt = 0, rc = OARD_OK;
+    if (!keys || !vals || !td || !index) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < w->n_meta; i++) {
+        int drop = 0;
+        for (size_t k = 0; k < sizeof(dropped) / sizeof(dropped[0]); k++) drop |= !strcmp(w->keys[i], dropped[k]);
+        if (!drop) keys[nk] = w->keys[i], vals[nk++] = w->vals[i];
+    }
+    for (int k = 0; !rc && k < 5; k++) keys[nk] = add[k][0], vals[nk++] = add[k][1];
+    for (int i = 0; !rc && i < w->n_t; i++) {
+        if (strstr(w->t[i].name, "gamma_module.gamma")) continue;
+        td[nt].name = w->t[i].name, td[nt].ndim = w->t[i].ndim;
+        memcpy(td[nt].dims, w->t[i].dims, sizeof(td[nt].dims));
+        index[nt++] = i;
+    }
+    unsigned char *img = NULL;
+    size_t size = 0;
+    BridgeFill bf = {m, index};
+    if (!rc) rc = image_build(OARD_KIND_DENOISER, nk, keys, vals, nt, td, sizeof(real) == 8, fill_kept, &bf, "bridge model",
+                              &img, &size, err);
+    free(keys), free(vals), free(td), free(index);
+    if (!rc) rc = model_load_image("bridge model", img, size, OARD_KIND_DENOISER, mp, err);
+    return rc;
+}
+
 /* ---- oard_model_init: a fresh denoiser ---- */
 
 /* splitmix64/xoshiro256** uniform in [0, 1) with 53 bits */
@@ -6149,22 +6206,36 @@ static void progress_report(void *ctx, int done, int total) {
 
 /* --weights, else $OA_REACTDIFF_WEIGHTS, else weights.bin beside the executable, else
  * ../share/oa_reactdiff/weights.bin relative to it (make install). */
-static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
-    const char *env = getenv("OA_REACTDIFF_WEIGHTS");
-    if (given) return *out = given, OARD_OK;
+/* The weights a command uses: --weights, else $ENV, else NAME beside the binary, else
+ * ../share/oa_reactdiff/NAME relative to it. ts uses weights.bin ($OA_REACTDIFF_WEIGHTS);
+ * sample uses weights_diffusion.bin ($OA_REACTDIFF_DIFFUSION_WEIGHTS) when one is installed,
+ * since it needs a diffusion model and the bundled weights.bin may be a bridge model. */
+static int locate_weights(const char *env_name, const char *name, char *buf, size_t n, const char **out, char *err) {
+    const char *env = getenv(env_name);
     if (env && *env) return *out = env, OARD_OK;
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find weights.bin; use --weights FILE");
+    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find %s; use --weights FILE", name);
     exe[len] = 0;
     char *slash = strrchr(exe, '/');
     if (slash) *slash = 0;
-    snprintf(buf, n, "%s/weights.bin", exe);
+    snprintf(buf, n, "%s/%s", exe, name);
     if (access(buf, F_OK) == 0) return *out = buf, OARD_OK;
     char alt[4200];
-    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/weights.bin", exe);
+    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/%s", exe, name);
     if (access(alt, F_OK) == 0) return snprintf(buf, n, "%s", alt), *out = buf, OARD_OK;
-    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $OA_REACTDIFF_WEIGHTS)", buf, alt);
+    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $%s)", buf, alt, env_name);
+}
+
+static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
+    if (given) return *out = given, OARD_OK;
+    return locate_weights("OA_REACTDIFF_WEIGHTS", "weights.bin", buf, n, out, err);
+}
+
+static int find_diffusion_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
+    if (given) return *out = given, OARD_OK;
+    if (!locate_weights("OA_REACTDIFF_DIFFUSION_WEIGHTS", "weights_diffusion.bin", buf, n, out, err)) return OARD_OK;
+    return find_weights(NULL, buf, n, out, err);
 }
 
 /* A weights file that cannot be used (malformed, corrupted, wrong kind) is EXIT_WEIGHTS,
@@ -6193,6 +6264,10 @@ typedef struct {
     const char *data, *init, *init_config, *train_out, *description;
     double lr, weight_decay, ema; /* NAN: not given */
     int batch, val_every, ckpt_every, no_clip, no_swap, resume, seed_set;
+    const char *objective;            /* train: diffusion | bridge */
+    const char *solver, *ode_method;  /* ts with a bridge model */
+    int nfe;
+    int given_diffusion, given_bridge; /* ts: options of one method were given */
 } Args;
 
 enum { OPT_INT, OPT_SEED, OPT_STR, OPT_FLAG, OPT_SHARD, OPT_METHOD, OPT_REAL };
@@ -6234,6 +6309,10 @@ static const OptSpec OPTIONS[] = {
     {"--checkpoint-every", OPT_INT, ARG_OFF(ckpt_every), " train "},
     {"--no-clip", OPT_FLAG, ARG_OFF(no_clip), " train "},
     {"--no-swap", OPT_FLAG, ARG_OFF(no_swap), " train "},
+    {"--objective", OPT_STR, ARG_OFF(objective), " train "},
+    {"--solver", OPT_STR, ARG_OFF(solver), " ts "},
+    {"--ode-method", OPT_STR, ARG_OFF(ode_method), " ts "},
+    {"--nfe", OPT_INT, ARG_OFF(nfe), " ts "},
     {"--resume", OPT_FLAG, ARG_OFF(resume), " train "},
     {"--help", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info train "},
     {"-h", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info train "},
@@ -6264,6 +6343,8 @@ static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err
             continue;
         }
         if (!strstr(s->commands, key)) return fail(err, OARD_ERR_ARG, "%s: option %s does not apply to this command", cmd, o);
+        if (!strcmp(o, "--resamplings") || !strcmp(o, "--jump") || !strcmp(o, "--steps")) a->given_diffusion = 1;
+        if (!strcmp(o, "--solver") || !strcmp(o, "--nfe") || !strcmp(o, "--ode-method")) a->given_bridge = 1;
         char *base = (char *)a;
         if (s->type == OPT_FLAG) {
             *(int *)(base + s->off) = 1;
@@ -6339,6 +6420,8 @@ typedef struct {
     real *ts;       /* N x n x nf, centred */
     real *score;    /* N, or NULL */
     int *order;     /* output order of the samples */
+    const char *solver, *ode_method; /* bridge settings, for the comment line */
+    int nfe;
 } TsResult;
 
 static int cmp_score_desc(const real *s, int a, int b) { return s[a] < s[b] || (s[a] == s[b] && a > b); }
@@ -6357,8 +6440,12 @@ static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path
         int b = res->order[r];
         char cm[8192] = "";
         if (name) kv_string(cm, sizeof(cm), "name", name);
-        kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d resamplings=%d jump=%d", b, N,
-                  (unsigned long long)seed, a->steps ? a->steps : c->sampling_timesteps, a->resamplings, a->jump);
+        if (c->objective == OARD_OBJECTIVE_BRIDGE) /* deterministic: no seed */
+            kv_format(cm, sizeof(cm), " sample=0 n_samples=1 method=bridge solver=%s nfe=%d%s%s", res->solver, res->nfe,
+                      res->ode_method ? " ode_method=" : "", res->ode_method ? res->ode_method : "");
+        else
+            kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d resamplings=%d jump=%d", b, N,
+                      (unsigned long long)seed, a->steps ? a->steps : c->sampling_timesteps, a->resamplings, a->jump);
         if (res->score) kv_format(cm, sizeof(cm), " rank=%d confidence=%.9g", r + 1, (double)res->score[b]);
         kv_string(cm, sizeof(cm), "reactant", res->R->path);
         kv_string(cm, sizeof(cm), "product", res->product);
@@ -6375,11 +6462,133 @@ static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path
     return rc;
 }
 
+/* the bridge's settings from the command line (defaults: upstream's evaluation, ode
+ * midpoint with nfe 10) */
+static int bridge_options(const Args *a, oard_bridge_opts *o, char *err) {
+    memset(o, 0, sizeof(*o));
+    const char *s = a->solver ? a->solver : "ode", *m = a->ode_method ? a->ode_method : "midpoint";
+    o->solver = !strcmp(s, "ode") ? OARD_SOLVER_ODE : !strcmp(s, "ddpm") ? OARD_SOLVER_DDPM : !strcmp(s, "ei") ? OARD_SOLVER_EI : -1;
+    if (o->solver < 0) return fail(err, OARD_ERR_ARG, "--solver: '%s' is not ode, ddpm or ei", s);
+    o->ode_method = !strcmp(m, "midpoint") ? OARD_ODE_MIDPOINT : !strcmp(m, "euler") ? OARD_ODE_EULER : -1;
+    if (o->ode_method < 0) return fail(err, OARD_ERR_ARG, "--ode-method: '%s' is not midpoint or euler", m);
+    if (a->ode_method && o->solver != OARD_SOLVER_ODE) return fail(err, OARD_ERR_ARG, "--ode-method applies to --solver ode");
+    o->nfe = a->nfe ? a->nfe : 10;
+    return OARD_OK;
+}
+
+static void superpose_rotation(int n, const double *a, const double *b, const int *map, double R[9]);
+
+/* Move the n points mob (n, 3) onto ref by the best proper rotation about their centroids
+ * and the translation of centroids (Kabsch; reflections are never used). */
+static int fit_onto(int n, double *mob, const double *ref) {
+    double cm[3] = {0, 0, 0}, cr[3] = {0, 0, 0}, R[9];
+    double *a = xcalloc((size_t)n * 6, sizeof(double)), *b = a ? a + 3 * n : NULL;
+    if (!a) return OARD_ERR_NOMEM;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            cm[k] += mob[3 * i + k] / n;
+            cr[k] += ref[3 * i + k] / n;
+        }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            a[3 * i + k] = mob[3 * i + k] - cm[k];
+            b[3 * i + k] = ref[3 * i + k] - cr[k];
+        }
+    superpose_rotation(n, a, b, NULL, R);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++)
+            mob[3 * i + k] = R[3 * k] * a[3 * i] + R[3 * k + 1] * a[3 * i + 1] + R[3 * k + 2] * a[3 * i + 2] + cr[k];
+    free(a);
+    return OARD_OK;
+}
+
+
+/* run_model.py's pre-treatment: R centred on its plain centroid, P fitted onto it (Kabsch),
+ * both written with %.6f and read back; rows in the file's atom order */
+static int bridge_pretreat(const oard_config *c, Molecule *R, Molecule *P, const int *ident, real *const xh[3], int nf) {
+    int n = R->n;
+    double cen[3] = {0, 0, 0};
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) cen[k] += R->xyz[3 * i + k] / n;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) R->xyz[3 * i + k] -= cen[k];
+    if (fit_onto(n, P->xyz, R->xyz)) return OARD_ERR_NOMEM;
+    for (int i = 0; i < 3 * n; i++) { /* the %.6f round trip */
+        char b[64];
+        snprintf(b, sizeof(b), "%.6f", R->xyz[i]), R->xyz[i] = strtod(b, NULL);
+        snprintf(b, sizeof(b), "%.6f", P->xyz[i]), P->xyz[i] = strtod(b, NULL);
+    }
+    fill_rows(c, R, ident, 0, xh[0], nf);
+    fill_rows(c, R, ident, 0, xh[1], nf); /* the TS: the reactant's atoms; its positions are not read */
+    fill_rows(c, P, ident, 0, xh[2], nf);
+    for (int k = 0; k < 3; k++) /* put the TS back at the reactant's place */
+        for (int i = 0; i < n; i++) R->xyz[3 * i + k] += cen[k];
+    return OARD_OK;
+}
+
+/* One reaction with a bridge model: R and P atom-mapped, one deterministic candidate. */
+static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char *ppath, const char *out, const char *name,
+                         char *err) {
+    const oard_config *c = oard_model_config(T->model);
+    const Args *a = T->a;
+    oard_bridge_opts o;
+    int rc = bridge_options(a, &o, err), n = R->n, nf = c->node_nfs[0];
+    if (!rc && P->n != n)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: %d atoms, %s has %d", ppath, P->n, R->path, n);
+    for (int i = 0; !rc && i < n; i++) /* the bridge needs the atom mapping: element by element */
+        if (P->z[i] != R->z[i])
+            rc = fail(err, OARD_ERR_FORMAT, "%s: atom %d is %s, %s has %s there (a bridge model needs R and P atom-mapped: "
+                      "the same atoms in the same order)", ppath, i + 1, ELEMENT_SYMBOLS[P->z[i]], R->path,
+                      ELEMENT_SYMBOLS[R->z[i]]);
+    real *xh[3] = {NULL, NULL, NULL}, *ts = rc ? NULL : xcalloc((size_t)n * nf, sizeof(real));
+    real *pos = rc ? NULL : xcalloc((size_t)n * 3, sizeof(real));
+    int *ident = rc ? NULL : xcalloc((size_t)n, sizeof(int)), zero = 0;
+    for (int f = 0; !rc && f < 3; f++)
+        if (!(xh[f] = xcalloc((size_t)n * nf, sizeof(real)))) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc && (!ts || !pos || !ident)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        for (int i = 0; i < n; i++) ident[i] = i;
+        if (bridge_pretreat(c, R, P, ident, xh, nf)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) {
+        oard_batch batch = {1, &n, a->threads};
+        Progress prog = {name ? name : "ts", {0, 0}};
+        clock_gettime(CLOCK_MONOTONIC, &prog.t0);
+        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
+        rc = oard_bridge_sample(T->model, &batch, &o, NULL, (const real *const *)xh, pos, NULL, NULL, err);
+        if (rc && name) {
+            char tmp[OARD_ERRLEN];
+            snprintf(tmp, sizeof(tmp), "%s", err);
+            fail(err, rc, "%s: %s", R->path, tmp);
+        }
+    }
+    if (!rc) {
+        for (int i = 0; i < n; i++) memcpy(ts + (size_t)i * nf, pos + 3 * i, 3 * sizeof(real));
+        static const char *const solvers[3] = {"ode", "ddpm", "ei"};
+        TsResult r = {R, ppath, ident, ts, NULL, &zero, solvers[o.solver], o.solver == OARD_SOLVER_ODE ?
+                      (o.ode_method == OARD_ODE_EULER ? "euler" : "midpoint") : NULL, o.nfe};
+        rc = write_ts_file(T, &r, out, name, 0, err);
+    }
+    for (int f = 0; f < 3; f++) free(xh[f]);
+    free(ts), free(pos), free(ident);
+    return rc;
+}
+
 /* One reaction: read, check, inpaint N candidates, score, write. */
 static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const char *out, const char *name,
                   uint64_t seed, char *err) {
     const oard_config *c = oard_model_config(T->model);
     const Args *a = T->a;
+    if (c->objective == OARD_OBJECTIVE_BRIDGE) {
+        Molecule R, P;
+        int rc = read_xyz(rpath, &R, err);
+        if (rc) return rc;
+        rc = read_xyz(ppath, &P, err);
+        if (!rc) rc = check_model_elements(c, &R, err);
+        if (!rc) rc = ts_bridge_one(T, &R, &P, ppath, out, name, err);
+        mol_free(&R), mol_free(&P);
+        return rc;
+    }
     Molecule R, P;
     int rc = read_xyz(rpath, &R, err);
     if (rc) return rc;
@@ -6442,7 +6651,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
                 }
         }
         if (!rc) {
-            TsResult r = {&R, ppath, inv, res[1], score, order};
+            TsResult r = {&R, ppath, inv, res[1], score, order, NULL, NULL, 0};
             rc = write_ts_file(T, &r, out, name, seed, err);
         }
     }
@@ -6622,6 +6831,21 @@ static int cmd_ts(const Args *a, char *err) {
                     cc->node_nfs[0] != c->node_nfs[0]))
             rc = fail(err, OARD_ERR_MODEL, "%s: the confidence model's element table differs from %s's", a->confidence, T.wpath);
     }
+    if (!rc) {
+        const oard_config *c = oard_model_config(T.model);
+        int bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
+        if (bridge && a->given_diffusion)
+            rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: --steps, --resamplings and --jump apply to diffusion "
+                      "models (the bridge takes --solver, --nfe, --ode-method)", T.wpath);
+        else if (!bridge && a->given_bridge)
+            rc = fail(err, OARD_ERR_ARG, "%s is a diffusion model: --solver, --nfe and --ode-method apply to bridge (React-OT) models", T.wpath);
+        else if (bridge && a->n != 1)
+            rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: it is deterministic and gives one candidate (-n 1)", T.wpath);
+        else if (bridge && T.conf)
+            rc = fail(err, OARD_ERR_ARG, "--confidence ranks several candidates; a bridge model gives one");
+        else if (bridge && a->nfe >= c->sb_timesteps)
+            rc = fail(err, OARD_ERR_ARG, "--nfe %d: at most %d for this model's schedule", a->nfe, c->sb_timesteps - 1);
+    }
     if (!rc) rc = a->list ? ts_batch(&T, err) : ts_one(&T, a->pos[0], a->pos[1], a->out ? a->out : "ts.xyz", NULL, a->seed, err);
     if (!rc && !a->list)
         fprintf(stderr, "oa_reactdiff: wrote %d TS candidate%s to %s\n", a->n, a->n > 1 ? "s" : "", a->out ? a->out : "ts.xyz");
@@ -6680,9 +6904,11 @@ static int cmd_sample(const Args *a, char *err) {
     Molecule mol;
     int rc = parse_atoms(a->atoms, &mol, err);
     if (rc) return rc;
-    rc = find_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
+    rc = find_diffusion_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
     if (!rc) rc = load_model(wpath, OARD_KIND_DENOISER, &m, err);
     const oard_config *c = rc ? NULL : oard_model_config(m);
+    if (!rc && c->objective == OARD_OBJECTIVE_BRIDGE)
+        rc = fail(err, OARD_ERR_MODEL, "%s is a bridge (React-OT) model: it makes a TS from R and P; sample needs a diffusion model", wpath);
     if (!rc) rc = check_model_elements(c, &mol, err);
     int N = a->n, n = mol.n, nf = c ? c->node_nfs[0] : 0;
     real *xh[3] = {NULL, NULL, NULL};
@@ -7018,6 +7244,7 @@ typedef struct {
     oard_optim *opt;
     TrainSplit train, val;
     int batch, swap, n_items, T;
+    int bridge; /* objective bridge: t in 0..T-1, items aligned as the ts command aligns its inputs */
     int steps, val_every, ckpt_every; /* the run's end and its cadence */
     const char *description;          /* --description, or NULL */
     uint64_t seed;
@@ -7042,6 +7269,28 @@ static void epoch_order(Trainer *T) {
     }
 }
 
+/* A bridge training item in the frame the ts command builds: P fitted onto R (as
+ * run_model.py's Kabsch pre-treatment), then the TS fitted onto the midpoint (R + P)/2, so
+ * the label (x_t - TS) holds no rotation the network could not see. Rows at of xh[f]. */
+static int bridge_align(int n, int nf, real *const xh[3], size_t at) {
+    double *p = malloc((size_t)n * 9 * sizeof(double)), *r = p ? p + 3 * n : NULL, *t = p ? p + 6 * n : NULL;
+    if (!p) return OARD_ERR_NOMEM;
+    double *pos[3] = {r, t, p};
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) pos[f][3 * i + k] = (double)xh[f][(at + (size_t)i) * nf + k];
+    double *mid = malloc((size_t)n * 3 * sizeof(double));
+    int rc = mid ? fit_onto(n, p, r) : OARD_ERR_NOMEM;
+    for (int j = 0; !rc && j < 3 * n; j++) mid[j] = (r[j] + p[j]) / 2;
+    if (!rc) rc = fit_onto(n, t, mid);
+    for (int f = 1; f < 3; f++)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) xh[f][(at + (size_t)i) * nf + k] = (real)pos[f][3 * i + k];
+    free(mid);
+    free(p);
+    return rc;
+}
+
 /* a batch of B items (item k of split s: reaction k mod s->n, swapped when k >= s->n) in
  * upstream's node layout, fragment-major */
 static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *items, int B, int *sizes, real *xh[3],
@@ -7062,6 +7311,10 @@ static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *item
         for (int f = 0; f < 3; f++) {
             int src = swapped && f != 1 ? 2 - f : f;
             memcpy(xh[f] + at * nf, r->xh[src], (size_t)r->n * nf * sizeof(real));
+        }
+        if (T->bridge) {
+            int rc = bridge_align(r->n, nf, xh, at);
+            if (rc) return fail(err, rc, "out of memory");
         }
         at += (size_t)r->n;
     }
@@ -7089,7 +7342,7 @@ static int validate(Trainer *T, double *out, char *err) {
     double sum = 0;
     for (int k0 = 0; !rc && k0 < n_items; k0 += B) {
         int nb = n_items - k0 < B ? n_items - k0 : B;
-        for (int b = 0; b < nb; b++) items[b] = k0 + b, t[b] = (int)rng_below(&rv, (uint64_t)T->T + 1);
+        for (int b = 0; b < nb; b++) items[b] = k0 + b, t[b] = (int)rng_below(&rv, (uint64_t)T->T + !T->bridge);
         rc = assemble_batch(T, &T->val, items, nb, sizes, xh, err);
         double loss = 0;
         oard_batch batch = {nb, sizes, T->a->threads};
@@ -7275,6 +7528,9 @@ static int cmd_train(const Args *a, char *err) {
         return fail(err, OARD_ERR_ARG, "--description: one line of at most 511 bytes");
     if (!isnan(a->ema) && !(a->ema < 1)) return fail(err, OARD_ERR_ARG, "--ema: the decay must be below 1 (e.g. 0.999)");
     if (!isnan(a->lr) && !(a->lr > 0)) return fail(err, OARD_ERR_ARG, "--lr must be positive");
+    if (a->objective && strcmp(a->objective, "bridge") && strcmp(a->objective, "diffusion"))
+        return fail(err, OARD_ERR_ARG, "--objective: '%s' is not diffusion or bridge", a->objective);
+    const int want_bridge = a->objective && !strcmp(a->objective, "bridge");
     Trainer T;
     memset(&T, 0, sizeof(T));
     T.a = a, T.dir = a->train_out, T.data = a->data ? a->data : "data";
@@ -7324,6 +7580,16 @@ static int cmd_train(const Args *a, char *err) {
             rc = oard_model_init(a->init_config, a->seed, &T.m, err);
             if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the spec is at fault */
         }
+        /* --objective bridge from a diffusion model (or a fresh one): React-OT's fine-tuning
+         * start, with train_rpsb_ts1x.py's schedule (T 3000, beta_max 0.3, power 0.5) */
+        if (!rc && oard_model_config(T.m)->kind == OARD_KIND_DENOISER && want_bridge &&
+            oard_model_config(T.m)->objective != OARD_OBJECTIVE_BRIDGE)
+        {
+            oard_model *b = NULL;
+            rc = oard_model_to_bridge(T.m, 3000, 0.3, 0.5, 1.0, &b, err);
+            oard_model_free(T.m);
+            T.m = b;
+        }
         oard_optim_opts o;
         oard_optim_defaults(&o);
         if (!isnan(a->lr)) o.lr = a->lr;
@@ -7334,6 +7600,10 @@ static int cmd_train(const Args *a, char *err) {
     }
     const oard_config *c = rc ? NULL : oard_model_config(T.m);
     if (!rc && c->kind != OARD_KIND_DENOISER) rc = fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", a->resume ? ckpath : a->init);
+    if (!rc && a->objective && (c->objective == OARD_OBJECTIVE_BRIDGE) != want_bridge)
+        rc = fail(err, OARD_ERR_ARG, "--objective %s: %s is a %s model%s", a->objective, a->resume ? ckpath : a->init,
+                  c->objective == OARD_OBJECTIVE_BRIDGE ? "bridge" : "diffusion",
+                  a->resume ? "" : " (a bridge model cannot go back to diffusion)");
     if (!rc) rc = read_dataset(T.data, c, &T.train, &T.val, err);
     if (!rc && a->resume) rc = resume_checkpoint(&T, ckpath, meta, err);
     const int steps = T.steps, val_every = T.val_every, ckpt_every = T.ckpt_every;
@@ -7341,7 +7611,8 @@ static int cmd_train(const Args *a, char *err) {
     if (!rc && done > steps)
         rc = fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, steps);
     if (!rc) {
-        T.T = c->training_timesteps;
+        T.bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
+        T.T = T.bridge ? c->sb_timesteps : c->training_timesteps;
         T.n_items = T.train.n * (T.swap ? 2 : 1);
         T.perm = xcalloc((size_t)T.n_items, sizeof(int));
         if (!T.perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
@@ -7377,7 +7648,8 @@ static int cmd_train(const Args *a, char *err) {
             if (T.pos == T.n_items) T.epoch++, T.pos = 0, epoch_order(&T);
             items[b] = T.perm[T.pos++];
         }
-        for (int b = 0; b < B; b++) tt[b] = (int)rng_below(&T.rng_t, (uint64_t)T.T + 1); /* torch.randint(0, T + 1) */
+        for (int b = 0; b < B; b++) /* diffusion: torch.randint(0, T + 1); bridge: randint(0, T) */
+            tt[b] = (int)rng_below(&T.rng_t, (uint64_t)T.T + !T.bridge);
         double loss = 0;
         oard_step_info info;
         oard_batch batch = {B, sizes, a->threads};

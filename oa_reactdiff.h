@@ -244,6 +244,12 @@ typedef struct {
     void *progress_ctx;
 } oard_bridge_opts;
 
+/* The denoiser m as a bridge model (React-OT fine-tunes OA-ReactDiff's network): the same
+ * parameters, objective bridge with the SB schedule (T, beta_max, power, inv_power;
+ * train_rpsb_ts1x.py: 3000, 0.3, 0.5, 1), without the diffusion schedule tables. */
+int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double power, double inv_power,
+                         oard_model **out, char *err);
+
 /* How many states the sampler logs (upstream's trajectory length) for these options. */
 int oard_bridge_n_logged(const oard_bridge_opts *o, int T);
 
