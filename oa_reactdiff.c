@@ -106,6 +106,22 @@ static void *aligned_calloc(size_t n, size_t size) {
     return (void *)a;
 }
 
+/* The same, not zeroed: for buffers every value of which is written before it is read
+ * (the training tape: a few MB per sample, zeroed for nothing otherwise). OARD_POISON
+ * (a test build) fills it with NaN bit patterns instead, so that a read before a write
+ * shows up as NaN in the results. */
+static void *aligned_malloc(size_t n, size_t size) {
+    if (size && n > (SIZE_MAX - 128) / size) return NULL;
+    unsigned char *raw = malloc(n * size + 64 + sizeof(void *));
+    if (!raw) return NULL;
+    uintptr_t a = ((uintptr_t)(raw + sizeof(void *)) + 63) & ~(uintptr_t)63;
+    memcpy((unsigned char *)a - sizeof(void *), &raw, sizeof(void *));
+#ifdef OARD_POISON
+    memset((void *)a, 0xff, n * size);
+#endif
+    return (void *)a;
+}
+
 static void aligned_free(void *p) {
     if (!p) return;
     void *raw;
@@ -884,6 +900,14 @@ NO_FMA_FN static void silu_inplace(real *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + SILU_EXP(-y[i]));
 }
 
+/* y[i] = a[i] + SiLU(x[i]) (a NULL: y[i] = SiLU(x[i])), vectorised as silu_inplace */
+NO_FMA_FN static void silu_add(const real *a, const real *x, real *y, size_t n) {
+    if (a)
+        for (size_t i = 0; i < n; i++) y[i] = a[i] + x[i] / ((real)1 + SILU_EXP(-x[i]));
+    else
+        for (size_t i = 0; i < n; i++) y[i] = x[i] / ((real)1 + SILU_EXP(-x[i]));
+}
+
 /* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
  * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
 #if defined(OARD_DOUBLE) && defined(FAST_FMA)
@@ -929,7 +953,7 @@ static real dot(const real *x, const real *w, int n) {
  * Rows past mr repeat the last valid row and are not stored; columns past ncv are the
  * zero padding of W and are not stored. */
 static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ldy, const real *x, size_t ldx,
-                               const real *w, size_t ldw, int K, const real *bias, int accumulate) {
+                               size_t ksx, const real *w, size_t ldw, int K, const real *bias, int accumulate) {
     real acc[TILE_M][TILE_N];
     const real *xr[TILE_M];
     UNROLL_FULL
@@ -942,7 +966,7 @@ static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real
         const real *wk = w + (size_t)k * ldw;
         UNROLL_FULL
         for (int r = 0; r < TILE_M; r++) {
-            const real a = xr[r][k];
+            const real a = xr[r][(size_t)k * ksx];
             UNROLL_FULL
             for (int j = 0; j < nc; j++) acc[r][j] = MADD(a, wk[j], acc[r][j]);
         }
@@ -958,17 +982,19 @@ static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real
     }
 }
 
-/* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N) */
-static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
-                        int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
+/* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N); x[r][k] is at
+ * x + r ldx + k ksx (ksx 1: x row-major; ldx 1: x stored transposed) */
+static inline ALWAYS_INLINE void matmul_body(real *y, size_t ldy, const real *x, size_t ldx, size_t ksx, const real *w,
+                                             size_t ldw, const real *bias, int K, int N, size_t rows, int accumulate,
+                                             int j_begin, int j_end) {
     if (N < VW) { /* narrow outputs (not padded): one row at a time */
         for (size_t r = 0; r < rows; r++) {
             const real *xr = x + r * ldx;
             real *yr = y + r * ldy;
             for (int o = 0; o < N; o++) {
-                real v = N == 1 ? dot(xr, w, K) : 0;
-                if (N > 1)
-                    for (int k = 0; k < K; k++) v += xr[k] * w[(size_t)k * ldw + o];
+                real v = (N == 1 && ksx == 1) ? dot(xr, w, K) : 0;
+                if (N > 1 || ksx != 1)
+                    for (int k = 0; k < K; k++) v += xr[(size_t)k * ksx] * w[(size_t)k * ldw + o];
                 yr[o] = accumulate ? yr[o] + v : (bias ? v + bias[o] : v);
             }
         }
@@ -983,13 +1009,25 @@ static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const re
             for (size_t r = r0; r < r0 + rb; r += TILE_M) {
                 int mr = (int)(r0 + rb - r < TILE_M ? r0 + rb - r : TILE_M);
                 if (nc == TILE_N)
-                    matmul_tile(TILE_N, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, w + j0, ldw, K, bj, accumulate);
+                    matmul_tile(TILE_N, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj, accumulate);
                 else
-                    matmul_tile(VW, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, w + j0, ldw, K, bj, accumulate);
+                    matmul_tile(VW, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj, accumulate);
             }
             j0 += nc;
         }
     }
+}
+
+static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
+                        int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
+    matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end);
+}
+
+/* y (rows, N) += x^T W with x (K, rows) row-major, ldx apart: the weight gradient's
+ * dW^T += x^T dy of a Linear, x read in place (no transposed copy) */
+static void matmul_tn(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, int K, int N,
+                      size_t rows) {
+    matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N);
 }
 
 static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias, int K,
@@ -2869,7 +2907,7 @@ typedef struct {
     real *G;          /* gradient, arena layout */
     const BackW *bw;  /* every Linear weight, by arena offset */
     int n_bw;
-    real *xT, *dyb;   /* scratch: a block of a layer's inputs transposed, of its output gradient padded */
+    real *xT, *dyb;   /* scratch: (unused), a block of a layer's output gradient padded */
 } Grad;
 
 #define BACK_ROWS 256 /* rows per block of the weight gradient */
@@ -2928,16 +2966,21 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
     return bw;
 }
 
-/* SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
-static inline real dsilu(real x) {
-    real s = (real)1 / ((real)1 + REXP(-x));
+/* SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x), with SiLU's exponential */
+NO_FMA_FN static inline real dsilu(real x) {
+    real s = (real)1 / ((real)1 + SILU_EXP(-x));
     return s * ((real)1 + x * ((real)1 - s));
 }
 
-/* d *= SiLU'(pre) over n values: backward of y = SiLU(pre) */
-static void silu_backward(const real *pre, real *d, size_t n) {
-    for (size_t i = 0; i < n; i++) d[i] *= dsilu(pre[i]);
+/* out[i] = d[i] SiLU'(pre[i]) over n values (out may be d): backward of y = SiLU(pre), one
+ * loop the compiler vectorises (as silu_inplace) */
+NO_FMA_FN static void silu_backward_to(const real *pre, const real *d, real *out, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        real s = (real)1 / ((real)1 + SILU_EXP(-pre[i]));
+        out[i] = d[i] * (s * ((real)1 + pre[i] * ((real)1 - s)));
+    }
 }
+static void silu_backward(const real *pre, real *d, size_t n) { silu_backward_to(pre, d, d, n); }
 
 /* linear_forward that keeps its pre-activation: pre = x W^T + b, y = SiLU(pre) if act */
 static void linear_train(const Linear *L, const real *x, size_t rows, real *pre, real *y, int act) {
@@ -2948,23 +2991,27 @@ static void linear_train(const Linear *L, const real *x, size_t rows, real *pre,
 
 /* Backward of y = x W^T + b over rows: dW += dy^T x, db += sum of dy, and dx = dy W
  * (added to dx when acc, skipped when dx is NULL). Both products run through the matmul
- * kernel: dW^T += x^T dy on blocks of rows (x transposed into T->xT), dx with W in
+ * kernel: dW^T += x^T dy on blocks of rows (matmul_tn, x read in place), dx with W in
  * upstream's layout (back_weight). */
 static void linear_backward(const Grad *T, const Linear *L, const real *x, const real *dy, size_t rows, real *dx,
                             int acc) {
     const int in = L->in, out = L->out;
     real *gw = gslot(T, L->wt), *gb = L->b ? gslot(T, L->b) : NULL;
+    /* dy is read as W: in place when its rows are whole vectors (every tile complete), else
+     * copied into whole column tiles, zero padded */
+    const int direct = out < VW || out % VW == 0;
+    const size_t ldd = direct ? (size_t)out : round_up((size_t)out, TILE_N);
     for (size_t r0 = 0; r0 < rows; r0 += BACK_ROWS) {
         size_t rb = rows - r0 < BACK_ROWS ? rows - r0 : BACK_ROWS;
-        for (size_t r = 0; r < rb; r++)
-            for (int i = 0; i < in; i++) T->xT[(size_t)i * rb + r] = x[(r0 + r) * (size_t)in + i];
-        /* whole column tiles, zero padded (narrow outputs, which matmul runs unpadded, as they are) */
-        const size_t ldd = out < VW ? (size_t)out : round_up((size_t)out, TILE_N);
-        for (size_t r = 0; r < rb; r++) {
-            memcpy(T->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
-            memset(T->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
+        const real *db = dy + r0 * (size_t)out;
+        if (!direct) {
+            for (size_t r = 0; r < rb; r++) {
+                memcpy(T->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
+                memset(T->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
+            }
+            db = T->dyb;
         }
-        matmul(gw, (size_t)L->ldw, T->xT, rb, T->dyb, ldd, NULL, (int)rb, out, (size_t)in, 1);
+        matmul_tn(gw, (size_t)L->ldw, x + r0 * (size_t)in, (size_t)in, db, ldd, (int)rb, out, (size_t)in);
     }
     if (gb)
         for (size_t r = 0; r < rows; r++)
@@ -3075,49 +3122,78 @@ static void lin3_train(const Linear *l, int n_layers, const real *q, int H, real
             }
             if (!last) {
                 real *aj = a + off + (size_t)j * Hs;
-                for (int h = 0; h < H; h++) aj[h] = silu(zj[h]);
+                silu_add(NULL, zj, aj, (size_t)H);
             }
         }
         if (!last) in = a + off, off += (size_t)L->out * Hs;
     }
 }
 
-/* Backward of lin3_train: dout (H) -> dq (3 rows of Hs), parameters' gradients. t: scratch
- * of 2 x (widest) x Hs. */
-static void lin3_backward(const Grad *T, const Linear *l, int n_layers, const real *q, int H, const real *z,
-                          const real *a, const real *dout, real *dq, real *t) {
+/* Backward of lin3_train: dout (H) -> dq (3 rows of Hs; NULL: not wanted), and the
+ * parameters' gradients per channel, added to acc (lin3_acc_rows rows of Hs, reduced over
+ * the channels into the gradient by lin3_reduce): the sums over channels and over the many
+ * edges or nodes lin3 runs on are then vector adds, done once. t: scratch of
+ * 2 x (widest) x Hs. */
+static void lin3_backward(const Linear *l, int n_layers, const real *q, int H, const real *z, const real *a,
+                          const real *dout, real *dq, real *t, real *acc) {
     const size_t Hs = round_up((size_t)H, 16);
-    size_t offs[4] = {0}, wmax = 3;
+    size_t offs[4] = {0}, aoff[4] = {0}, wmax = 3;
     for (int k = 0; k + 1 < n_layers; k++) offs[k + 1] = offs[k] + (size_t)l[k].out * Hs;
+    for (int k = 0; k + 1 < n_layers; k++) aoff[k + 1] = aoff[k] + (size_t)(l[k].in + 1) * l[k].out * Hs;
     for (int k = 0; k < n_layers; k++)
         if ((size_t)l[k].out > wmax) wmax = (size_t)l[k].out;
     const real *d = dout;
     for (int k = n_layers - 1; k >= 0; k--) {
         const Linear *L = &l[k];
         const real *in = k ? a + offs[k - 1] : q;
-        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        real *gw = acc + aoff[k], *gb = gw + (size_t)L->in * L->out * Hs; /* (in, out, Hs), (out, Hs) */
         real *dn = k ? t + ((n_layers - k) % 2) * wmax * Hs : dq;
-        for (int i = 0; i < L->in; i++) memset(dn + (size_t)i * Hs, 0, (size_t)H * sizeof(real));
+        if (dn)
+            for (int i = 0; i < L->in; i++) memset(dn + (size_t)i * Hs, 0, (size_t)H * sizeof(real));
         for (int j = 0; j < L->out; j++) {
             const real *dj = d + (size_t)j * Hs;
-            real sb = 0;
-            for (int h = 0; h < H; h++) sb += dj[h];
-            gb[j] += sb;
+            real *bj = gb + (size_t)j * Hs;
+            for (int h = 0; h < H; h++) bj[h] += dj[h];
             for (int i = 0; i < L->in; i++) {
-                const real *ii = in + (size_t)i * Hs;
-                real sw = 0, wv = L->wt[(size_t)i * L->ldw + j];
-                real *di = dn + (size_t)i * Hs;
-                for (int h = 0; h < H; h++) sw += dj[h] * ii[h], di[h] += dj[h] * wv;
-                gw[(size_t)i * L->ldw + j] += sw;
+                const real *ii = in + (size_t)i * Hs, wv = L->wt[(size_t)i * L->ldw + j];
+                real *wij = gw + ((size_t)i * L->out + j) * Hs;
+                for (int h = 0; h < H; h++) wij[h] += dj[h] * ii[h];
+                if (dn) {
+                    real *di = dn + (size_t)i * Hs;
+                    for (int h = 0; h < H; h++) di[h] += dj[h] * wv;
+                }
             }
         }
         if (k) { /* through the SiLU of layer k - 1 */
             const real *zk = z + offs[k - 1];
             for (int i = 0; i < L->in; i++)
-                for (int h = 0; h < H; h++) dn[(size_t)i * Hs + h] *= dsilu(zk[(size_t)i * Hs + h]);
+                silu_backward(zk + (size_t)i * Hs, dn + (size_t)i * Hs, (size_t)H);
         }
         d = dn;
     }
+}
+
+/* the per-channel sums of lin3_backward added to the gradient (summed over the H
+ * channels), and acc zeroed */
+static void lin3_reduce(const Grad *T, const Linear *l, int n_layers, int H, real *acc) {
+    const size_t Hs = round_up((size_t)H, 16);
+    real *p = acc;
+    for (int k = 0; k < n_layers; k++) {
+        const Linear *L = &l[k];
+        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        for (int i = 0; i < L->in; i++)
+            for (int j = 0; j < L->out; j++, p += Hs) {
+                real sw = 0;
+                for (int h = 0; h < H; h++) sw += p[h];
+                gw[(size_t)i * L->ldw + j] += sw;
+            }
+        for (int j = 0; j < L->out; j++, p += Hs) {
+            real sb = 0;
+            for (int h = 0; h < H; h++) sb += p[h];
+            gb[j] += sb;
+        }
+    }
+    memset(acc, 0, (size_t)(p - acc) * sizeof(real));
 }
 
 /* ---- the tape: what one sample's forward pass keeps for the backward pass ---- */
@@ -3173,12 +3249,19 @@ typedef struct {
     real *g_n1, *g_n2, *g_n3, *g_big;        /* (N, 6H) x 3, max(U, N) x (3H + R) x 3 */
     real *g_f, *g_ne1, *g_h, *g_pe;          /* (E, H), (N, 3H), (N, I), (N, H) */
     real *g_lin3;                            /* lin3 scratch: 4 x 64 x Hs */
+    real *g_lin3acc;                         /* lin3_backward's per-channel gradient sums, zero between uses */
     void *block;
 } Tape;
 
 /* rows of lin3 scratch: the widest hidden layer of LEFTNet's lin3 (H/4) or the update's
  * (48 + 8 kept per node) */
 static size_t lin3_rows(const oard_config *c) { return c->hidden_channels / 4 > 56 ? (size_t)c->hidden_channels / 4 : 56; }
+/* rows of lin3_backward's accumulator: LEFTNet's lin3 (3 -> H/4 -> 1) or the update's
+ * (3 -> 48 -> 8 -> 1), (in + 1) x out per layer */
+static size_t lin3_acc_rows(const oard_config *c) {
+    size_t a = (size_t)c->hidden_channels / 4, lf = 4 * a + (a + 1), up = 4 * 48 + 49 * 8 + 9 * 1;
+    return lf > up ? lf : up;
+}
 
 /* next n reals (16-aligned) of a layout being measured (base NULL) or assigned */
 static void take_n(real **ptr, real *base, size_t *off, size_t n) {
@@ -3300,6 +3383,7 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
     take_n(&t->g_h, base, &off, N * I);
     take_n(&t->g_pe, base, &off, N * H);
     take_n(&t->g_lin3, base, &off, (12 + 4 * lin3_rows(c)) * Hs);
+    take_n(&t->g_lin3acc, base, &off, lin3_acc_rows(c) * Hs);
     t->N = (int)N, t->E = (int)E, t->U = (int)U, t->NF = (int)NF;
     return off;
 }
@@ -3368,7 +3452,7 @@ static void s2v_train(const Ctx *x, Tape *t, const real *ew) {
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
     linear_forward(&x->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
     layernorm_train(t->sv_u, (size_t)N, H, NULL, NULL, t->sv_un, t->sv_un, t->sv_rstd);
-    for (size_t i = 0; i < (size_t)N * H; i++) t->sv_t[i] = silu(t->sv_un[i]);
+    silu_add(NULL, t->sv_un, t->sv_t, (size_t)N * H);
     memset(t->ne1, 0, (size_t)N * 3 * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
         const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
@@ -3406,37 +3490,59 @@ static void edge_rows(const Ctx *x, const Tape *t, int e, int node, real *q) {
     frame_rows(t->ne1 + (size_t)node * 3 * H, (size_t)H, H, fr, 0, q);
 }
 
-/* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge (on a masked edge the
- * frame is zero and the scalar lin3(0): a function of the parameters too) */
+/* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge. On a masked edge
+ * the frame is zero, so both scalars are lin3(0) (a function of the parameters): computed
+ * once (as edge_scalarization). */
 static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
+    const Work *w = x->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *out = q + 3 * Hs, *z = out + Hs, *a = z + lin3_rows(c) * Hs;
+    memset(q, 0, 3 * Hs * sizeof(real));
+    lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
     for (int e = 0; e < g->E; e++)
+        if (w->mask[e] == 0)
+            for (int h = 0; h < 2 * H; h++) ew[(size_t)e * EW + h] = out[h % H] * w->rbound[e];
+    for (int u = 0; u < w->ue_start[g->N]; u++) {
+        int e = w->ue[u];
         for (int side = 0; side < 2; side++) {
             edge_rows(x, t, e, side == 0 ? g->src[e] : g->dst[e], q);
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
             lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
             real *r = ew + (size_t)e * EW + side * H;
-            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * x->w->rbound[e];
+            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * w->rbound[e];
         }
+    }
 }
 
 /* dew (E, 3H + R), columns [0, 2H) -> gradient of NE1 (dne1, overwritten); the lin3
- * activations are recomputed per edge rather than kept */
+ * activations are recomputed per edge rather than kept. The masked edges' lin3(0) is one
+ * function of the parameters: its backward runs once, on the sum of their gradients. */
 static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, const real *dew, real *dne1) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
+    const Work *w = x->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *raw = q + 3 * Hs, *out = raw + 3 * Hs, *dout = out + Hs, *dq = dout + Hs;
     real *z = dq + 3 * Hs, *a = z + lin3_rows(c) * Hs, *tmp = a + lin3_rows(c) * Hs;
     memset(dne1, 0, (size_t)t->N * 3 * H * sizeof(real));
-    for (int e = 0; e < g->E; e++) {
-        const real *fr[3] = {x->w->d + 3 * e, x->w->c + 3 * e, x->w->v + 3 * e};
+    memset(dout, 0, Hs * sizeof(real));
+    for (int e = 0; e < g->E; e++)
+        if (w->mask[e] == 0)
+            for (int side = 0; side < 2; side++) {
+                const real *dr = dew + (size_t)e * EW + side * H;
+                for (int h = 0; h < H; h++) dout[h] += dr[h] * w->rbound[e];
+            }
+    memset(q, 0, 3 * Hs * sizeof(real));
+    lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+    lin3_backward(x->m->net.lin3, 2, q, H, z, a, dout, NULL, tmp, t->g_lin3acc);
+    for (int u = 0; u < w->ue_start[g->N]; u++) {
+        int e = w->ue[u];
+        const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
         for (int side = 0; side < 2; side++) {
             int node = side == 0 ? g->src[e] : g->dst[e];
             edge_rows(x, t, e, node, raw);
@@ -3445,8 +3551,8 @@ static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, co
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
             lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
             const real *dr = dew + (size_t)e * EW + side * H;
-            for (int h = 0; h < H; h++) dout[h] = dr[h] * x->w->rbound[e];
-            lin3_backward(T, x->m->net.lin3, 2, q, H, z, a, dout, dq, tmp);
+            for (int h = 0; h < H; h++) dout[h] = dr[h] * w->rbound[e];
+            lin3_backward(x->m->net.lin3, 2, q, H, z, a, dout, dq, tmp, t->g_lin3acc);
             for (int h = 0; h < H; h++) dq[h] += dout[h]; /* the d-row is added to the scalar */
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) dq[Hs + h] *= raw[Hs + h] > 0 ? 1 : (raw[Hs + h] < 0 ? -1 : 0);
@@ -3456,6 +3562,7 @@ static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, co
                     dn[xyz * H + h] += dq[h] * fr[0][xyz] + dq[Hs + h] * fr[1][xyz] + dq[2 * Hs + h] * fr[2][xyz];
         }
     }
+    lin3_reduce(T, x->m->net.lin3, 2, H, t->g_lin3acc);
 }
 
 /* A view of rows [r0, r0 + in) of a Linear's transposed weight: one input block of the
@@ -3480,9 +3587,10 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     linear_forward(&Le, ew_in, (size_t)E, t->pre1, 0);
     for (int e = 0; e < E; e++) {
         const real *ai = t->A + (size_t)g->src[e] * H, *bj = t->Bn + (size_t)g->dst[e] * H;
-        real *r = t->pre1 + (size_t)e * H, *y = t->act1 + (size_t)e * H;
-        for (int h = 0; h < H; h++) r[h] += ai[h] + bj[h], y[h] = silu(r[h]);
+        real *r = t->pre1 + (size_t)e * H;
+        for (int h = 0; h < H; h++) r[h] += ai[h] + bj[h];
     }
+    silu_add(NULL, t->pre1, t->act1, (size_t)E * H);
     linear_train(&P->edge_mlp.l[1], t->act1, (size_t)E, t->pre2, t->m2, 1);
     linear_forward(&P->att_mlp.l[0], t->m2, (size_t)E, t->att_pre, 0);
     real *agg = t->cat; /* [xh, agg] rows */
@@ -3503,7 +3611,7 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     mlp_train(&P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, n2);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = t->xh[i] + n2[i];
     linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
-    for (size_t i = 0; i < (size_t)E * EW; i++) ew_out[i] = ew_in[i] + silu(t->out_pre[i]);
+    silu_add(ew_in, t->out_pre, ew_out, (size_t)E * EW);
 }
 
 /* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
@@ -3517,7 +3625,7 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
     real *dm = tp->g_e1, *dm2 = tp->g_e2, *dm1 = tp->g_e3, *datt = tp->g_e4, *dt = tp->g_big;
     real *dxh = tp->g_s2, *dcat = tp->g_n1, *dn2 = tp->g_n2, *Di = dn2, *Dj = dn2 + (size_t)N * H;
     /* edgeweight += SiLU(edge_out_trans(m)) */
-    for (size_t i = 0; i < (size_t)E * EW; i++) dt[i] = dew[i] * dsilu(t->out_pre[i]);
+    silu_backward_to(t->out_pre, dew, dt, (size_t)E * EW);
     linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
     /* s = xh + node_mlp([xh, agg]) */
     memcpy(dxh, ds, (size_t)N * H * sizeof(real));
@@ -3740,14 +3848,15 @@ static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const
         if (c->reflect_equiv)
             for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
         for (int h = 0; h < H; h++) ds[(size_t)n * H + h] += dcat[(size_t)n * 2 * H + h];
-        lin3_backward(T, P->lin3, 3, qa, H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs,
-                      dcat + (size_t)n * 2 * H + H, dq, tmp);
+        lin3_backward(P->lin3, 3, qa, H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs,
+                      dcat + (size_t)n * 2 * H + H, dq, tmp, tp->g_lin3acc);
         if (c->reflect_equiv)
             for (int h = 0; h < H; h++) dq[Hs + h] *= q[Hs + h] > 0 ? 1 : (q[Hs + h] < 0 ? -1 : 0);
         for (int xyz = 0; xyz < 3; xyz++)
             for (int h = 0; h < H; h++)
                 dVn[xyz * 2 * H + h] += dq[h] * axes[0][xyz] + dq[Hs + h] * axes[1][xyz] + dq[2 * Hs + h] * axes[2][xyz];
     }
+    lin3_reduce(T, P->lin3, 3, H, tp->g_lin3acc);
     linear_backward(T, &P->vec_proj, t->vec_in, dV, (size_t)N * 3, dvec, 1);
 }
 
@@ -3889,6 +3998,7 @@ static void leftnet_backward(const Ctx *x, Tape *t, const Grad *T, const real *d
     }
     memset(dew, 0, (size_t)E * EW * sizeof(real));
     memset(dpe, 0, (size_t)N * H * sizeof(real));
+    memset(t->g_lin3acc, 0, lin3_acc_rows(c) * round_up((size_t)H, 16) * sizeof(real));
     for (int i = c->num_layers - 1; i >= 0; i--) {
         if (c->pos_grad) pos_grad_backward(x, t, &t->upd[i], T, dgrad, ds);
         if (c->update) equi_update_backward(x, t, &t->upd[i], &p->upd[i], T, ds, dvec);
@@ -3978,7 +4088,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     if (!rc) {
         leftnet_geometry(&x, w->pos);
         size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, NULL);
-        block = aligned_calloc(len, sizeof(real));
+        block = aligned_malloc(len, sizeof(real));
         if (!block) rc = fail(err, OARD_ERR_NOMEM, "training: cannot allocate %zu values for a %d-atom reaction", len, n);
         else tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, block);
     }
