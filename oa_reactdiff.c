@@ -900,14 +900,6 @@ NO_FMA_FN static void silu_inplace(real *y, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + SILU_EXP(-y[i]));
 }
 
-/* y[i] = a[i] + SiLU(x[i]) (a NULL: y[i] = SiLU(x[i])), vectorised as silu_inplace */
-NO_FMA_FN static void silu_add(const real *a, const real *x, real *y, size_t n) {
-    if (a)
-        for (size_t i = 0; i < n; i++) y[i] = a[i] + x[i] / ((real)1 + SILU_EXP(-x[i]));
-    else
-        for (size_t i = 0; i < n; i++) y[i] = x[i] / ((real)1 + SILU_EXP(-x[i]));
-}
-
 /* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
  * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
 #if defined(OARD_DOUBLE) && defined(FAST_FMA)
@@ -2966,27 +2958,45 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
     return bw;
 }
 
-/* SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x), with SiLU's exponential */
+/* SiLU in training: y[i] = a[i] + SiLU(x[i]) (a NULL: y[i] = SiLU(x[i]); SiLU as
+ * silu_inplace, bit for bit), and x[i] replaced by SiLU'(x[i]) = s (1 + x (1 - s)),
+ * s = sigmoid(x) = 1 / (1 + exp(-x)) from the same exponential: the derivative is all the
+ * backward pass needs of a pre-activation, so it needs no exponential of its own. One loop
+ * the compiler vectorises. */
+NO_FMA_FN static void silu_train(const real *a, real *x, real *y, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const real xi = x[i], e = SILU_EXP(-xi), s = (real)1 / ((real)1 + e), v = xi / ((real)1 + e);
+        y[i] = a ? a[i] + v : v;
+        x[i] = s * ((real)1 + xi * ((real)1 - s));
+    }
+}
+
+/* SiLU'(x) from the pre-activation itself (where x must be kept: the scalar attention,
+ * CFConvS2V's LayerNorm output) */
 NO_FMA_FN static inline real dsilu(real x) {
     real s = (real)1 / ((real)1 + SILU_EXP(-x));
     return s * ((real)1 + x * ((real)1 - s));
 }
-
-/* out[i] = d[i] SiLU'(pre[i]) over n values (out may be d): backward of y = SiLU(pre), one
- * loop the compiler vectorises (as silu_inplace) */
-NO_FMA_FN static void silu_backward_to(const real *pre, const real *d, real *out, size_t n) {
+NO_FMA_FN static void silu_backward_pre(const real *pre, real *d, size_t n) {
     for (size_t i = 0; i < n; i++) {
         real s = (real)1 / ((real)1 + SILU_EXP(-pre[i]));
-        out[i] = d[i] * (s * ((real)1 + pre[i] * ((real)1 - s)));
+        d[i] *= s * ((real)1 + pre[i] * ((real)1 - s));
     }
 }
-static void silu_backward(const real *pre, real *d, size_t n) { silu_backward_to(pre, d, d, n); }
 
-/* linear_forward that keeps its pre-activation: pre = x W^T + b, y = SiLU(pre) if act */
+/* out[i] = d[i] SiLU'(x[i]) over n values (out may be d): backward of y = SiLU(x), with
+ * dact = SiLU'(x) as silu_train left it */
+static void silu_backward_to(const real *dact, const real *d, real *out, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = d[i] * dact[i];
+}
+static void silu_backward(const real *dact, real *d, size_t n) { silu_backward_to(dact, d, d, n); }
+
+/* linear_forward that keeps what its backward needs: pre = x W^T + b; with act,
+ * y = SiLU(pre) and pre replaced by SiLU'(pre) (silu_train), else y a copy of pre */
 static void linear_train(const Linear *L, const real *x, size_t rows, real *pre, real *y, int act) {
     linear_forward(L, x, rows, pre, 0);
-    if (y && y != pre) memcpy(y, pre, rows * (size_t)L->out * sizeof(real));
-    if (act) silu_inplace(y, rows * (size_t)L->out);
+    if (act) silu_train(NULL, pre, y, rows * (size_t)L->out);
+    else if (y && y != pre) memcpy(y, pre, rows * (size_t)L->out * sizeof(real));
 }
 
 /* Backward of y = x W^T + b over rows: dW += dy^T x, db += sum of dy, and dx = dy W
@@ -3122,7 +3132,7 @@ static void lin3_train(const Linear *l, int n_layers, const real *q, int H, real
             }
             if (!last) {
                 real *aj = a + off + (size_t)j * Hs;
-                silu_add(NULL, zj, aj, (size_t)H);
+                silu_train(NULL, zj, aj, (size_t)H);
             }
         }
         if (!last) in = a + off, off += (size_t)L->out * Hs;
@@ -3196,7 +3206,10 @@ static void lin3_reduce(const Grad *T, const Linear *l, int n_layers, int H, rea
     memset(acc, 0, (size_t)(p - acc) * sizeof(real));
 }
 
-/* ---- the tape: what one sample's forward pass keeps for the backward pass ---- */
+/* ---- the tape: what one sample's forward pass keeps for the backward pass ----
+ * The pre-activation of every Linear followed by SiLU (the *_pre buffers, pre1, pre2,
+ * out_pre, lin3's z) holds SiLU'(pre-activation) once the forward pass is done
+ * (silu_train): that is all the backward pass reads of it. */
 
 typedef struct {
     real *xhat, *rstd, *xh;             /* x_layernorm: (N, H), (N), (N, H) */
@@ -3452,7 +3465,8 @@ static void s2v_train(const Ctx *x, Tape *t, const real *ew) {
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
     linear_forward(&x->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
     layernorm_train(t->sv_u, (size_t)N, H, NULL, NULL, t->sv_un, t->sv_un, t->sv_rstd);
-    silu_add(NULL, t->sv_un, t->sv_t, (size_t)N * H);
+    memcpy(t->sv_t, t->sv_un, (size_t)N * H * sizeof(real));
+    silu_inplace(t->sv_t, (size_t)N * H);
     memset(t->ne1, 0, (size_t)N * 3 * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
         const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
@@ -3478,7 +3492,7 @@ static void s2v_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, c
             dts[h] += f[h] * gs;
         }
     }
-    silu_backward(t->sv_un, dt, (size_t)N * H);
+    silu_backward_pre(t->sv_un, dt, (size_t)N * H);
     layernorm_backward(T, dt, t->sv_un, t->sv_rstd, (size_t)N, H, NULL, NULL, dt);
     linear_backward(T, &x->m->net.s2v_lin1, t->s0, dt, (size_t)N, ds0, 1);
 }
@@ -3590,7 +3604,7 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
         real *r = t->pre1 + (size_t)e * H;
         for (int h = 0; h < H; h++) r[h] += ai[h] + bj[h];
     }
-    silu_add(NULL, t->pre1, t->act1, (size_t)E * H);
+    silu_train(NULL, t->pre1, t->act1, (size_t)E * H);
     linear_train(&P->edge_mlp.l[1], t->act1, (size_t)E, t->pre2, t->m2, 1);
     linear_forward(&P->att_mlp.l[0], t->m2, (size_t)E, t->att_pre, 0);
     real *agg = t->cat; /* [xh, agg] rows */
@@ -3611,7 +3625,7 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     mlp_train(&P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, n2);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = t->xh[i] + n2[i];
     linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
-    silu_add(ew_in, t->out_pre, ew_out, (size_t)E * EW);
+    silu_train(ew_in, t->out_pre, ew_out, (size_t)E * EW);
 }
 
 /* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
