@@ -2958,17 +2958,25 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
     return bw;
 }
 
-/* SiLU in training: y[i] = a[i] + SiLU(x[i]) (a NULL: y[i] = SiLU(x[i]); SiLU as
- * silu_inplace, bit for bit), and x[i] replaced by SiLU'(x[i]) = s (1 + x (1 - s)),
- * s = sigmoid(x) = 1 / (1 + exp(-x)) from the same exponential: the derivative is all the
- * backward pass needs of a pre-activation, so it needs no exponential of its own. One loop
- * the compiler vectorises. */
+/* SiLU in training: y[i] = a[i] + SiLU(x[i]) (a NULL: y[i] = SiLU(x[i])), and x[i]
+ * replaced by SiLU'(x[i]) = s (1 + x (1 - s)), with s = sigmoid(x) = 1 / (1 + exp(-x)) and
+ * SiLU(x) = x s: one exponential and one division for both. The derivative is all the
+ * backward pass needs of a pre-activation, so it needs no exponential of its own. (x s
+ * may differ from the inference's x / (1 + exp(-x)) in the last bit.) One loop the
+ * compiler vectorises. */
 NO_FMA_FN static void silu_train(const real *a, real *x, real *y, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        const real xi = x[i], e = SILU_EXP(-xi), s = (real)1 / ((real)1 + e), v = xi / ((real)1 + e);
-        y[i] = a ? a[i] + v : v;
-        x[i] = s * ((real)1 + xi * ((real)1 - s));
-    }
+    if (a)
+        for (size_t i = 0; i < n; i++) {
+            const real xi = x[i], s = (real)1 / ((real)1 + SILU_EXP(-xi));
+            y[i] = a[i] + xi * s;
+            x[i] = s * ((real)1 + xi * ((real)1 - s));
+        }
+    else
+        for (size_t i = 0; i < n; i++) {
+            const real xi = x[i], s = (real)1 / ((real)1 + SILU_EXP(-xi));
+            y[i] = xi * s;
+            x[i] = s * ((real)1 + xi * ((real)1 - s));
+        }
 }
 
 /* SiLU'(x) from the pre-activation itself (where x must be kept: the scalar attention,
@@ -3256,6 +3264,7 @@ typedef struct {
     TapeUpd upd[MAX_LAYERS];
     TapeOut out[2];
     real *s, *vec, *dpos, *pgrad;            /* final s, vec; dpos and the pos_grad sum (N, 3) */
+    real *mu;                                /* (U, H): the last GCL layer's m on the unmasked edges */
     /* backward scratch */
     real *g_ew, *g_e1, *g_e2, *g_e3, *g_e4;  /* (E, 3H + R), (E, H) x 3, (E) */
     real *g_s, *g_s2, *g_vec, *g_vec2;       /* (N, H), (N, H), (N, 3H), (N, 3H) */
@@ -3378,6 +3387,7 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
     take_n(&t->vec, base, &off, N * 3 * H);
     take_n(&t->dpos, base, &off, N * 3);
     take_n(&t->pgrad, base, &off, N * 3);
+    take_n(&t->mu, base, &off, U * H);
     take_n(&t->g_ew, base, &off, E * EW);
     take_n(&t->g_e1, base, &off, E * H);
     take_n(&t->g_e2, base, &off, E * H);
@@ -3589,8 +3599,12 @@ static Linear linear_block(const Linear *L, int r0, int in, int with_bias) {
     return v;
 }
 
-/* GCLMessage (see gcl_message): s <- xh + node_mlp([xh, agg]); ew_out = ew_in + SiLU(edge_out_trans(m)) */
-static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out) {
+/* GCLMessage (see gcl_message): s <- xh + node_mlp([xh, agg]); ew_out = ew_in + SiLU(edge_out_trans(m)).
+ * In the last layer only the unmasked edges' ew_out is read again (by equi_message): there
+ * edge_out_trans runs on their rows of m only, gathered into mu (U, H), and the other rows
+ * of ew_out are left unset (as gcl_message skips them). */
+static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out,
+                      int last, real *mu) {
     const Graph *g = x->g;
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E;
     const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
@@ -3624,14 +3638,25 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     real *n2 = x->w->nodetmp;
     mlp_train(&P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, n2);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = t->xh[i] + n2[i];
-    linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
-    silu_train(ew_in, t->out_pre, ew_out, (size_t)E * EW);
+    if (!last) {
+        linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
+        silu_train(ew_in, t->out_pre, ew_out, (size_t)E * EW);
+        return;
+    }
+    const Work *w = x->w;
+    const int U = w->ue_start[N];
+    for (int u = 0; u < U; u++) memcpy(mu + (size_t)u * H, t->m + (size_t)w->ue[u] * H, H * sizeof(real));
+    linear_forward(&P->edge_out_trans.l[0], mu, (size_t)U, t->out_pre, 0);
+    for (int u = 0; u < U; u++) {
+        size_t e = (size_t)w->ue[u];
+        silu_train(ew_in + e * EW, t->out_pre + (size_t)u * EW, ew_out + e * EW, (size_t)EW);
+    }
 }
 
 /* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
- * ew_out, replaced by that of ew_in */
+ * ew_out, replaced by that of ew_in (last: gcl_train's last layer, edge_out_trans on mu) */
 static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *T, const real *ew_in,
-                         real *ds, real *dew) {
+                         real *ds, real *dew, int last, const real *mu) {
     const Graph *g = x->g;
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E, N = tp->N;
     const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
@@ -3639,8 +3664,18 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
     real *dm = tp->g_e1, *dm2 = tp->g_e2, *dm1 = tp->g_e3, *datt = tp->g_e4, *dt = tp->g_big;
     real *dxh = tp->g_s2, *dcat = tp->g_n1, *dn2 = tp->g_n2, *Di = dn2, *Dj = dn2 + (size_t)N * H;
     /* edgeweight += SiLU(edge_out_trans(m)) */
-    silu_backward_to(t->out_pre, dew, dt, (size_t)E * EW);
-    linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
+    if (!last) {
+        silu_backward_to(t->out_pre, dew, dt, (size_t)E * EW);
+        linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
+    } else { /* unmasked rows only; the others of m get no gradient from here */
+        const Work *w = x->w;
+        const int U = w->ue_start[N];
+        for (int u = 0; u < U; u++)
+            silu_backward_to(t->out_pre + (size_t)u * EW, dew + (size_t)w->ue[u] * EW, dt + (size_t)u * EW, (size_t)EW);
+        linear_backward(T, &P->edge_out_trans.l[0], mu, dt, (size_t)U, dm2, 0);
+        memset(dm, 0, (size_t)E * H * sizeof(real));
+        for (int u = 0; u < U; u++) memcpy(dm + (size_t)w->ue[u] * H, dm2 + (size_t)u * H, H * sizeof(real));
+    }
     /* s = xh + node_mlp([xh, agg]) */
     memcpy(dxh, ds, (size_t)N * H * sizeof(real));
     memcpy(dn2, ds, (size_t)N * H * sizeof(real));
@@ -3983,7 +4018,7 @@ static void leftnet_train(const Ctx *x, Tape *t) {
     for (int i = 0; i < c->num_layers; i++) {
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += t->pe[k];
-        gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1]);
+        gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
         equi_message_train(x, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
         if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec);
         if (c->pos_grad) pos_grad_train(x, &t->upd[i], N, s, t->pgrad);
@@ -4017,7 +4052,7 @@ static void leftnet_backward(const Ctx *x, Tape *t, const Grad *T, const real *d
         if (c->pos_grad) pos_grad_backward(x, t, &t->upd[i], T, dgrad, ds);
         if (c->update) equi_update_backward(x, t, &t->upd[i], &p->upd[i], T, ds, dvec);
         equi_message_backward(x, t, &t->msg[i], &p->msg[i], T, ds, dvec, dew);
-        gcl_backward(x, t, &t->gcl[i], &p->gcl[i], T, t->ew[i], ds, dew);
+        gcl_backward(x, t, &t->gcl[i], &p->gcl[i], T, t->ew[i], ds, dew, i == c->num_layers - 1, t->mu);
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) dpe[k] += ds[k];
     }
