@@ -18,6 +18,8 @@
 #   test_errors.sh     one test per row of the README's failure table
 #   test_train.sh      model save/init, the optimizer against a Python reference,
 #                      checkpoints, the train command (resume bit-identical, its errors)
+#   test_bridge.sh     React-OT through the command line: upstream's deployed result
+#                      (run_model.py), symmetries, errors, train --objective bridge
 #   test_evaluate.sh   tools/evaluate.py on two test reactions: outputs, counts, RMSDs equal
 #                      to `oa_reactdiff rmsd`, self-check, failures (xtb part: SKIP without xtb)
 #
@@ -72,6 +74,11 @@ for m in tiny variant conf_tiny; do
         failed+=("convert $m")
     fi
 done
+if ! convert tests/fixtures/golden_ot/ot_tiny.ckpt build/ot_tiny.bin; then
+    echo "run_tests: converting tests/fixtures/golden_ot/ot_tiny.ckpt FAILED"
+    status=1
+    failed+=("convert ot_tiny")
+fi
 FULL=
 GOLDEN=${OARD_GOLDEN:-../shared/golden}
 if [ -f "$GOLDEN/full.ckpt" ]; then
@@ -97,6 +104,7 @@ run "SiLU on every float" build/test_silu
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
+run "React-OT bridge" bash tests/test_bridge.sh ./oa_reactdiff build/ot_tiny.bin
 run "evaluation tool" bash tests/test_evaluate.sh ./oa_reactdiff build/conf_tiny.bin
 run "training" bash tests/test_train.sh build/tiny.bin build/variant.bin
 
