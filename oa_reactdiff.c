@@ -42,10 +42,23 @@ typedef oard_real real;
 #define EPS_FRAME 1e-6 /* upstream leftnet.py EPS, added to every norm it divides by */
 #define OARD_PI 3.14159265358979323846
 
-/* Vector width of the target in bytes. It only sets the kernels' tile sizes and the weight
- * padding (speed, never results beyond rounding): the kernels are plain C loops that the
- * compiler vectorises; no intrinsics. */
-#if defined(__AVX512F__)
+/* Runtime dispatch of the hot kernels (matmul, SiLU): a portable x86 build (GCC or clang,
+ * baseline target without AVX2) also compiles them for AVX2+FMA and for AVX-512 and picks
+ * the widest path the CPU has when the program starts (kernel_path_init). The paths are the
+ * same C code; they differ in vector width, in fused multiply-adds and in SiLU's
+ * exponential (see silu_expf), so results differ between paths in the last bits (each
+ * path passes every golden case) and are deterministic on each. OARD_ISA=generic|avx2|avx512
+ * in the environment selects a path (tests run every available one). A build for the
+ * machine (-march=native) or for another architecture has one path, its target's. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__) && !defined(OARD_NO_DISPATCH)
+#define OARD_DISPATCH 1
+#endif
+
+/* Vector width in bytes. It sets the weight padding and the kernels' tile sizes (speed,
+ * never results beyond rounding): the kernels are plain C loops that the compiler
+ * vectorises; no intrinsics. With dispatch the padding is for the widest path (64 bytes),
+ * and each path tiles with its own width (KP_VW). */
+#if defined(__AVX512F__) || defined(OARD_DISPATCH)
 #define VEC_BYTES 64
 #elif defined(__AVX__)
 #define VEC_BYTES 32
@@ -906,18 +919,13 @@ void oard_tensor_get(const oard_model *m, int i, const oard_real *arena, double 
 
 #if !defined(OARD_DOUBLE) && defined(FAST_FMAF)
 #define SILU_SLEEF 1
-static inline float silu_expf(float d);
 #define SILU_EXP silu_expf
 #else
 #define SILU_EXP REXP
 #endif
-
-NO_FMA_FN static inline real silu(real x) { return x / ((real)1 + SILU_EXP(-x)); } /* torch SiLU */
-
-/* y[i] = SiLU(y[i]) over n values: one loop the compiler vectorises */
-NO_FMA_FN static void silu_inplace(real *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + SILU_EXP(-y[i]));
-}
+#if !defined(OARD_DOUBLE) && (defined(FAST_FMAF) || defined(OARD_DISPATCH))
+static inline float silu_expf(float d);
+#endif
 
 /* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
  * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
@@ -928,6 +936,101 @@ NO_FMA_FN static void silu_inplace(real *y, size_t n) {
 #else
 #define MADD(a, b, c) ((a) * (b) + (c))
 #endif
+#ifdef OARD_DOUBLE
+#define RFMA fma
+#else
+#define RFMA fmaf
+#endif
+
+/* Unroll matmul's tile loops completely, so that acc is held in registers (without it GCC
+ * vectorises the float64 tile across rows, through memory: ten times slower). */
+#if defined(__GNUC__)
+#define UNROLL_FULL _Pragma("GCC unroll 64")
+#define ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define UNROLL_FULL
+#define ALWAYS_INLINE
+#endif
+
+/* ---- kernel code paths (see OARD_DISPATCH) ----
+ * KP_BASE is the build's own target; with dispatch KP_AVX2 and KP_AVX512 are its functions
+ * compiled for those instruction sets. A path is: reals per vector (tiles), whether the
+ * products use fused multiply-adds, whether SiLU uses silu_expf (float32 with FMA). */
+enum { KP_BASE, KP_AVX2, KP_AVX512 };
+#if defined(__AVX512F__)
+#define KP_BASE_BYTES 64
+#elif defined(__AVX__)
+#define KP_BASE_BYTES 32
+#else
+#define KP_BASE_BYTES 16
+#endif
+#define KP_VW(bytes) ((int)((bytes) / sizeof(real))) /* reals per vector of a path */
+#if (defined(OARD_DOUBLE) && defined(FAST_FMA)) || (!defined(OARD_DOUBLE) && defined(FAST_FMAF))
+#define KP_BASE_FMA 1
+#else
+#define KP_BASE_FMA 0
+#endif
+#ifdef SILU_SLEEF
+#define KP_BASE_SLEEF 1
+#else
+#define KP_BASE_SLEEF 0
+#endif
+#ifdef OARD_DOUBLE
+#define KP_SLEEF 0 /* the FMA paths' SiLU exponential: silu_expf in float32 */
+#else
+#define KP_SLEEF 1
+#endif
+
+#ifdef OARD_DISPATCH
+#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+/* the path in use: set once before main runs (or the library is used), read-only after */
+static int kernel_path = KP_BASE;
+static const char *const kernel_path_names[3] = {"generic", "avx2", "avx512"};
+__attribute__((constructor)) static void kernel_path_init(void) {
+    __builtin_cpu_init();
+    int best = KP_BASE;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = KP_AVX2;
+    if (best == KP_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        best = KP_AVX512;
+    kernel_path = best;
+    const char *want = getenv("OARD_ISA");
+    for (int k = 0; want && k <= best; k++)
+        if (!strcmp(want, kernel_path_names[k])) kernel_path = k;
+}
+#else
+#define kernel_path KP_BASE
+static const char *const kernel_path_names[3] = {"native", "native", "native"};
+#endif
+
+const char *oard_kernel_path(void) { return kernel_path_names[kernel_path]; }
+
+NO_FMA_FN static inline real silu(real x) { return x / ((real)1 + SILU_EXP(-x)); } /* torch SiLU */
+
+/* SiLU's exponential on a path: silu_expf (float32 where the path has FMA) or libm */
+#if defined(OARD_DOUBLE)
+#define KP_EXP(sleef, x) ((void)(sleef), exp(x))
+#else
+#define KP_EXP(sleef, x) ((sleef) ? silu_expf(x) : expf(x))
+#endif
+
+/* y[i] = SiLU(y[i]) over n values: one loop the compiler vectorises */
+NO_FMA_FN static inline ALWAYS_INLINE void silu_inplace_body(real *y, size_t n, const int sleef) {
+    for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + KP_EXP(sleef, -y[i]));
+}
+#ifdef OARD_DISPATCH
+TARGET_AVX2 NO_FMA_FN static void silu_inplace_avx2(real *y, size_t n) { silu_inplace_body(y, n, KP_SLEEF); }
+TARGET_AVX512 NO_FMA_FN static void silu_inplace_avx512(real *y, size_t n) { silu_inplace_body(y, n, KP_SLEEF); }
+#endif
+NO_FMA_FN static void silu_inplace(real *y, size_t n) {
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) silu_inplace_avx512(y, n);
+    else if (kernel_path == KP_AVX2) silu_inplace_avx2(y, n);
+    else
+#endif
+        silu_inplace_body(y, n, KP_BASE_SLEEF);
+}
 
 /* sum_k x[k] w[k] with VW partial sums (a reassociated dot product, vectorised) */
 static real dot(const real *x, const real *w, int n) {
@@ -948,15 +1051,6 @@ static real dot(const real *x, const real *w, int n) {
  * Each output is its products summed in order of k, then the bias (or the previous y)
  * added: exact algebra, reassociated. */
 #define MATMUL_MC 192
-/* Unroll the tile loops completely, so that acc is held in registers (without it GCC
- * vectorises the float64 tile across rows, through memory: ten times slower). */
-#if defined(__GNUC__)
-#define UNROLL_FULL _Pragma("GCC unroll 64")
-#define ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define UNROLL_FULL
-#define ALWAYS_INLINE
-#endif
 
 /* One tile. nc (TILE_N or VW) is a constant after inlining (forced: with many callers of
  * matmul the compiler may otherwise call one generic copy, six times slower), so acc
@@ -964,7 +1058,8 @@ static real dot(const real *x, const real *w, int n) {
  * Rows past mr repeat the last valid row and are not stored; columns past ncv are the
  * zero padding of W and are not stored. */
 static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ldy, const real *x, size_t ldx,
-                               size_t ksx, const real *w, size_t ldw, int K, const real *bias, int accumulate) {
+                               size_t ksx, const real *w, size_t ldw, int K, const real *bias, int accumulate,
+                               const int use_fma) {
     real acc[TILE_M][TILE_N];
     const real *xr[TILE_M];
     UNROLL_FULL
@@ -979,7 +1074,7 @@ static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real
         for (int r = 0; r < TILE_M; r++) {
             const real a = xr[r][(size_t)k * ksx];
             UNROLL_FULL
-            for (int j = 0; j < nc; j++) acc[r][j] = MADD(a, wk[j], acc[r][j]);
+            for (int j = 0; j < nc; j++) acc[r][j] = use_fma ? RFMA(a, wk[j], acc[r][j]) : a * wk[j] + acc[r][j];
         }
     }
     for (int r = 0; r < mr; r++) {
@@ -994,10 +1089,11 @@ static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real
 }
 
 /* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N); x[r][k] is at
- * x + r ldx + k ksx (ksx 1: x row-major; ldx 1: x stored transposed) */
+ * x + r ldx + k ksx (ksx 1: x row-major; ldx 1: x stored transposed). A code path's
+ * tiles are two of its vectors (vw reals each) wide; fma: fused multiply-adds. */
 static inline ALWAYS_INLINE void matmul_body(real *y, size_t ldy, const real *x, size_t ldx, size_t ksx, const real *w,
                                              size_t ldw, const real *bias, int K, int N, size_t rows, int accumulate,
-                                             int j_begin, int j_end) {
+                                             int j_begin, int j_end, const int vw, const int use_fma) {
     if (N < VW) { /* narrow outputs (not padded): one row at a time */
         for (size_t r = 0; r < rows; r++) {
             const real *xr = x + r * ldx;
@@ -1014,31 +1110,64 @@ static inline ALWAYS_INLINE void matmul_body(real *y, size_t ldy, const real *x,
     for (size_t r0 = 0; r0 < rows; r0 += MATMUL_MC) {
         size_t rb = rows - r0 < MATMUL_MC ? rows - r0 : MATMUL_MC;
         for (int j0 = j_begin; j0 < j_end;) {
-            int nc = (j_end - j0 > VW && (size_t)j0 + TILE_N <= ldw) ? TILE_N : VW;
+            int nc = (j_end - j0 > vw && (size_t)j0 + 2 * vw <= ldw) ? 2 * vw : vw;
             int ncv = j_end - j0 < nc ? j_end - j0 : nc;
             const real *bj = bias ? bias + j0 : NULL;
             for (size_t r = r0; r < r0 + rb; r += TILE_M) {
                 int mr = (int)(r0 + rb - r < TILE_M ? r0 + rb - r : TILE_M);
-                if (nc == TILE_N)
-                    matmul_tile(TILE_N, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj, accumulate);
+                if (nc == 2 * vw)
+                    matmul_tile(2 * vw, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj,
+                                accumulate, use_fma);
                 else
-                    matmul_tile(VW, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj, accumulate);
+                    matmul_tile(vw, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj,
+                                accumulate, use_fma);
             }
             j0 += nc;
         }
     }
 }
 
+/* the product on each code path (ksx 1), and the transposed one (matmul_tn) */
+#ifdef OARD_DISPATCH
+TARGET_AVX2 static void matmul_cols_avx2(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw,
+                                         const real *bias, int K, int N, size_t rows, int accumulate, int j0, int j1) {
+    matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j0, j1, KP_VW(32), 1);
+}
+TARGET_AVX512 static void matmul_cols_avx512(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw,
+                                             const real *bias, int K, int N, size_t rows, int accumulate, int j0, int j1) {
+    matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j0, j1, KP_VW(64), 1);
+}
+TARGET_AVX2 static void matmul_tn_avx2(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, int K,
+                                       int N, size_t rows) {
+    matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N, KP_VW(32), 1);
+}
+TARGET_AVX512 static void matmul_tn_avx512(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw,
+                                           int K, int N, size_t rows) {
+    matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N, KP_VW(64), 1);
+}
+#endif
+
 static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
                         int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
-    matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end);
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) matmul_cols_avx512(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end);
+    else if (kernel_path == KP_AVX2) matmul_cols_avx2(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end);
+    else
+#endif
+        matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end, KP_VW(KP_BASE_BYTES),
+                    KP_BASE_FMA);
 }
 
 /* y (rows, N) += x^T W with x (K, rows) row-major, ldx apart: the weight gradient's
  * dW^T += x^T dy of a Linear, x read in place (no transposed copy) */
 static void matmul_tn(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, int K, int N,
                       size_t rows) {
-    matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N);
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) matmul_tn_avx512(y, ldy, x, ldx, w, ldw, K, N, rows);
+    else if (kernel_path == KP_AVX2) matmul_tn_avx2(y, ldy, x, ldx, w, ldw, K, N, rows);
+    else
+#endif
+        matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N, KP_VW(KP_BASE_BYTES), KP_BASE_FMA);
 }
 
 static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias, int K,
@@ -2436,7 +2565,7 @@ NO_FMA_FN static float torch_expf(float d) {
  * |x| < 2^22). Inside the range this is torch_expf bit for bit; outside, SiLU comes out
  * the same: below, 1 + exp(-104) rounds to 1 as 1 + 0 does; above, exp(104) overflows to
  * inf as torch_expf's override does. */
-#ifdef SILU_SLEEF
+#if !defined(OARD_DOUBLE) && (defined(FAST_FMAF) || defined(OARD_DISPATCH))
 NO_FMA_FN static inline float silu_expf(float d) {
     d = d >= -104.0f ? d : -104.0f;
     d = d <= 104.0f ? d : 104.0f;
@@ -3340,19 +3469,35 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
  * backward pass needs of a pre-activation, so it needs no exponential of its own. (x s
  * may differ from the inference's x / (1 + exp(-x)) in the last bit.) One loop the
  * compiler vectorises. */
-NO_FMA_FN static void silu_train(const real *a, real *x, real *y, size_t n) {
+NO_FMA_FN static inline ALWAYS_INLINE void silu_train_body(const real *a, real *x, real *y, size_t n, const int sleef) {
     if (a)
         for (size_t i = 0; i < n; i++) {
-            const real xi = x[i], s = (real)1 / ((real)1 + SILU_EXP(-xi));
+            const real xi = x[i], s = (real)1 / ((real)1 + KP_EXP(sleef, -xi));
             y[i] = a[i] + xi * s;
             x[i] = s * ((real)1 + xi * ((real)1 - s));
         }
     else
         for (size_t i = 0; i < n; i++) {
-            const real xi = x[i], s = (real)1 / ((real)1 + SILU_EXP(-xi));
+            const real xi = x[i], s = (real)1 / ((real)1 + KP_EXP(sleef, -xi));
             y[i] = xi * s;
             x[i] = s * ((real)1 + xi * ((real)1 - s));
         }
+}
+#ifdef OARD_DISPATCH
+TARGET_AVX2 NO_FMA_FN static void silu_train_avx2(const real *a, real *x, real *y, size_t n) {
+    silu_train_body(a, x, y, n, KP_SLEEF);
+}
+TARGET_AVX512 NO_FMA_FN static void silu_train_avx512(const real *a, real *x, real *y, size_t n) {
+    silu_train_body(a, x, y, n, KP_SLEEF);
+}
+#endif
+NO_FMA_FN static void silu_train(const real *a, real *x, real *y, size_t n) {
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) silu_train_avx512(a, x, y, n);
+    else if (kernel_path == KP_AVX2) silu_train_avx2(a, x, y, n);
+    else
+#endif
+        silu_train_body(a, x, y, n, KP_BASE_SLEEF);
 }
 
 /* SiLU'(x) from the pre-activation itself (where x must be kept: the scalar attention,
@@ -3904,7 +4049,8 @@ static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
     lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
     for (int e = 0; e < g->E; e++)
         if (w->mask[e] == 0)
-            for (int h = 0; h < 2 * H; h++) ew[(size_t)e * EW + h] = out[h % H] * w->rbound[e];
+            for (int side = 0; side < 2; side++)
+                for (int h = 0; h < H; h++) ew[(size_t)e * EW + side * H + h] = out[h] * w->rbound[e];
     for (int u = 0; u < w->ue_start[g->N]; u++) {
         int e = w->ue[u];
         for (int side = 0; side < 2; side++) {
@@ -4507,12 +4653,28 @@ static void bridge_train_input(const oard_sb_schedule *sb, int n, int nf, const 
         for (int k = 0; k < 3; k++) label[3 * i + k] = (zt[1][(size_t)i * nf + k] - xh[1][(size_t)i * nf + k]) / sd;
 }
 
+/* A thread's tape memory, kept from one sample to the next (a fresh multi-MB block per
+ * sample costs page faults): at least n reals, not zeroed, or NULL. */
+typedef struct {
+    real *block;
+    size_t cap;
+} TapeBuf;
+
+static real *tape_buffer(TapeBuf *tb, size_t n) {
+    if (n > tb->cap) {
+        aligned_free(tb->block);
+        tb->block = aligned_malloc(n, sizeof(real));
+        tb->cap = tb->block ? n : 0;
+    }
+    return tb->block;
+}
+
 /* One sample: n atoms per fragment; xh[f], noise[f] its rows (n, nf); the gradient of its
  * loss is added to G (which the caller zeroed). terms: OARD_N_TERMS values (bridge: its
  * mean square error in LOSS_T and NLL). */
 static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, const real *const xh[3],
                         const real *const noise[3], int t_int, const TrainObjective *obj, const real *cond, real *G,
-                        double *terms, char *err) {
+                        double *terms, TapeBuf *tb, char *err) {
     const oard_schedule *sch = obj->sch;
     const int bridge = obj->objective == OARD_OBJECTIVE_BRIDGE;
     const oard_config *c = &m->cfg;
@@ -4546,7 +4708,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     if (!rc) {
         leftnet_geometry(&x, w->pos);
         size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, NULL);
-        block = aligned_malloc(len, sizeof(real));
+        block = tape_buffer(tb, len);
         if (!block) rc = fail(err, OARD_ERR_NOMEM, "training: cannot allocate %zu values for a %d-atom reaction", len, n);
         else tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, block);
     }
@@ -4632,7 +4794,6 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
         }
     }
 done:
-    aligned_free(block);
     for (int f = 0; f < 3; f++) free(zt[f]);
     free(label);
     oard_workspace_free(ws);
@@ -4699,15 +4860,31 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     int *rcs = rc ? NULL : xcalloc((size_t)B, sizeof(int));
     if (!rc && (!errs || !rcs)) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
     TrainObjective obj = {c->objective, &sch, &sb, 1.0 / (3.0 * NF)};
+    int *order = rc ? NULL : xcalloc((size_t)B, sizeof(int));
+    if (!rc && !order) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
     if (!rc) {
         int nt = batch_threads(batch);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (int b = 0; b < B; b++) {
-            const real *xs[3], *ns[3];
-            for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
-            rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &obj,
-                                  cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
-                                  tm + (size_t)b * OARD_N_TERMS, errs + (size_t)b * OARD_ERRLEN);
+        /* largest samples first (their cost grows as n^2), so that the threads finish
+         * together; each sample has its own slot of G, so the order changes no result */
+        for (int b = 0; b < B; b++) order[b] = b;
+        for (int a = 1; a < B; a++)
+            for (int k = a; k > 0 && batch->sizes[order[k - 1]] < batch->sizes[order[k]]; k--) {
+                int tmp_b = order[k];
+                order[k] = order[k - 1], order[k - 1] = tmp_b;
+            }
+#pragma omp parallel num_threads(nt)
+        {
+            TapeBuf tb = {NULL, 0}; /* one tape per thread, reused from sample to sample */
+#pragma omp for schedule(dynamic, 1)
+            for (int k = 0; k < B; k++) {
+                const int b = order[k];
+                const real *xs[3], *ns[3];
+                for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
+                rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &obj,
+                                      cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
+                                      tm + (size_t)b * OARD_N_TERMS, &tb, errs + (size_t)b * OARD_ERRLEN);
+            }
+            aligned_free(tb.block);
         }
         for (int b = 0; b < B && !rc; b++)
             if (rcs[b]) rc = fail(err, rcs[b], "sample %d: %s", b, errs + (size_t)b * OARD_ERRLEN);
@@ -4719,6 +4896,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
         if (loss) *loss = bridge ? sum : sum / B;
         if (terms) memcpy(terms, tm, (size_t)B * OARD_N_TERMS * sizeof(double));
         if (grad) /* the batch mean (bridge: the sum, coef holds the mean), in sample order whatever the thread count */
+#pragma omp parallel for num_threads(batch_threads(batch)) schedule(static)
             for (size_t k = 0; k < P; k++) {
                 real s = 0;
                 for (int b = 0; b < B; b++) s += G[(size_t)b * P + k];
@@ -4726,7 +4904,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
             }
     }
     for (int f = 0; f < 3; f++) free(x[f]), free(noise[f]);
-    free(tmp), free(tm), free(off), free(errs), free(rcs), free(bw);
+    free(tmp), free(tm), free(off), free(errs), free(rcs), free(bw), free(order);
     aligned_free(G);
     aligned_free(bw_block);
     oard_schedule_free(&sch);
@@ -7990,8 +8168,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "--version")) {
-        printf("oa_reactdiff %s\n", oard_version());
+        printf("oa_reactdiff %s, kernels %s\n", oard_version(), oard_kernel_path());
         return 0;
+    }
+    const char *isa = getenv("OARD_ISA");
+    if (isa && *isa && strcmp(isa, oard_kernel_path()) != 0) {
+        fprintf(stderr, "oa_reactdiff: OARD_ISA=%s: not a kernel path of this build and CPU (generic, avx2, avx512 as the CPU allows; "
+                        "this build and CPU: %s at best)\n", isa, oard_kernel_path());
+        return EXIT_USAGE;
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

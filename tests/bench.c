@@ -13,6 +13,11 @@
  *       one such line (CASE rxn14 or batch8); used for the float64/float32 ratio
  *   bench ts MODEL.bin R.xyz P.xyz STEPS RESAMPLINGS JUMP THREADS
  *       wall time of one TS candidate by inpainting (oard_inpaint), as `oa_reactdiff ts`
+ *   bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B]
+ *       training steps (oard_train_loss with the gradient) on the train split of a
+ *       dataset: bench-train <name> threads=<n> reactions_per_s=<r> gflops=<rate> ...
+ *   bench train-table SMALL.bin FULL.bin DATA: the FMA peak, then both models at 1 and 2
+ *       threads, each line with peak_fraction (make bench-train)
  *   bench rss MODEL.bin ATOMS THREADS
  *       one denoiser call on a synthetic reaction of 3 x ATOMS atoms: the engine's memory
  *       estimate, the peak resident set size (getrusage) and the time
@@ -570,17 +575,15 @@ static train_item *read_train_items(const oard_config *c, const char *dir, int *
     return items;
 }
 
-/* bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B] */
-static void cmd_train(int argc, char **argv) {
-    oard_model *m = load(argv[2]);
+/* one bench-train line: `steps` timed steps (after one warm-up) of batches of B; with
+ * peak > 0 (GFLOP/s) also the fraction of it reached */
+static void train_line(const char *path, const char *name, const char *data, int threads, int steps, int B,
+                       double peak) {
+    oard_model *m = load(path);
     const oard_config *c = oard_model_config(m);
-    int n_items, threads = atoi(argv[5]), steps = 12, B = 14;
-    for (int i = 6; i + 1 < argc; i++) {
-        if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
-        if (strcmp(argv[i], "--batch") == 0) B = atoi(argv[i + 1]);
-    }
+    int n_items;
     if (threads < 1 || steps < 1 || B < 1) die("bad THREADS, --steps or --batch");
-    train_item *items = read_train_items(c, argv[4], &n_items);
+    train_item *items = read_train_items(c, data, &n_items);
     int *order = xcalloc((size_t)n_items, sizeof(int));
     uint64_t s = 2024;
     for (int i = 0; i < n_items; i++) order[i] = i;
@@ -625,14 +628,41 @@ static void cmd_train(int argc, char **argv) {
     for (int k = 0; k < steps; k++) total += ms[k];
     qsort(ms, (size_t)steps, sizeof(double), cmp_double);
     /* rates over all timed steps (total time), the median step for reference */
-    printf("bench-train %s threads=%d reactions_per_s=%.1f gflops=%.1f ms_per_step=%.1f median_ms=%.1f "
-           "cpu_ms_per_step=%.1f steps=%d batch=%d\n", argv[3], threads, steps * B / (total * 1e-3),
-           flops / (total * 1e-3) * 1e-9, total / steps, ms[steps / 2], cpu / steps, steps, B);
+    double gflops = flops / (total * 1e-3) * 1e-9;
+    printf("bench-train %s threads=%d reactions_per_s=%.1f gflops=%.1f", name, threads, steps * B / (total * 1e-3),
+           gflops);
+    if (peak > 0) printf(" peak_fraction=%.2f", gflops / peak);
+    printf(" ms_per_step=%.1f median_ms=%.1f cpu_ms_per_step=%.1f steps=%d batch=%d\n", total / steps, ms[steps / 2],
+           cpu / steps, steps, B);
     fflush(stdout);
     for (int i = 0; i < n_items; i++)
         for (int f = 0; f < 3; f++) free(items[i].xh[f]);
     free(items), free(order), free(grad), free(ms);
     oard_model_free(m);
+}
+
+/* bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B] */
+static void cmd_train(int argc, char **argv) {
+    int steps = 12, B = 14;
+    for (int i = 6; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
+        if (strcmp(argv[i], "--batch") == 0) B = atoi(argv[i + 1]);
+    }
+    train_line(argv[2], argv[3], argv[4], atoi(argv[5]), steps, B, 0);
+}
+
+/* bench train-table SMALL.bin FULL.bin DATA [--steps K] [--full-steps K]: the FMA peak at 1
+ * and 2 threads, then both models at 1 and 2 threads */
+static void cmd_train_table(int argc, char **argv) {
+    int steps = 12, full_steps = 3;
+    for (int i = 5; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
+        if (strcmp(argv[i], "--full-steps") == 0) full_steps = atoi(argv[i + 1]);
+    }
+    double peak[3] = {0, peak_gflops(1), peak_gflops(2)};
+    for (int nt = 1; nt <= 2; nt++) printf("bench peak float32 fma threads=%d gflops=%.1f\n", nt, peak[nt]);
+    for (int nt = 1; nt <= 2; nt++) train_line(argv[2], "small", argv[4], nt, steps, 14, peak[nt]);
+    for (int nt = 1; nt <= 2; nt++) train_line(argv[3], "full", argv[4], nt, full_steps, 14, peak[nt]);
 }
 
 int main(int argc, char **argv) {
@@ -643,6 +673,7 @@ int main(int argc, char **argv) {
     else if (strcmp(mode, "ts") == 0 && argc >= 9) cmd_ts(argv);
     else if (strcmp(mode, "rss") == 0 && argc >= 5) cmd_rss(argv);
     else if (strcmp(mode, "train") == 0 && argc >= 6) cmd_train(argc, argv);
+    else if (strcmp(mode, "train-table") == 0 && argc >= 5) cmd_train_table(argc, argv);
     else if (strcmp(mode, "bridge") == 0 && argc >= 7) cmd_bridge(argv);
     else {
         fprintf(stderr, "usage: bench table TINY.bin FULL.bin R.xyz P.xyz [--reps K]\n"
@@ -650,7 +681,8 @@ int main(int argc, char **argv) {
                         "       bench one MODEL.bin NAME R.xyz P.xyz rxn14|batch8 THREADS [--reps K]\n"
                         "       bench ts MODEL.bin R.xyz P.xyz STEPS RESAMPLINGS JUMP THREADS\n"
                         "       bench rss MODEL.bin ATOMS THREADS\n"
-                        "       bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B]\n");
+                        "       bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B]\n"
+                        "       bench train-table SMALL.bin FULL.bin DATA [--steps K] [--full-steps K]\n");
         return 2;
     }
     return 0;
