@@ -3735,6 +3735,55 @@ static void lin3_reduce(const Grad *T, const Linear *l, int n_layers, int H, rea
     memset(acc, 0, (size_t)(p - acc) * sizeof(real));
 }
 
+/* The update's lin3 on all N nodes at once, for the training pass: activations channel
+ * major, each row NH = N Hs long (node n's channels at n Hs, the padding zero), so that
+ * each layer is one matrix product Z (out, NH) = W (out, in) IN (in, NH) + b (matmul_tn
+ * reads W from the transposed weight). z, a: the hidden layers' pre-activations (SiLU'
+ * once silu_train is done) and activations, layer after layer; out (1, NH). */
+static void lin3_rows_train(const Linear *l, int n_layers, const real *q, size_t NH, real *out, real *z, real *a) {
+    const real *in = q;
+    size_t off = 0;
+    for (int k = 0; k < n_layers; k++) {
+        const Linear *L = &l[k];
+        int last = k == n_layers - 1;
+        real *o = last ? out : z + off;
+        for (int j = 0; j < L->out; j++)
+            for (size_t c = 0; c < NH; c++) o[(size_t)j * NH + c] = L->b[j];
+        matmul_tn(o, NH, L->wt, (size_t)L->ldw, in, NH, L->in, (int)NH, (size_t)L->out);
+        if (!last) {
+            silu_train(NULL, o, a + off, (size_t)L->out * NH);
+            in = a + off;
+            off += (size_t)L->out * NH;
+        }
+    }
+}
+
+/* Backward of lin3_rows_train: dout (1, NH, zero padding) -> dq (3, NH); the parameters'
+ * gradients are sums over the NH columns (dot products). dh: scratch of the hidden
+ * layers' gradients (as many rows as z). */
+static void lin3_rows_backward(const Grad *T, const Linear *l, int n_layers, const real *q, size_t NH, const real *z,
+                               const real *a, const real *dout, real *dq, real *dh) {
+    size_t offs[4] = {0};
+    for (int k = 0; k + 1 < n_layers; k++) offs[k + 1] = offs[k] + (size_t)l[k].out * NH;
+    const real *d = dout;
+    for (int k = n_layers - 1; k >= 0; k--) {
+        const Linear *L = &l[k];
+        const real *in = k ? a + offs[k - 1] : q;
+        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        for (int j = 0; j < L->out; j++) {
+            const real *dj = d + (size_t)j * NH;
+            real sb = 0;
+            for (size_t c = 0; c < NH; c++) sb += dj[c];
+            gb[j] += sb;
+            for (int i = 0; i < L->in; i++) gw[(size_t)i * L->ldw + j] += dot(in + (size_t)i * NH, dj, (int)NH);
+        }
+        real *dn = k ? dh + offs[k - 1] : dq;
+        matmul_cols(dn, NH, L->wt, (size_t)L->ldw, d, NH, NULL, L->out, (int)NH, (size_t)L->in, 0, 0, (int)NH);
+        if (k) silu_backward(z + offs[k - 1], dn, (size_t)L->in * NH);
+        d = dn;
+    }
+}
+
 /* ---- the tape: what one sample's forward pass keeps for the backward pass ----
  * The pre-activation of every Linear followed by SiLU (the *_pre buffers, pre1, pre2,
  * out_pre, lin3's z) holds SiLU'(pre-activation) once the forward pass is done
@@ -3758,7 +3807,7 @@ typedef struct {
 
 typedef struct {
     real *vec_in, *V;          /* (N, 3, H), (N, 3, 2H): vec_proj -> vec1, vec2 */
-    real *q, *z, *a;           /* per node: frame rows (3 x Hs, before |.|), lin3 pre / SiLU (56 x Hs) */
+    real *q, *z, *a;           /* lin3 (lin3_rows_train), rows of N Hs: frame rows (3, before |.|), hidden pre / SiLU (56) */
     real *cat, *xv_pre, *xv, *X; /* (N, 2H) [s, scalar], (N, H) x 2, (N, 3H) */
     real *dyn_in, *dyn_pre, *dyn_act; /* pos_grad head: s (N, H), (N, H/2) x 2 */
 } TapeUpd;
@@ -3793,17 +3842,18 @@ typedef struct {
     real *g_f, *g_ne1, *g_h, *g_pe;          /* (E, H), (N, 3H), (N, I), (N, H) */
     real *g_lin3;                            /* lin3 scratch: 4 x 64 x Hs */
     real *g_lin3acc;                         /* lin3_backward's per-channel gradient sums, zero between uses */
+    real *g_upd;                             /* the update's lin3: 64 rows of N Hs (lin3_rows_*) */
     void *block;
 } Tape;
 
 /* rows of lin3 scratch: the widest hidden layer of LEFTNet's lin3 (H/4) or the update's
  * (48 + 8 kept per node) */
 static size_t lin3_rows(const oard_config *c) { return c->hidden_channels / 4 > 56 ? (size_t)c->hidden_channels / 4 : 56; }
-/* rows of lin3_backward's accumulator: LEFTNet's lin3 (3 -> H/4 -> 1) or the update's
- * (3 -> 48 -> 8 -> 1), (in + 1) x out per layer */
+/* rows of lin3_backward's accumulator: LEFTNet's lin3 (3 -> H/4 -> 1), (in + 1) x out per
+ * layer */
 static size_t lin3_acc_rows(const oard_config *c) {
-    size_t a = (size_t)c->hidden_channels / 4, lf = 4 * a + (a + 1), up = 4 * 48 + 49 * 8 + 9 * 1;
-    return lf > up ? lf : up;
+    size_t a = (size_t)c->hidden_channels / 4;
+    return 4 * a + (a + 1);
 }
 
 /* next n reals (16-aligned) of a layout being measured (base NULL) or assigned */
@@ -3928,6 +3978,7 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
     take_n(&t->g_pe, base, &off, N * H);
     take_n(&t->g_lin3, base, &off, (12 + 4 * lin3_rows(c)) * Hs);
     take_n(&t->g_lin3acc, base, &off, lin3_acc_rows(c) * Hs);
+    take_n(&t->g_upd, base, &off, c->update ? N * 64 * Hs : 0);
     t->N = (int)N, t->E = (int)E, t->U = (int)U, t->NF = (int)NF;
     return off;
 }
@@ -4348,31 +4399,34 @@ static void node_axes(const Work *w, int n, real axes[3][3]) {
 }
 
 /* EquiUpdate (see equi_update): s += (p + q + dot) / sqrt 2, vec += g vec2 */
-static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec) {
+static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec, real *scratch) {
     const oard_config *c = &x->m->cfg;
     const int H = c->hidden_channels;
     const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     memcpy(t->vec_in, vec, (size_t)N * 3 * H * sizeof(real));
     linear_forward(&P->vec_proj, vec, (size_t)N * 3, t->V, 0);
-    real *qa = x->w->nodetmp, *dot = qa + 3 * Hs;
+    /* frame rows of vec1 per node into q (3, NH), channel major for lin3_rows_train */
+    const size_t NH = (size_t)N * Hs;
+    real *qa = x->w->nodetmp, *out = scratch, *qr = out + NH; /* qa: 3 x Hs; qr: |q| rows (3, NH) */
     for (int n = 0; n < N; n++) {
         const real *v1 = t->V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
-        real axes[3][3], *q = t->q + (size_t)n * 3 * Hs;
+        real axes[3][3], *dot = x->w->agg + (size_t)n * H;
         node_axes(x->w, n, axes);
         const real *ax[3] = {axes[0], axes[1], axes[2]};
-        frame_rows(v1, 2 * (size_t)H, H, ax, 0, q);
-        memcpy(qa, q, 3 * Hs * sizeof(real));
-        if (c->reflect_equiv)
-            for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
-        real *cat = t->cat + (size_t)n * 2 * H;
-        memcpy(cat, s + (size_t)n * H, H * sizeof(real));
-        lin3_train(P->lin3, 3, qa, H, cat + H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs);
+        frame_rows(v1, 2 * (size_t)H, H, ax, 0, qa);
+        for (int k = 0; k < 3; k++) {
+            real *qk = t->q + (size_t)k * NH + (size_t)n * Hs, *rk = qr + (size_t)k * NH + (size_t)n * Hs;
+            for (size_t h = 0; h < Hs; h++) qk[h] = (int)h < H ? qa[(size_t)k * Hs + h] : 0;
+            for (size_t h = 0; h < Hs; h++) rk[h] = (k == 1 && c->reflect_equiv) ? RFABS(qk[h]) : qk[h];
+        }
+        memcpy(t->cat + (size_t)n * 2 * H, s + (size_t)n * H, H * sizeof(real));
+        /* dot is only needed here: s gets it below, after X */
         for (int h = 0; h < H; h++)
             dot[h] = (v1[h] * v2[h] + v1[2 * H + h] * v2[2 * H + h] + v1[4 * H + h] * v2[4 * H + h]) * inv_sqrt_h;
-        /* dot is only needed here: s gets it below, after X */
-        memcpy(x->w->agg + (size_t)n * H, dot, H * sizeof(real));
     }
+    lin3_rows_train(P->lin3, 3, qr, NH, out, t->z, t->a);
+    for (int n = 0; n < N; n++) memcpy(t->cat + (size_t)n * 2 * H + H, out + (size_t)n * Hs, H * sizeof(real));
     linear_train(&P->xvec_proj0, t->cat, (size_t)N, t->xv_pre, t->xv, 1);
     linear_forward(&P->xvec_proj2, t->xv, (size_t)N, t->X, 0);
     for (int n = 0; n < N; n++)
@@ -4410,24 +4464,25 @@ static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const
     linear_backward(T, &P->xvec_proj2, t->xv, dX, (size_t)N, dxv, 0);
     silu_backward(t->xv_pre, dxv, (size_t)N * H);
     linear_backward(T, &P->xvec_proj0, t->cat, dxv, (size_t)N, dcat, 0);
-    real *qa = tp->g_lin3, *dq = qa + 3 * Hs, *tmp = dq + 3 * Hs;
+    const size_t NH = (size_t)N * Hs;
+    real *dout = tp->g_upd, *qr = dout + NH, *dq = qr + 3 * NH, *dh = dq + 3 * NH;
     for (int n = 0; n < N; n++) {
-        const real *q = t->q + (size_t)n * 3 * Hs;
-        real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
-        node_axes(x->w, n, axes);
-        memcpy(qa, q, 3 * Hs * sizeof(real));
-        if (c->reflect_equiv)
-            for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
         for (int h = 0; h < H; h++) ds[(size_t)n * H + h] += dcat[(size_t)n * 2 * H + h];
-        lin3_backward(P->lin3, 3, qa, H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs,
-                      dcat + (size_t)n * 2 * H + H, dq, tmp, tp->g_lin3acc);
+        for (size_t h = 0; h < Hs; h++) dout[(size_t)n * Hs + h] = (int)h < H ? dcat[(size_t)n * 2 * H + H + h] : 0;
+    }
+    for (size_t i = 0; i < 3 * NH; i++) qr[i] = (i / NH == 1 && c->reflect_equiv) ? RFABS(t->q[i]) : t->q[i];
+    lin3_rows_backward(T, P->lin3, 3, qr, NH, t->z, t->a, dout, dq, dh);
+    for (int n = 0; n < N; n++) {
+        const real *q1 = t->q + NH + (size_t)n * Hs;
+        real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
+        real *d0 = dq + (size_t)n * Hs, *d1 = d0 + NH, *d2 = d1 + NH;
+        node_axes(x->w, n, axes);
         if (c->reflect_equiv)
-            for (int h = 0; h < H; h++) dq[Hs + h] *= q[Hs + h] > 0 ? 1 : (q[Hs + h] < 0 ? -1 : 0);
+            for (int h = 0; h < H; h++) d1[h] *= q1[h] > 0 ? 1 : (q1[h] < 0 ? -1 : 0);
         for (int xyz = 0; xyz < 3; xyz++)
             for (int h = 0; h < H; h++)
-                dVn[xyz * 2 * H + h] += dq[h] * axes[0][xyz] + dq[Hs + h] * axes[1][xyz] + dq[2 * Hs + h] * axes[2][xyz];
+                dVn[xyz * 2 * H + h] += d0[h] * axes[0][xyz] + d1[h] * axes[1][xyz] + d2[h] * axes[2][xyz];
     }
-    lin3_reduce(T, P->lin3, 3, H, tp->g_lin3acc);
     linear_backward(T, &P->vec_proj, t->vec_in, dV, (size_t)N * 3, dvec, 1);
 }
 
@@ -4542,7 +4597,7 @@ static void leftnet_train(const Ctx *x, Tape *t) {
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += t->pe[k];
         gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
         equi_message_train(x, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
-        if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec);
+        if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec, t->g_upd);
         if (c->pos_grad) pos_grad_train(x, &t->upd[i], N, s, t->pgrad);
     }
     const real *xin = s, *vin = vec;
