@@ -4927,7 +4927,8 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     int *order = rc ? NULL : xcalloc((size_t)B, sizeof(int));
     if (!rc && !order) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
     if (!rc) {
-        int nt = batch_threads(batch);
+        const int nt = batch_threads(batch);
+        (void)nt; /* only the OpenMP pragma reads it */
         /* largest samples first (their cost grows as n^2), so that the threads finish
          * together; each sample has its own slot of G, so the order changes no result */
         for (int b = 0; b < B; b++) order[b] = b;
