@@ -6608,22 +6608,36 @@ static void progress_report(void *ctx, int done, int total) {
 
 /* --weights, else $OA_REACTDIFF_WEIGHTS, else weights.bin beside the executable, else
  * ../share/oa_reactdiff/weights.bin relative to it (make install). */
-static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
-    const char *env = getenv("OA_REACTDIFF_WEIGHTS");
-    if (given) return *out = given, OARD_OK;
+/* The weights a command uses: --weights, else $ENV, else NAME beside the binary, else
+ * ../share/oa_reactdiff/NAME relative to it. ts uses weights.bin ($OA_REACTDIFF_WEIGHTS);
+ * sample uses weights_diffusion.bin ($OA_REACTDIFF_DIFFUSION_WEIGHTS) when one is installed,
+ * since it needs a diffusion model and the bundled weights.bin may be a bridge model. */
+static int locate_weights(const char *env_name, const char *name, char *buf, size_t n, const char **out, char *err) {
+    const char *env = getenv(env_name);
     if (env && *env) return *out = env, OARD_OK;
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find weights.bin; use --weights FILE");
+    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find %s; use --weights FILE", name);
     exe[len] = 0;
     char *slash = strrchr(exe, '/');
     if (slash) *slash = 0;
-    snprintf(buf, n, "%s/weights.bin", exe);
+    snprintf(buf, n, "%s/%s", exe, name);
     if (access(buf, F_OK) == 0) return *out = buf, OARD_OK;
     char alt[4200];
-    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/weights.bin", exe);
+    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/%s", exe, name);
     if (access(alt, F_OK) == 0) return snprintf(buf, n, "%s", alt), *out = buf, OARD_OK;
-    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $OA_REACTDIFF_WEIGHTS)", buf, alt);
+    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $%s)", buf, alt, env_name);
+}
+
+static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
+    if (given) return *out = given, OARD_OK;
+    return locate_weights("OA_REACTDIFF_WEIGHTS", "weights.bin", buf, n, out, err);
+}
+
+static int find_diffusion_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
+    if (given) return *out = given, OARD_OK;
+    if (!locate_weights("OA_REACTDIFF_DIFFUSION_WEIGHTS", "weights_diffusion.bin", buf, n, out, err)) return OARD_OK;
+    return find_weights(NULL, buf, n, out, err);
 }
 
 /* A weights file that cannot be used (malformed, corrupted, wrong kind) is EXIT_WEIGHTS,
@@ -7292,7 +7306,7 @@ static int cmd_sample(const Args *a, char *err) {
     Molecule mol;
     int rc = parse_atoms(a->atoms, &mol, err);
     if (rc) return rc;
-    rc = find_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
+    rc = find_diffusion_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
     if (!rc) rc = load_model(wpath, OARD_KIND_DENOISER, &m, err);
     const oard_config *c = rc ? NULL : oard_model_config(m);
     if (!rc && c->objective == OARD_OBJECTIVE_BRIDGE)
