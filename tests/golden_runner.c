@@ -834,6 +834,30 @@ static int case_is_f64(const args *a, const char *ref_file)
     return is64;
 }
 
+/* The inputs of every kind but the forward ones: sizes, the xh_ fragments and the
+ * conditions (returned; NULL for a model without) */
+static oard_real *load_inputs(const args *a, const oard_config *cfg, case_batch *cb, oard_real *xh[OARD_MAX_FRAG])
+{
+    load_sizes(a->dir, cb);
+    load_fragments(a->dir, "xh_", cb, cfg, xh);
+    return load_conditions(a->dir, cb, cfg);
+}
+
+/* t_int (B) or (B, 1), int64 in the files */
+static int *load_t_int(const args *a, const case_batch *cb)
+{
+    npy_array ta;
+    load_case_file(a->dir, "t_int", &ta);
+    if (ta.ndim == 2) expect_shape(&ta, 2, cb->n_samples, 1);
+    else expect_shape(&ta, 1, cb->n_samples, -1);
+    int64_t *t64 = npy_to_i64(&ta);
+    npy_free(&ta);
+    int *t = xcalloc((size_t)cb->n_samples, sizeof(int));
+    for (int b = 0; b < cb->n_samples; b++) t[b] = (int)t64[b];
+    free(t64);
+    return t;
+}
+
 /* ----------------------------------------------------------------------------
  * The four kinds. Each fills the detail lists and the total error of the compared outputs;
  * a structural failure (engine error, tape not consumed) goes into `failure`. */
@@ -894,10 +918,8 @@ static void run_confidence(const args *a, const oard_model *m, result *res)
 {
     const oard_config *cfg = oard_model_config(m);
     case_batch cb;
-    load_sizes(a->dir, &cb);
     oard_real *xh[OARD_MAX_FRAG];
-    load_fragments(a->dir, "xh_", &cb, cfg, xh);
-    oard_real *cond = load_conditions(a->dir, &cb, cfg);
+    oard_real *cond = load_inputs(a, cfg, &cb, xh);
     oard_real *score = xcalloc((size_t)cb.n_samples, sizeof *score);
 
     oard_batch batch = {cb.n_samples, cb.sizes, a->threads};
@@ -1024,18 +1046,9 @@ static void run_train(const args *a, const oard_model *m, result *res)
     if (a->timesteps && a->timesteps != cfg->training_timesteps)
         die("the case uses %d timesteps, the model's training schedule has %d", a->timesteps, cfg->training_timesteps);
     case_batch cb;
-    load_sizes(a->dir, &cb);
     oard_real *xh[OARD_MAX_FRAG];
-    load_fragments(a->dir, "xh_", &cb, cfg, xh);
-    oard_real *cond = load_conditions(a->dir, &cb, cfg);
-    npy_array ta;
-    load_case_file(a->dir, "t_int", &ta);
-    if (ta.ndim == 2) expect_shape(&ta, 2, cb.n_samples, 1);
-    else expect_shape(&ta, 1, cb.n_samples, -1);
-    int64_t *t64 = npy_to_i64(&ta);
-    npy_free(&ta);
-    int *t_int = xcalloc((size_t)cb.n_samples, sizeof(int));
-    for (int b = 0; b < cb.n_samples; b++) t_int[b] = (int)t64[b];
+    oard_real *cond = load_inputs(a, cfg, &cb, xh);
+    int *t_int = load_t_int(a, &cb);
     double *tape;
     int64_t *shapes;
     size_t tape_len, n_shapes;
@@ -1067,7 +1080,6 @@ static void run_train(const args *a, const oard_model *m, result *res)
     }
     for (int f = 0; f < OARD_MAX_FRAG; f++) free(xh[f]);
     free(cond);
-    free(t64);
     free(t_int);
     free(tape);
     free(shapes);
@@ -1155,29 +1167,15 @@ static void run_schedule(const args *a, result *res)
     oard_sb_schedule_free(&sb);
 }
 
-static int64_t *load_t_int(const args *a, const case_batch *cb)
-{
-    npy_array ta;
-    load_case_file(a->dir, "t_int", &ta);
-    if (ta.ndim == 2) expect_shape(&ta, 2, cb->n_samples, 1);
-    else expect_shape(&ta, 1, cb->n_samples, -1);
-    int64_t *t = npy_to_i64(&ta);
-    npy_free(&ta);
-    return t;
-}
 
 /* ot_train_loss: React-OT's loss at fixed t_int (no random draws) and every gradient */
 static void run_ot_train(const args *a, const oard_model *m, result *res)
 {
     const oard_config *cfg = oard_model_config(m);
     case_batch cb;
-    load_sizes(a->dir, &cb);
     oard_real *xh[OARD_MAX_FRAG];
-    load_fragments(a->dir, "xh_", &cb, cfg, xh);
-    oard_real *cond = load_conditions(a->dir, &cb, cfg);
-    int64_t *t64 = load_t_int(a, &cb);
-    int *t_int = xcalloc((size_t)cb.n_samples, sizeof(int));
-    for (int b = 0; b < cb.n_samples; b++) t_int[b] = (int)t64[b];
+    oard_real *cond = load_inputs(a, cfg, &cb, xh);
+    int *t_int = load_t_int(a, &cb);
     size_t P = oard_param_size(m);
     oard_real *grad = xcalloc(P, sizeof(oard_real));
     double loss;
@@ -1192,7 +1190,7 @@ static void run_ot_train(const args *a, const oard_model *m, result *res)
         compare_grads(a, m, grad, res);
     }
     for (int f = 0; f < OARD_MAX_FRAG; f++) free(xh[f]);
-    free(cond), free(t64), free(t_int), free(grad), free(cb.sizes);
+    free(cond), free(t_int), free(grad), free(cb.sizes);
 }
 
 /* ot_sample: a whole sampler run from the case's inputs */
@@ -1200,10 +1198,8 @@ static void run_ot_sample(const args *a, const oard_model *m, result *res)
 {
     const oard_config *cfg = oard_model_config(m);
     case_batch cb;
-    load_sizes(a->dir, &cb);
     oard_real *xh[OARD_MAX_FRAG];
-    load_fragments(a->dir, "xh_", &cb, cfg, xh);
-    oard_real *cond = load_conditions(a->dir, &cb, cfg);
+    oard_real *cond = load_inputs(a, cfg, &cb, xh);
     oard_bridge_opts o;
     memset(&o, 0, sizeof o);
     if (!a->solver) die("ot_sample: solver= is needed");
