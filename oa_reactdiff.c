@@ -2784,6 +2784,20 @@ typedef struct {
     real *tmp, *t;                   /* (NF, nf), (B) */
 } Sampler;
 
+/* the first row of each sample in a fragment (B + 1 prefix sums of the sizes, allocated
+ * here); what names the caller in messages */
+static int batch_offsets(const oard_batch *batch, const char *what, int **off_out, char *err) {
+    const int B = batch->n_samples;
+    int *off = xcalloc((size_t)B + 1, sizeof(int));
+    *off_out = off;
+    if (!off) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int b = 0; b < B; b++) {
+        if (batch->sizes[b] <= 0) return fail(err, OARD_ERR_ARG, "%s: sample %d has no atoms", what, b);
+        off[b + 1] = off[b] + batch->sizes[b];
+    }
+    return OARD_OK;
+}
+
 static void sampler_free(Sampler *S) {
     for (int f = 0; f < 3; f++) free(S->eps[f]), free(S->noise[f]), free(S->h0[f]);
     free(S->tmp), free(S->t), free(S->frag_off);
@@ -2808,17 +2822,13 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
     S->B = batch->n_samples;
     S->nf = c->node_nfs[0];
     S->F = S->nf - c->pos_dim;
-    S->frag_off = xcalloc((size_t)S->B + 1, sizeof(int));
-    if (!S->frag_off) return fail(err, OARD_ERR_NOMEM, "out of memory");
-    for (int b = 0; b < S->B; b++) {
-        if (batch->sizes[b] <= 0) return fail(err, OARD_ERR_ARG, "sampler: sample %d has no atoms", b);
-        S->frag_off[b + 1] = S->frag_off[b] + batch->sizes[b];
-    }
+    int rc = batch_offsets(batch, "sampler", &S->frag_off, err);
+    if (rc) return rc;
     S->NF = S->frag_off[S->B];
     const char *name = (o && o->schedule) ? o->schedule : c->sampling_schedule;
     int T = (o && o->timesteps > 0) ? o->timesteps : c->sampling_timesteps;
     double prec = (o && o->precision > 0) ? o->precision : c->sampling_precision;
-    int rc = oard_schedule_init(&S->sch, name, T, prec, err);
+    rc = oard_schedule_init(&S->sch, name, T, prec, err);
     if (!rc) rc = oard_workspace_new(m, batch, 0, &S->ws, err);
     if (rc) return rc;
     size_t n = (size_t)S->NF * S->nf;
@@ -3171,14 +3181,10 @@ static int bridge_init(Bridge *S, const oard_model *m, const oard_batch *batch, 
         return fail(err, OARD_ERR_MODEL, "the bridge sampler needs a bridge (React-OT) model");
     if (!batch || batch->n_samples <= 0 || !batch->sizes) return fail(err, OARD_ERR_ARG, "bridge: no samples");
     S->m = m, S->cond = cond, S->err = err, S->B = batch->n_samples, S->nf = c->node_nfs[0];
-    S->frag_off = xcalloc((size_t)S->B + 1, sizeof(int));
-    if (!S->frag_off) return fail(err, OARD_ERR_NOMEM, "out of memory");
-    for (int b = 0; b < S->B; b++) {
-        if (batch->sizes[b] <= 0) return fail(err, OARD_ERR_ARG, "bridge: sample %d has no atoms", b);
-        S->frag_off[b + 1] = S->frag_off[b] + batch->sizes[b];
-    }
+    int rc = batch_offsets(batch, "bridge", &S->frag_off, err);
+    if (rc) return rc;
     S->NF = S->frag_off[S->B];
-    int rc = oard_sb_schedule_init(&S->sch, c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power, err);
+    rc = oard_sb_schedule_init(&S->sch, c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power, err);
     if (!rc) rc = oard_workspace_new(m, batch, 0, &S->ws, err);
     if (rc) return rc;
     size_t n = (size_t)S->NF * S->nf, n3 = (size_t)S->NF * 3;
