@@ -57,7 +57,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners test-programs check-golden test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay install clean bench bench-ts bench-rss
+.PHONY: all runners test-programs check-golden test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay fuzz-converter install clean bench bench-ts bench-rss
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -133,6 +133,7 @@ test:
 		echo "SKIP libFuzzer runs ($(FUZZ_CC) with -fsanitize=fuzzer not available); replaying corpora"; \
 	fi; \
 	$(MAKE) --no-print-directory fuzz-replay || status=1; \
+	$(MAKE) --no-print-directory fuzz-converter FUZZ_TIME=$(CI_CONVERTER_FUZZ_TIME) || status=1; \
 	echo "== valgrind"; \
 	if command -v $(VALGRIND) >/dev/null 2>&1; then $(MAKE) --no-print-directory test-valgrind || status=1; \
 	else echo "SKIP valgrind not installed"; fi; \
@@ -143,6 +144,7 @@ test:
 	exit $$status
 
 CI_FUZZ_TIME ?= 60
+CI_CONVERTER_FUZZ_TIME ?= 60
 
 # Golden data and unit tests, in the build of this tree.
 # Every part runs even if an earlier one failed; the target fails if any part did.
@@ -164,16 +166,17 @@ test-core: all runners
 	exit $$status
 
 # ---- fuzzing (tests/fuzz): libFuzzer harnesses for the xyz reader, the reaction-list
-# reader and the weights loader. `make fuzz-run FUZZ_TIME=1800` fuzzes each for that many
+# reader, the weights loader, the checkpoint reader and --init-config (the last three
+# with structure-aware mutators, LLVMFuzzerCustomMutator). `make fuzz-run FUZZ_TIME=1800` fuzzes each for that many
 # seconds (new corpus entries in build/fuzz/corpus_*, crashes in build/fuzz/crash_*; keep a
 # crash as tests/fuzz/regressions/<harness>/<name> once fixed). `make fuzz-replay` runs the
 # seed corpora and the regression inputs through the harnesses built with the C compiler
 # and ASan + UBSan, no clang needed.
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
-FUZZERS = xyz list weights checkpoint
-FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZERS = xyz list weights checkpoint init
+FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all
+REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(ENGINE)
 	@mkdir -p build/fuzz
@@ -202,6 +205,11 @@ fuzz-replay: $(FUZZERS:%=build/fuzz/replay_%)
 		ASAN_OPTIONS=detect_leaks=1 ./build/fuzz/replay_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h || status=1; \
 	done; exit $$status
 
+# The converter's fuzzer (tests/fuzz/fuzz_ckpt2bin.py: seeded mutations of pickle opcodes
+# and zip members, each input in a child with 1 GB of address space and 10 s): FUZZ_TIME s.
+fuzz-converter:
+	$(PYTHON) tests/fuzz/fuzz_ckpt2bin.py --seconds $(FUZZ_TIME)
+
 # ---- valgrind memcheck of CLI commands (serial build: no OpenMP thread pools), success
 # and error paths; any error or leak fails.
 VALGRIND ?= valgrind
@@ -227,7 +235,7 @@ test-valgrind: build/valgrind/oa_reactdiff
 
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
-SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
 SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs data
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize

@@ -2933,7 +2933,7 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     if (!rc) rc = combined_noise(&S, z);
     if (!rc) restore_features(&S, z);
     int s = S.sch.T - 1, done = 0, total = 0;
-    for (int i = 0; i < n_segs; i++) total += segs[i];
+    for (int i = 0; !rc && i < n_segs; i++) total += segs[i];
     for (int i = 0; !rc && i < n_segs; i++)
         for (int j = 0; !rc && j < segs[i]; j++) {
             /* the fixed fragments noised to level s (drawn for all three) */
@@ -6433,6 +6433,10 @@ static int ts_batch(const TsSetup *T, char *err) {
     int n, rc = read_list(a->list, &L, &n, err);
     if (rc) return rc;
     rc = check_outdir(a, L, n, err);
+    if (rc) {
+        list_free(L, n);
+        return rc;
+    }
     int done = 0, skipped = 0, failed = 0, mine = 0;
     for (int k = 0; !rc && k < n; k++) {
         if (k % a->shard_n != a->shard_i) continue;

@@ -107,7 +107,7 @@ WRITABLE_DTYPES = {"f32": "f", "f64": "d"}  # dtype tag -> array typecode
 # uncompressed; a deflated archive shrinks float32 data by a few per cent), so a zip bomb
 # is refused from the declared sizes; the configuration is bounded as oa_reactdiff.c's
 # loader bounds it, so no table or tensor list is built for an absurd one.
-MAX_PICKLE_BYTES = 8 << 20
+MAX_PICKLE_BYTES = 4 << 20
 MAX_EXPANSION = 16
 MAX_LAYERS = 32
 MAX_CHANNELS = 8192
@@ -304,8 +304,12 @@ for _mod in ("builtins", "__builtin__"):
 _ALLOWED.update(_TORCH_REBUILDS)
 
 
-class CheckpointUnpickler(pickle.Unpickler):
-    """Unpickler that never imports anything and resolves storages lazily."""
+class CheckpointUnpickler(pickle._Unpickler):
+    """Unpickler that never imports anything and resolves storages lazily.
+
+    The Python implementation, not the C one: the C unpickler sizes its memo table by the
+    largest index a BINPUT names (LONG_BINPUT 2^25 in an 18 kB pickle: 256 MB), where
+    this one keeps a dict."""
 
     def find_class(self, module, name):
         hit = _ALLOWED.get((module, name))
@@ -355,6 +359,8 @@ class Checkpoint:
             raise ConvertError("not a PyTorch checkpoint (not a zip archive)")
         except OSError as e:
             raise ConvertError("cannot read (%s)" % (e.strerror or e))
+        except (ValueError, EOFError, NotImplementedError) as e:  # e.g. a member name that is not UTF-8
+            raise ConvertError("not a PyTorch checkpoint (corrupt zip directory: %s)" % _short(str(e)))
         names = [n for n in self.zip.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         names = [n for n in names if n.count("/") <= 1]
         if not names:
@@ -1003,6 +1009,7 @@ def _convert(ck, path, trained, description):
             raise ConvertError("state_dict key %r cannot be stored (whitespace)" % k)
         if not isinstance(sd[k], TensorRef):
             raise ConvertError("state_dict entry %s is a %s, not a tensor" % (k, type(sd[k]).__name__))
+        ck.tensor_span(k, sd[k])  # a storage, sizes, strides and offset of the right types
         st = sd[k].storage
         if isinstance(st, LazyStorage) and st.dtype not in WRITABLE_DTYPES:
             raise ConvertError("state_dict tensor %s has dtype %s (only float32/float64 are supported)"
