@@ -4,7 +4,8 @@
 #   make                     oa_reactdiff (float32) and oa_reactdiff64 (float64)
 #   make test                golden fixtures in the repo, ../shared/golden if present,
 #                            tests/run_tests.sh if present
-#   make check-golden DIR=d  golden cases of any directory with a manifest.json
+#   make check-golden DIR=d  golden cases of any directory with a manifest.json (OA-ReactDiff
+#                            kinds and React-OT's schedule, ot_forward, ot_train_loss, ot_sample)
 #   make install PREFIX=p    binaries in p/bin, weights in p/share/oa_reactdiff
 #   make OPENMP=0            serial build (default: OpenMP if the compiler supports it)
 #   make NATIVE=1            optimise for this machine (-O3 -march=native: AVX-512/AVX2 and
@@ -12,7 +13,8 @@
 #   make CC=clang OPT=-O3    other compiler / optimisation
 #   make test GOLDEN_FLAGS="--cross -v"   also run the f64 cases in the float32 build
 #   make bench               speed of the denoiser (tiny and official-size model), 1 and 2
-#                            threads, float64/float32 ratio; built with $(BENCH_OPT)
+#                            threads, float64/float32 ratio, one React-OT TS (ode midpoint,
+#                            nfe 10) at 2 threads; built with $(BENCH_OPT)
 #   make bench-ts            wall time of one TS candidate (150 steps; and RePaint 5 x 5)
 #   make bench-rss           memory estimate and peak RSS of one call on 3 x 100 atoms
 
@@ -29,6 +31,7 @@ PYTHON ?= python3
 GOLDEN_FLAGS ?=
 DIR ?= ../shared/golden
 GOLDEN ?= ../shared/golden
+GOLDEN_OT ?= ../shared/golden_ot
 BENCH_OPT ?= -O3 -march=native
 FULL_CKPT ?= ../shared/golden/full.ckpt
 
@@ -158,6 +161,14 @@ test-core: all runners
 	else \
 		echo "note: $(GOLDEN) not found; only the fixtures in tests/fixtures/golden were checked"; \
 	fi; \
+	echo "== React-OT golden fixtures (tests/fixtures/golden_ot)"; \
+	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) tests/fixtures/golden_ot || status=1; \
+	if [ -d $(GOLDEN_OT) ]; then \
+		echo "== React-OT golden data ($(GOLDEN_OT))"; \
+		$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(GOLDEN_OT) || status=1; \
+	else \
+		echo "note: $(GOLDEN_OT) not found; only the fixtures in tests/fixtures/golden_ot were checked"; \
+	fi; \
 	if [ -f tests/run_tests.sh ]; then \
 		echo "== tests/run_tests.sh"; \
 		OARD_GOLDEN=$(GOLDEN) bash tests/run_tests.sh || status=1; \
@@ -243,7 +254,7 @@ test-sanitize:
 	rm -rf build/sanitize/tests/fuzz/corpus
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	$(MAKE) --no-print-directory -C build/sanitize test-core CFLAGS="$(SAN_FLAGS)" LDLIBS="-lm" \
-		GOLDEN=$(abspath $(GOLDEN)) PYTHON=$(PYTHON)
+		GOLDEN=$(abspath $(GOLDEN)) GOLDEN_OT=$(abspath $(GOLDEN_OT)) PYTHON=$(PYTHON)
 
 # make install PREFIX=/opt/oard: PREFIX/bin/oa_reactdiff{,64} and
 # PREFIX/share/oa_reactdiff/weights.bin, where the installed binary looks for its weights.
@@ -275,11 +286,17 @@ build/full.bin: tools/ckpt2bin.py
 	@if [ ! -f $@ ] || [ "$(FULL_CKPT)" -nt $@ ] || [ tools/ckpt2bin.py -nt $@ ]; then \
 		echo "converting $(FULL_CKPT) -> $@"; $(PYTHON) tools/ckpt2bin.py "$(FULL_CKPT)" $@ --untrained --quiet; fi
 
-bench: build/bench build/bench64 build/tiny.bin build/full.bin
+build/ot_tiny.bin: tests/fixtures/golden_ot/ot_tiny.ckpt tools/ckpt2bin.py
+	@mkdir -p build
+	$(PYTHON) tools/ckpt2bin.py $< $@ --untrained --quiet
+
+bench: build/bench build/bench64 build/tiny.bin build/full.bin build/ot_tiny.bin
 	@build/bench table build/tiny.bin build/full.bin $(RXN) | tee build/bench.out
 	@f32=$$(awk '/^bench full rxn14 threads=1 /{sub("ms_per_call=","",$$5); print $$5}' build/bench.out); \
 	f64=$$(build/bench64 one build/full.bin full $(RXN) rxn14 1 | sed 's/^bench /bench64 /' | tee /dev/stderr | awk '{sub("ms_per_call=","",$$5); print $$5}'); \
 	awk -v a="$$f64" -v b="$$f32" 'BEGIN { printf "bench float64/float32 time ratio (full rxn14 threads=1): %.2f\n", a / b }'
+	@build/bench bridge tiny build/ot_tiny.bin $(RXN) 2
+	@build/bench bridge full build/full.bin $(RXN) 2
 
 bench-ts: build/bench build/full.bin
 	build/bench ts build/full.bin $(RXN) 150 1 1 2

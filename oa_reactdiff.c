@@ -776,9 +776,25 @@ static int parse_config(const wfile *w, oard_config *c, char *err) {
     if (c->in_hidden_channels - c->condition_time - c->condition_nf <= 0)
         return fail(err, OARD_ERR_MODEL, "%s: in_hidden_channels too small for the condition channels", w->path);
     if (c->kind == OARD_KIND_DENOISER) {
+        s = wfile_get(w, "objective"); /* absent in files written before React-OT: diffusion */
+        if (!s || !strcmp(s, "diffusion")) c->objective = OARD_OBJECTIVE_DIFFUSION;
+        else if (!strcmp(s, "bridge")) c->objective = OARD_OBJECTIVE_BRIDGE;
+        else return fail(err, OARD_ERR_FORMAT, "%s: unknown objective '%.40s' (diffusion or bridge)", w->path, s);
         TRY(meta_int(w, "pos_only", 0, 1, &c->pos_only, err));
         TRY(meta_list(w, "norm_values", 3, c->norm_values, err));
         TRY(meta_list(w, "norm_biases", 3, c->norm_biases, err));
+        if (c->objective == OARD_OBJECTIVE_BRIDGE) { /* SBSchedule's arguments */
+            TRY(meta_int(w, "sb_timesteps", 2, 1000000, &c->sb_timesteps, err));
+            TRY(meta_double(w, "sb_beta_max", &c->sb_beta_max, err));
+            TRY(meta_double(w, "sb_power", &c->sb_power, err));
+            TRY(meta_double(w, "sb_inv_power", &c->sb_inv_power, err));
+            if (c->sb_timesteps % 2 || !(c->sb_beta_max > 0 && c->sb_beta_max < 1e6) || !(c->sb_power > 0 && c->sb_power < 100) ||
+                !(c->sb_inv_power > 0 && c->sb_inv_power < 100))
+                return fail(err, OARD_ERR_FORMAT, "%s: bridge schedule sb_timesteps %d, sb_beta_max %g, sb_power %g, sb_inv_power %g "
+                            "(even timesteps and positive values needed)", w->path, c->sb_timesteps, c->sb_beta_max,
+                            c->sb_power, c->sb_inv_power);
+            if (!wfile_get(w, "sampling_schedule")) goto provenance; /* no diffusion schedule: converted React-OT */
+        }
         TRY(meta_str(w, "sampling_schedule", &s, err));
         snprintf(c->sampling_schedule, sizeof(c->sampling_schedule), "%s", s);
         TRY(meta_int(w, "sampling_timesteps", 1, 1000000, &c->sampling_timesteps, err));
@@ -794,6 +810,8 @@ static int parse_config(const wfile *w, oard_config *c, char *err) {
     } else if (!c->for_conf) {
         return fail(err, OARD_ERR_MODEL, "%s: a confidence model needs for_conf=1", w->path);
     }
+provenance:
+    if (c->for_conf && c->kind == OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "%s: a denoiser cannot have for_conf=1", w->path);
     TRY(meta_str(w, "source_file", &s, err));
     snprintf(c->source_file, sizeof(c->source_file), "%s", s);
     TRY(meta_str(w, "source_sha256", &s, err));
@@ -843,9 +861,10 @@ static int model_from_image(oard_model *m, int expected_kind, oard_model **out, 
             rc = take_mlp(&L, &m->readout_mlp, H, ro, 3, 1, 0, "readout.mlp");
             if (!rc) rc = take_mlp(&L, &m->readout_gmlp, H, ro, 3, 1, 0, "readout.gmlp");
         }
-        if (!rc && c->kind == OARD_KIND_DENOISER) {
+        if (!rc && c->kind == OARD_KIND_DENOISER && c->sampling_timesteps > 0) {
             /* the schedules are recomputed from their names; the stored tables are checked
-             * against that in the tests (tests/test_schedules), here only their size */
+             * against that in the tests (tests/test_schedules), here only their size. A
+             * bridge model has none, or unused ones from the diffusion model it started from. */
             const real *unused;
             L.prefix = "";
             rc = take_vector(&L, &unused, c->training_timesteps + 1, "%s", "ddpm.schedule.gamma_module.gamma");
@@ -2750,6 +2769,8 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
     const oard_config *c = &m->cfg;
     memset(S, 0, sizeof(*S));
     if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "sampling needs a denoiser model");
+    if (c->objective != OARD_OBJECTIVE_DIFFUSION)
+        return fail(err, OARD_ERR_MODEL, "a bridge (React-OT) model generates a TS from R and P only; this sampler needs a diffusion model");
     if (!c->pos_only)
         return fail(err, OARD_ERR_MODEL, "model generates features (pos_only=0): not supported by this sampler");
     for (int k = 0; k < 3; k++)
@@ -2973,6 +2994,361 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     for (int f = 0; f < 3; f++) free(z[f]), free(known[f]), free(x0[f]);
     free(segs);
     sampler_free(&S);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* React-OT: the optimal-transport bridge                                                  */
+/*
+ * React-OT (Duan et al., Nat. Mach. Intell. 2025; github.com/deepprinciple/react-ot
+ * a1fa217) keeps the object-aware LEFTNet denoiser and its three objects, but replaces the
+ * diffusion by a deterministic Schrodinger-bridge / optimal-transport path between
+ * x0 = the TS and x1 = the midpoint of R and P: x_t = mu_x0[t] x0 + mu_x1[t] x1 (ot_ode,
+ * no noise). The network, fed the TS positions at x_t and its time t/T, predicts
+ * (x_t - x0) / std_fwd[t]. Sampling starts at the midpoint and integrates towards t = 0
+ * (EnSB.sample); golden_ot/README.md states upstream's formulas and call order.
+ */
+
+/* torch.linspace(start, end, n) in float64: the first half from start, the second from end */
+static void torch_linspace(double start, double end, int n, double *y) {
+    double step = n > 1 ? (end - start) / (n - 1) : 0;
+    for (int i = 0; i < n; i++) y[i] = i < n / 2 ? start + step * i : end - step * (n - 1 - i);
+}
+
+/* SBSchedule.__init__ (reactot/diffusion/_schedule.py, float64 NumPy): a symmetric beta
+ * schedule, the forward and backward standard deviations and the Gaussian-product
+ * coefficients of the bridge, stored as float32 tensors as upstream does. */
+int oard_sb_schedule_init(oard_sb_schedule *s, int T, double beta_max, double power, double inv_power, char *err) {
+    memset(s, 0, sizeof(*s));
+    if (T < 2 || T % 2 || T > 1000000)
+        return fail(err, OARD_ERR_ARG, "bridge schedule: timesteps %d (an even number 2..1000000 is needed)", T);
+    if (!(beta_max > 0 && beta_max < 1e6) || !(power > 0 && power < 100) || !(inv_power > 0 && inv_power < 100))
+        return fail(err, OARD_ERR_ARG, "bridge schedule: beta_max %g, power %g, inv_power %g (positive values needed)",
+                    beta_max, power, inv_power);
+    s->T = T, s->beta_max = beta_max, s->power = power, s->inv_power = inv_power;
+    double **d[7] = {&s->f64_b, &s->f64_betas, &s->f64_std_fwd, &s->f64_std_bwd, &s->f64_mu_x0, &s->f64_mu_x1, &s->f64_var};
+    float **f[6] = {&s->betas, &s->std_fwd, &s->std_bwd, &s->std_sb, &s->mu_x0, &s->mu_x1};
+    for (int k = 0; k < 7; k++)
+        if (!(*d[k] = xcalloc((size_t)T, sizeof(double)))) break;
+    for (int k = 0; k < 6; k++)
+        if (!(*f[k] = xcalloc((size_t)T, sizeof(float)))) break;
+    if (!s->f64_var || !s->mu_x1) {
+        oard_sb_schedule_free(s);
+        return fail(err, OARD_ERR_NOMEM, "bridge schedule: out of memory");
+    }
+    /* make_beta_schedule: linspace(1e-4^inv_power, (beta_max/T)^inv_power, T)^power
+     * (torch's pow with exponent 0.5 is a square root) */
+    double *b = s->f64_b, maxb = 0;
+    torch_linspace(pow(1e-4, inv_power), pow(beta_max / T, inv_power), T, b);
+    for (int i = 0; i < T; i++) b[i] = power == 0.5 ? sqrt(b[i]) : pow(b[i], power);
+    /* symmetric: the first half, then the first half reversed */
+    for (int i = 0; i < T; i++) s->f64_betas[i] = b[i < T / 2 ? i : T - 1 - i];
+    for (int i = 0; i < T; i++) maxb = fmax(maxb, s->f64_betas[i]);
+    double scale = beta_max / T / maxb, fwd = 0, bwd = 0;
+    for (int i = 0; i < T; i++) s->f64_betas[i] = scale * s->f64_betas[i] * 0.5;
+    for (int i = 0; i < T; i++) { /* cumulative sums from the start and from the end */
+        fwd += s->f64_betas[i], bwd += s->f64_betas[T - 1 - i];
+        s->f64_std_fwd[i] = sqrt(fwd), s->f64_std_bwd[T - 1 - i] = sqrt(bwd);
+    }
+    for (int i = 0; i < T; i++) { /* compute_gaussian_product_coef(std_fwd, std_bwd) */
+        double f2 = s->f64_std_fwd[i] * s->f64_std_fwd[i], b2 = s->f64_std_bwd[i] * s->f64_std_bwd[i], den = f2 + b2;
+        s->f64_mu_x0[i] = b2 / den, s->f64_mu_x1[i] = f2 / den, s->f64_var[i] = f2 * b2 / den;
+        s->betas[i] = (float)s->f64_betas[i], s->std_fwd[i] = (float)s->f64_std_fwd[i];
+        s->std_bwd[i] = (float)s->f64_std_bwd[i], s->std_sb[i] = (float)sqrt(s->f64_var[i]);
+        s->mu_x0[i] = (float)s->f64_mu_x0[i], s->mu_x1[i] = (float)s->f64_mu_x1[i];
+    }
+    return OARD_OK;
+}
+
+void oard_sb_schedule_free(oard_sb_schedule *s) {
+    double *d[7] = {s->f64_b, s->f64_betas, s->f64_std_fwd, s->f64_std_bwd, s->f64_mu_x0, s->f64_mu_x1, s->f64_var};
+    float *f[6] = {s->betas, s->std_fwd, s->std_bwd, s->std_sb, s->mu_x0, s->mu_x1};
+    for (int k = 0; k < 7; k++) free(d[k]);
+    for (int k = 0; k < 6; k++) free(f[k]);
+    memset(s, 0, sizeof(*s));
+}
+
+/* space_indices(n, c) (EnSB): repeated float addition of the stride, Python's round (half
+ * to even: 1559.5 -> 1560, but the sum reaches 1559.4999...) */
+void oard_space_indices(int n, int c, int *out) {
+    double stride = c > 1 ? (double)(n - 1) / (c - 1) : 0, cur = 0;
+    for (int i = 0; i < c; i++, cur += stride) out[i] = (int)nearbyint(cur);
+}
+
+/* The step list of ddpm / ode (nfe + 1 entries) and whether pair i (steps[i-1], steps[i])
+ * is logged: its step is in log_steps (space_indices(nfe, min(nfe, 10)) of the list) or it
+ * is the last pair. EI logs its own way (ei_logged). */
+static int bridge_logged_pair(const int *steps, int nfe, int i) {
+    int nlog = nfe < 10 ? nfe : 10, idx[10];
+    oard_space_indices(nfe, nlog, idx);
+    for (int k = 0; k < nlog; k++)
+        if (steps[idx[k]] == steps[i]) return 1;
+    return steps[i - 1] == 0;
+}
+
+/* EI_sampling: step idx is logged when it is in linspace(0, nfe-1, min(nfe, 10)).astype(int) */
+static int ei_logged(int nfe, int idx) {
+    int nlog = nfe < 10 ? nfe : 10;
+    double step = nlog > 1 ? (double)(nfe - 1) / (nlog - 1) : 0;
+    for (int k = 0; k < nlog; k++) { /* numpy: k * step + start, the last point exactly stop */
+        double v = k == nlog - 1 ? nfe - 1 : k * step;
+        if ((int)v == idx) return 1;
+    }
+    return 0;
+}
+
+int oard_bridge_n_logged(const oard_bridge_opts *o, int T) {
+    int nfe = o && o->nfe > 0 ? o->nfe : 10, n = 0;
+    if (nfe >= T) return 0;
+    if (o && o->solver == OARD_SOLVER_EI) {
+        for (int i = 0; i < nfe; i++) n += ei_logged(nfe, i);
+        return n;
+    }
+    int *steps = xcalloc((size_t)nfe + 1, sizeof(int));
+    if (!steps) return 0;
+    oard_space_indices(T, nfe + 1, steps);
+    for (int i = nfe; i >= 1; i--) n += bridge_logged_pair(steps, nfe, i);
+    free(steps);
+    return n;
+}
+
+/* the float32 coefficients of p_posterior (compute_gaussian_product_coef(std_prev,
+ * std_delta)) for the step from n to nprev, as upstream forms them on its float32 table */
+NO_FMA_FN static void sb_posterior_coef(float std_n, float std_prev, float *mu_x0, float *mu_xn) {
+    float sd = sqrtf(std_n * std_n - std_prev * std_prev), sd2 = sd * sd, sp2 = std_prev * std_prev, den = sp2 + sd2;
+    *mu_x0 = sd2 / den, *mu_xn = sp2 / den;
+}
+
+typedef struct {
+    const oard_model *m;
+    oard_workspace *ws;
+    oard_sb_schedule sch;
+    const real *cond;
+    char *err;
+    int B, NF, nf;
+    int *frag_off;
+    real *z[3], *eps[3]; /* the network's input (TS positions set per call) and output */
+    real *t;             /* (B) */
+    real *out, *xmid, *pred, *fv, *fv_prev; /* (NF, 3) */
+    int calls;
+} Bridge;
+
+static void bridge_free(Bridge *S) {
+    for (int f = 0; f < 3; f++) free(S->z[f]), free(S->eps[f]);
+    free(S->t), free(S->out), free(S->xmid), free(S->pred), free(S->fv), free(S->fv_prev), free(S->frag_off);
+    oard_workspace_free(S->ws);
+    oard_sb_schedule_free(&S->sch);
+}
+
+static int bridge_init(Bridge *S, const oard_model *m, const oard_batch *batch, const real *cond, const real *const xh[],
+                       char *err) {
+    const oard_config *c = &m->cfg;
+    memset(S, 0, sizeof(*S));
+    if (c->kind != OARD_KIND_DENOISER || c->objective != OARD_OBJECTIVE_BRIDGE)
+        return fail(err, OARD_ERR_MODEL, "the bridge sampler needs a bridge (React-OT) model");
+    if (!batch || batch->n_samples <= 0 || !batch->sizes) return fail(err, OARD_ERR_ARG, "bridge: no samples");
+    S->m = m, S->cond = cond, S->err = err, S->B = batch->n_samples, S->nf = c->node_nfs[0];
+    S->frag_off = xcalloc((size_t)S->B + 1, sizeof(int));
+    if (!S->frag_off) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int b = 0; b < S->B; b++) {
+        if (batch->sizes[b] <= 0) return fail(err, OARD_ERR_ARG, "bridge: sample %d has no atoms", b);
+        S->frag_off[b + 1] = S->frag_off[b] + batch->sizes[b];
+    }
+    S->NF = S->frag_off[S->B];
+    int rc = oard_sb_schedule_init(&S->sch, c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power, err);
+    if (!rc) rc = oard_workspace_new(m, batch, 0, &S->ws, err);
+    if (rc) return rc;
+    size_t n = (size_t)S->NF * S->nf, n3 = (size_t)S->NF * 3;
+    for (int f = 0; f < 3; f++) {
+        S->z[f] = xcalloc(n, sizeof(real));
+        S->eps[f] = xcalloc(n, sizeof(real));
+        if (!S->z[f] || !S->eps[f]) return fail(err, OARD_ERR_NOMEM, "out of memory");
+        if (!check_finite(xh[f], n)) return fail(err, OARD_ERR_NUMERIC, "bridge input: fragment %d holds NaN or Inf", f);
+        memcpy(S->z[f], xh[f], n * sizeof(real));
+    }
+    S->t = xcalloc((size_t)S->B, sizeof(real));
+    real **bufs[5] = {&S->out, &S->xmid, &S->pred, &S->fv, &S->fv_prev};
+    for (int k = 0; k < 5; k++)
+        if (!(*bufs[k] = xcalloc(n3, sizeof(real)))) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!S->t) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    return OARD_OK;
+}
+
+/* x1 = (R + P) / 2, re-centred per sample over the TS atoms (sample_batch, mapping_initial RP) */
+static void bridge_midpoint(const Bridge *S, real *x1) {
+    for (int i = 0; i < S->NF; i++)
+        for (int k = 0; k < 3; k++)
+            x1[3 * i + k] = (S->z[0][(size_t)i * S->nf + k] + S->z[2][(size_t)i * S->nf + k]) / 2;
+    centre_fragment(x1, 3, S->frag_off, S->B);
+}
+
+/* One network call as the samplers make it: the TS positions set to xt, time tval for every
+ * sample; out = the TS fragment's position output (upstream's net_out, out[1][:, :3]). */
+static int bridge_net_out(Bridge *S, const real *xt, real tval, real *out) {
+    for (int i = 0; i < S->NF; i++)
+        for (int k = 0; k < 3; k++) S->z[1][(size_t)i * S->nf + k] = xt[3 * i + k];
+    for (int b = 0; b < S->B; b++) S->t[b] = tval;
+    const real *zin[3] = {S->z[0], S->z[1], S->z[2]};
+    int rc = denoise_run(S->ws, zin, S->t, S->cond, S->eps, NULL, NULL, S->err);
+    for (int i = 0; !rc && i < S->NF; i++)
+        for (int k = 0; k < 3; k++) out[3 * i + k] = S->eps[1][(size_t)i * S->nf + k];
+    S->calls++;
+    return rc;
+}
+
+#define BRIDGE_CLAMP 10 /* clip_denoise: pred_x0.clamp_(-10, 10), Angstrom, per coordinate */
+
+/* pred_x0 = clamp(xt - std_fwd[step] * net_out(xt, step / T)) (compute_pred_x0) */
+static int bridge_pred_x0(Bridge *S, const real *xt, int step, real *pred) {
+    int rc = bridge_net_out(S, xt, (real)step / (real)S->sch.T, S->out);
+    const real sf = (real)S->sch.std_fwd[step];
+    for (size_t j = 0; !rc && j < (size_t)S->NF * 3; j++) {
+        real p = xt[j] - sf * S->out[j];
+        pred[j] = p > BRIDGE_CLAMP ? BRIDGE_CLAMP : p < -BRIDGE_CLAMP ? -BRIDGE_CLAMP : p;
+    }
+    return rc;
+}
+
+/* ddpm_sampling, ot_ode: one p_posterior step from n = step to nprev = prev, deterministic */
+static int bridge_ddpm_step(Bridge *S, int prev, int step, real *xt) {
+    int rc = bridge_pred_x0(S, xt, step, S->pred);
+    if (rc) return rc;
+    float c0, cn;
+    sb_posterior_coef(S->sch.std_fwd[step], S->sch.std_fwd[prev], &c0, &cn);
+    for (size_t j = 0; j < (size_t)S->NF * 3; j++) xt[j] = (real)c0 * S->pred[j] + (real)cn * xt[j];
+    return OARD_OK;
+}
+
+/* the probability-flow ODE's right-hand side f(t, x) = net_out(x, t) sqrt(beta / t), with
+ * torchdiffeq's reversal for a decreasing span: g(s, x) = -f(-s, x). beta is float32. */
+static int bridge_ode_rhs(Bridge *S, real s, const real *x, real *g) {
+    const real t = -s;
+    int rc = bridge_net_out(S, x, t, S->out);
+    const real scale = RSQRT((real)(float)(S->sch.betas[0] * (float)S->sch.T) / t);
+    for (size_t j = 0; !rc && j < (size_t)S->NF * 3; j++) g[j] = -(S->out[j] * scale);
+    return rc;
+}
+
+/* ode_sampling: odeint over [step/T, max(1e-5, prev/T)] with one fixed-grid step
+ * (torchdiffeq Euler: y + dt g(t0, y); Midpoint: y + dt g(t0 + dt/2, y + g(t0, y) dt/2)),
+ * in negated time t0 = -step/T, dt = -t1 - t0 */
+static int bridge_ode_step(Bridge *S, int method, int prev, int step, real *xt) {
+    const real t0 = -(real)((double)step / S->sch.T), t1 = -(real)fmax(1e-5, (double)prev / S->sch.T), dt = t1 - t0;
+    const size_t n3 = (size_t)S->NF * 3;
+    real *g = S->fv;
+    int rc = bridge_ode_rhs(S, t0, xt, g);
+    if (rc) return rc;
+    if (method == OARD_ODE_EULER) {
+        for (size_t j = 0; j < n3; j++) xt[j] = xt[j] + dt * g[j];
+        return OARD_OK;
+    }
+    const real half = (real)0.5 * dt;
+    for (size_t j = 0; j < n3; j++) S->xmid[j] = xt[j] + g[j] * half;
+    rc = bridge_ode_rhs(S, t0 + half, S->xmid, g);
+    for (size_t j = 0; !rc && j < n3; j++) xt[j] = xt[j] + dt * g[j];
+    return rc;
+}
+
+/* EI_sampling, order 1, linear discretisation: s = linspace(1, 0, nfe + 1) (numpy),
+ * t_i = s[i], dt_i = s[i] - s[i+1], network step round(t_i (T - 1)) (half to even).
+ * fv = (xt - pred_x0) / t_i; xt += c0 fv + c1 fv_prev, with the Adams-Bashforth
+ * coefficients: the Lagrange basis of the nodes t_i, t_{i-1} integrated over [t_i, t_i - dt_i]
+ * (upstream sums it by a 10,000-point average; exact here: c0 = -dt - dt^2/(2h),
+ * c1 = dt^2/(2h), h = t_{i-1} - t_i; c0 = -dt at the first step). */
+static void ei_grid(int nfe, int i, double *t, double *dt) {
+    double step = -1.0 / nfe; /* numpy linspace: k * step + start */
+    double s0 = i * step + 1, s1 = i + 1 == nfe ? 0 : (i + 1) * step + 1;
+    *t = s0, *dt = s0 - s1;
+}
+
+static int bridge_ei_step(Bridge *S, int nfe, int idx, real *xt, int *step_out) {
+    double t, dt, tp, dtp;
+    ei_grid(nfe, idx, &t, &dt);
+    int step = (int)nearbyint(t * (S->sch.T - 1));
+    *step_out = step;
+    int rc = bridge_pred_x0(S, xt, step, S->pred);
+    if (rc) return rc;
+    double c0 = -dt, c1 = 0;
+    if (idx > 0) {
+        ei_grid(nfe, idx - 1, &tp, &dtp);
+        double h = tp - t;
+        c0 = -dt - dt * dt / (2 * h), c1 = dt * dt / (2 * h);
+    }
+    for (size_t j = 0; j < (size_t)S->NF * 3; j++) {
+        real f = (xt[j] - S->pred[j]) / (real)t;
+        xt[j] = xt[j] + (real)c0 * f + (idx > 0 ? (real)c1 * S->fv_prev[j] : 0);
+        S->fv_prev[j] = f;
+    }
+    return OARD_OK;
+}
+
+static int bridge_check(const Bridge *S, const real *xt) {
+    for (int i = 0; i < S->NF; i++)
+        for (int k = 0; k < 3; k++)
+            if (!isfinite(xt[3 * i + k])) {
+                int b = 0;
+                while (b + 1 < S->B && i >= S->frag_off[b + 1]) b++;
+                return fail(S->err, OARD_ERR_NUMERIC, "NaN/Inf in the bridge trajectory of sample %d", b);
+            }
+    return OARD_OK;
+}
+
+/* store state k of n_logged into out (NF, n_logged, 3) at upstream's position: the list
+ * is flipped, so the k-th logged state lands at n_logged - 1 - k */
+static void bridge_log(const Bridge *S, const real *x, int k, int n_logged, real *out) {
+    if (!out) return;
+    for (int i = 0; i < S->NF; i++)
+        memcpy(out + ((size_t)i * n_logged + (n_logged - 1 - k)) * 3, x + 3 * i, 3 * sizeof(real));
+}
+
+int oard_bridge_sample(const oard_model *m, const oard_batch *batch, const oard_bridge_opts *o, const oard_real *cond,
+                       const oard_real *const xh[], oard_real *ts_pos, oard_real *xs, oard_real *pred_x0s, char *err) {
+    const int solver = o ? o->solver : OARD_SOLVER_ODE, method = o ? o->ode_method : OARD_ODE_MIDPOINT;
+    const int nfe = o && o->nfe > 0 ? o->nfe : 10;
+    if (solver < OARD_SOLVER_ODE || solver > OARD_SOLVER_EI || method < OARD_ODE_MIDPOINT || method > OARD_ODE_EULER)
+        return fail(err, OARD_ERR_ARG, "bridge: unknown solver %d or ODE method %d", solver, method);
+    Bridge S;
+    int rc = bridge_init(&S, m, batch, cond, xh, err);
+    const int T = S.sch.T;
+    if (!rc && nfe >= T) rc = fail(err, OARD_ERR_ARG, "bridge: nfe %d must be below the schedule's %d timesteps", nfe, T);
+    if (!rc && solver == OARD_SOLVER_ODE) { /* ode_sampling asserts constant betas */
+        for (int i = 1; i < T && !rc; i++)
+            if (fabsf(S.sch.betas[i] - S.sch.betas[i - 1]) > 1e-8f + 1e-5f * fabsf(S.sch.betas[i]))
+                rc = fail(err, OARD_ERR_MODEL, "bridge: the ode solver needs a constant beta schedule (upstream asserts it); "
+                                               "use --solver ddpm or ei with this model");
+    }
+    int *steps = rc ? NULL : xcalloc((size_t)nfe + 1, sizeof(int));
+    real *xt = rc ? NULL : xcalloc((size_t)S.NF * 3, sizeof(real));
+    if (!rc && (!steps || !xt)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    const int n_logged = rc ? 0 : oard_bridge_n_logged(o, T);
+    int logged = 0;
+    if (!rc) {
+        oard_space_indices(T, nfe + 1, steps);
+        bridge_midpoint(&S, xt);
+    }
+    for (int k = 0; !rc && k < nfe; k++) { /* the pairs (prev, step) from the end, or EI's steps */
+        int i = nfe - k, log_it, step;
+        if (solver == OARD_SOLVER_EI) {
+            rc = bridge_ei_step(&S, nfe, k, xt, &step);
+            log_it = ei_logged(nfe, k);
+        } else {
+            rc = solver == OARD_SOLVER_DDPM ? bridge_ddpm_step(&S, steps[i - 1], steps[i], xt)
+                                            : bridge_ode_step(&S, method, steps[i - 1], steps[i], xt);
+            log_it = bridge_logged_pair(steps, nfe, i);
+        }
+        if (rc) break;
+        centre_fragment(xt, 3, S.frag_off, S.B);
+        rc = bridge_check(&S, xt);
+        if (!rc && log_it && logged < n_logged) {
+            bridge_log(&S, xt, logged, n_logged, xs);
+            bridge_log(&S, solver == OARD_SOLVER_ODE ? xt : S.pred, logged, n_logged, pred_x0s);
+            logged++;
+        }
+        if (!rc && o && o->progress) o->progress(o->progress_ctx, k + 1, nfe);
+    }
+    if (!rc) memcpy(ts_pos, xt, (size_t)S.NF * 3 * sizeof(real));
+    free(steps), free(xt);
+    bridge_free(&S);
     return rc;
 }
 
@@ -4080,11 +4456,42 @@ static void log_p_features(const oard_config *c, int n, int nf, const real *zt, 
     *log_charge = lq;
 }
 
+/* What a training sample is scored on: OA-ReactDiff's diffusion (sch) or React-OT's bridge
+ * (sb, and coef = 1 / (3 x the batch's TS atoms): F.mse_loss's mean over the whole batch). */
+typedef struct {
+    int objective;
+    const oard_schedule *sch;
+    const oard_sb_schedule *sb;
+    double coef;
+} TrainObjective;
+
+/* React-OT's training input (EnSB.forward, ot_ode): x0 = the TS, x1 = (R + P)/2 re-centred,
+ * x_t = mu_x0[t] x0 + mu_x1[t] x1 re-centred (float32 coefficients), fed as the TS positions;
+ * R and P as given; label = (x_t - x0) / std_fwd[t]. One sample of n atoms. */
+static void bridge_train_input(const oard_sb_schedule *sb, int n, int nf, const real *const xh[3], int t_int, real *const zt[3],
+                               real *label) {
+    const int off[2] = {0, n};
+    real *x1 = label; /* the label's room holds x1 first */
+    for (int f = 0; f < 3; f++) memcpy(zt[f], xh[f], (size_t)n * nf * sizeof(real));
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) x1[3 * i + k] = (xh[0][(size_t)i * nf + k] + xh[2][(size_t)i * nf + k]) / 2;
+    centre_fragment(x1, 3, off, 1);
+    const real a = (real)sb->mu_x0[t_int], b = (real)sb->mu_x1[t_int], sd = (real)sb->std_fwd[t_int];
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) zt[1][(size_t)i * nf + k] = a * xh[1][(size_t)i * nf + k] + b * x1[3 * i + k];
+    centre_fragment(zt[1], nf, off, 1);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) label[3 * i + k] = (zt[1][(size_t)i * nf + k] - xh[1][(size_t)i * nf + k]) / sd;
+}
+
 /* One sample: n atoms per fragment; xh[f], noise[f] its rows (n, nf); the gradient of its
- * nll is added to G (which the caller zeroed). terms: OARD_N_TERMS values. */
+ * loss is added to G (which the caller zeroed). terms: OARD_N_TERMS values (bridge: its
+ * mean square error in LOSS_T and NLL). */
 static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, const real *const xh[3],
-                        const real *const noise[3], int t_int, const oard_schedule *sch, const real *cond, real *G,
+                        const real *const noise[3], int t_int, const TrainObjective *obj, const real *cond, real *G,
                         double *terms, char *err) {
+    const oard_schedule *sch = obj->sch;
+    const int bridge = obj->objective == OARD_OBJECTIVE_BRIDGE;
     const oard_config *c = &m->cfg;
     const int nf = c->node_nfs[0], F = nf - c->pos_dim, I = c->in_hidden_channels;
     const int Eemb = I - c->condition_time - c->condition_nf;
@@ -4097,13 +4504,15 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     const int N = g->N;
     Ctx x = {m, g, w, 1, NULL, NULL};
     /* z_t = alpha_t x + sigma_t eps (float32 alpha, sigma as upstream); pos_only: eps_h = 0 */
-    const float gamma = oard_gamma(sch, t_int), alpha = oard_alpha(gamma), sigma = oard_sigma(gamma);
-    real *zt[3];
+    const float gamma = bridge ? 0 : oard_gamma(sch, t_int), alpha = oard_alpha(gamma), sigma = oard_sigma(gamma);
+    real *zt[3], *label = xcalloc((size_t)n * 3, sizeof(real));
+    if (!label) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     for (int f = 0; f < 3; f++) {
         zt[f] = xcalloc((size_t)n * nf, sizeof(real));
         if (!zt[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     }
-    for (int f = 0; !rc && f < 3; f++)
+    if (!rc && bridge) bridge_train_input(obj->sb, n, nf, xh, t_int, zt, label);
+    for (int f = 0; !rc && !bridge && f < 3; f++)
         for (size_t i = 0; i < (size_t)n * nf; i++) zt[f][i] = (real)alpha * xh[f][i] + (real)sigma * noise[f][i];
     for (int f = 0; !rc && f < 3; f++)
         for (int i = 0; i < n; i++)
@@ -4120,7 +4529,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     }
     if (!rc) {
         /* encoders and the time / condition channels (as dynamics_run) */
-        const real tval = (real)((float)t_int / (float)sch->T);
+        const real tval = bridge ? (real)t_int / (real)obj->sb->T : (real)((float)t_int / (float)sch->T);
         for (int f = 0; f < 3; f++) {
             for (int i = 0; i < n; i++)
                 for (int k = 0; k < F; k++) t.feat[f][(size_t)i * F + k] = zt[f][(size_t)i * nf + 3 + k];
@@ -4147,7 +4556,17 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
         for (int f = 0; f < 3; f++) centre_fragment(eps + (size_t)3 * f * n, 3, frag_off, 1);
         /* the loss (compute_loss, l2, training) and its gradient with respect to eps */
         double lt = 0, l0x = 0, l0c = 0, l0q = 0;
-        for (int f = 0; f < 3; f++) {
+        if (bridge) { /* React-OT: only the TS position output, against the label */
+            memset(d, 0, (size_t)9 * n * sizeof(real));
+            for (int i = 0; i < n; i++)
+                for (int k = 0; k < 3; k++) {
+                    double r = (double)eps[3 * (n + i) + k] - (double)label[3 * i + k];
+                    lt += r * r;
+                    d[3 * (n + i) + k] = (real)(2.0 * obj->coef * r);
+                }
+            lt /= 3.0 * n;
+        }
+        for (int f = 0; f < 3 && !bridge; f++) {
             double err2 = 0, coef = c->loss_scales[f] / (3.0 * n) * (t_int == 0 ? 0.5 : 1.0);
             for (int i = 0; i < n; i++)
                 for (int k = 0; k < 3; k++) {
@@ -4192,6 +4611,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
 done:
     aligned_free(block);
     for (int f = 0; f < 3; f++) free(zt[f]);
+    free(label);
     oard_workspace_free(ws);
     return rc;
 }
@@ -4206,14 +4626,19 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
             return fail(err, OARD_ERR_MODEL, "training with normalisation values other than 1 / biases other than 0 is not supported");
     if (!batch || batch->n_samples <= 0 || !batch->sizes) return fail(err, OARD_ERR_ARG, "training: no samples");
     const int B = batch->n_samples, nf = c->node_nfs[0], F = nf - c->pos_dim;
+    const int bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
     oard_schedule sch;
-    int rc = oard_schedule_init(&sch, c->training_schedule, c->training_timesteps, c->training_precision, err);
+    oard_sb_schedule sb;
+    memset(&sch, 0, sizeof(sch)), memset(&sb, 0, sizeof(sb));
+    int rc = bridge ? oard_sb_schedule_init(&sb, c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power, err)
+                    : oard_schedule_init(&sch, c->training_schedule, c->training_timesteps, c->training_precision, err);
     if (rc) return rc;
+    const int t_max = bridge ? sb.T - 1 : sch.T; /* diffusion: t in 0..T; bridge: randint(0, T) */
     int *off = xcalloc((size_t)B + 1, sizeof(int));
     for (int b = 0; off && b < B; b++) {
         if (batch->sizes[b] <= 0) rc = fail(err, OARD_ERR_ARG, "training: sample %d has no atoms", b);
-        if (t_int[b] < 0 || t_int[b] > sch.T)
-            rc = fail(err, OARD_ERR_ARG, "training: t_int[%d] = %d is outside 0..%d", b, t_int[b], sch.T);
+        if (t_int[b] < 0 || t_int[b] > t_max)
+            rc = fail(err, OARD_ERR_ARG, "training: t_int[%d] = %d is outside 0..%d", b, t_int[b], t_max);
         off[b + 1] = off[b] + batch->sizes[b];
     }
     const int NF = off ? off[B] : 0;
@@ -4233,8 +4658,9 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
         memcpy(x[f], xh[f], (size_t)NF * nf * sizeof(real));
         if (!rc) centre_fragment(x[f], nf, off, B);
     }
-    /* one combined draw: per fragment positions (centred per sample), then features */
-    for (int f = 0; !rc && f < 3; f++) {
+    /* one combined draw: per fragment positions (centred per sample), then features (the
+     * bridge draws nothing: ot_ode) */
+    for (int f = 0; !rc && !bridge && f < 3; f++) {
         rc = oard_rng_normal(rng, tmp, (size_t)NF, 3, err);
         if (rc) break;
         centre_fragment(tmp, 3, off, B);
@@ -4249,13 +4675,14 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     char *errs = rc ? NULL : xcalloc((size_t)B, OARD_ERRLEN);
     int *rcs = rc ? NULL : xcalloc((size_t)B, sizeof(int));
     if (!rc && (!errs || !rcs)) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
+    TrainObjective obj = {c->objective, &sch, &sb, 1.0 / (3.0 * NF)};
     if (!rc) {
         int nt = batch_threads(batch);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (int b = 0; b < B; b++) {
             const real *xs[3], *ns[3];
             for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
-            rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &sch,
+            rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &obj,
                                   cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
                                   tm + (size_t)b * OARD_N_TERMS, errs + (size_t)b * OARD_ERRLEN);
         }
@@ -4264,14 +4691,15 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     }
     if (!rc) {
         double sum = 0;
-        for (int b = 0; b < B; b++) sum += tm[(size_t)b * OARD_N_TERMS + OARD_TERM_NLL];
-        if (loss) *loss = sum / B;
+        for (int b = 0; b < B; b++) /* bridge: F.mse_loss over every TS coordinate of the batch */
+            sum += tm[(size_t)b * OARD_N_TERMS + OARD_TERM_NLL] * (bridge ? 3.0 * batch->sizes[b] * obj.coef : 1.0);
+        if (loss) *loss = bridge ? sum : sum / B;
         if (terms) memcpy(terms, tm, (size_t)B * OARD_N_TERMS * sizeof(double));
-        if (grad) /* the batch mean, summed in sample order whatever the thread count */
+        if (grad) /* the batch mean (bridge: the sum, coef holds the mean), in sample order whatever the thread count */
             for (size_t k = 0; k < P; k++) {
                 real s = 0;
                 for (int b = 0; b < B; b++) s += G[(size_t)b * P + k];
-                grad[k] = s / (real)B;
+                grad[k] = bridge ? s : s / (real)B;
             }
     }
     for (int f = 0; f < 3; f++) free(x[f]), free(noise[f]);
@@ -4279,6 +4707,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     aligned_free(G);
     aligned_free(bw_block);
     oard_schedule_free(&sch);
+    oard_sb_schedule_free(&sb);
     return rc;
 }
 
@@ -4611,6 +5040,61 @@ int oard_model_save(const oard_model *m, const oard_real *params, const char *co
     Piece pc = {img, size};
     rc = write_atomic(path, &pc, 1, err);
     free(img);
+    return rc;
+}
+
+/* ---- a diffusion denoiser as a bridge model ----
+ * React-OT fine-tunes the object-aware LEFTNet of an OA-ReactDiff model: the same tensors
+ * without the diffusion schedules (keys and gamma tables), objective "bridge" and the SB
+ * schedule's arguments. The parameters are written in the build's precision, unchanged. */
+typedef struct {
+    const oard_model *m;
+    const int *index; /* model tensor of each tensor kept */
+} BridgeFill;
+
+static int fill_kept(void *ctx, int i, double *out, char *err) {
+    (void)err;
+    const BridgeFill *b = ctx;
+    oard_tensor_get(b->m, b->index[i], b->m->params, out);
+    return OARD_OK;
+}
+
+int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double power, double inv_power, oard_model **mp,
+                         char *err) {
+    static const char *const dropped[] = {"objective", "sampling_schedule", "sampling_timesteps", "sampling_precision",
+                                          "training_schedule", "training_timesteps", "training_precision", "loss_scales",
+                                          "sb_timesteps", "sb_beta_max", "sb_power", "sb_inv_power"};
+    *mp = NULL;
+    if (m->cfg.kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "a bridge model needs a denoiser");
+    const wfile *w = &m->file;
+    char sv[4][40];
+    snprintf(sv[0], sizeof(sv[0]), "%d", T), snprintf(sv[1], sizeof(sv[1]), "%.17g", beta_max);
+    snprintf(sv[2], sizeof(sv[2]), "%.17g", power), snprintf(sv[3], sizeof(sv[3]), "%.17g", inv_power);
+    const char *add[5][2] = {{"objective", "bridge"}, {"sb_timesteps", sv[0]}, {"sb_beta_max", sv[1]}, {"sb_power", sv[2]},
+                             {"sb_inv_power", sv[3]}};
+    const char **keys = xcalloc((size_t)w->n_meta + 6, sizeof(char *)), **vals = xcalloc((size_t)w->n_meta + 6, sizeof(char *));
+    TensorDesc *td = xcalloc((size_t)w->n_t + 1, sizeof(TensorDesc));
+    int *index = xcalloc((size_t)w->n_t + 1, sizeof(int)), nk = 0, nt = 0, rc = OARD_OK;
+    if (!keys || !vals || !td || !index) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < w->n_meta; i++) {
+        int drop = 0;
+        for (size_t k = 0; k < sizeof(dropped) / sizeof(dropped[0]); k++) drop |= !strcmp(w->keys[i], dropped[k]);
+        if (!drop) keys[nk] = w->keys[i], vals[nk++] = w->vals[i];
+    }
+    for (int k = 0; !rc && k < 5; k++) keys[nk] = add[k][0], vals[nk++] = add[k][1];
+    for (int i = 0; !rc && i < w->n_t; i++) {
+        if (strstr(w->t[i].name, "gamma_module.gamma")) continue;
+        td[nt].name = w->t[i].name, td[nt].ndim = w->t[i].ndim;
+        memcpy(td[nt].dims, w->t[i].dims, sizeof(td[nt].dims));
+        index[nt++] = i;
+    }
+    unsigned char *img = NULL;
+    size_t size = 0;
+    BridgeFill bf = {m, index};
+    if (!rc) rc = image_build(OARD_KIND_DENOISER, nk, keys, vals, nt, td, sizeof(real) == 8, fill_kept, &bf, "bridge model",
+                              &img, &size, err);
+    free(keys), free(vals), free(td), free(index);
+    if (!rc) rc = model_load_image("bridge model", img, size, OARD_KIND_DENOISER, mp, err);
     return rc;
 }
 
@@ -5942,22 +6426,36 @@ static void progress_report(void *ctx, int done, int total) {
 
 /* --weights, else $OA_REACTDIFF_WEIGHTS, else weights.bin beside the executable, else
  * ../share/oa_reactdiff/weights.bin relative to it (make install). */
-static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
-    const char *env = getenv("OA_REACTDIFF_WEIGHTS");
-    if (given) return *out = given, OARD_OK;
+/* The weights a command uses: --weights, else $ENV, else NAME beside the binary, else
+ * ../share/oa_reactdiff/NAME relative to it. ts uses weights.bin ($OA_REACTDIFF_WEIGHTS);
+ * sample uses weights_diffusion.bin ($OA_REACTDIFF_DIFFUSION_WEIGHTS) when one is installed,
+ * since it needs a diffusion model and the bundled weights.bin may be a bridge model. */
+static int locate_weights(const char *env_name, const char *name, char *buf, size_t n, const char **out, char *err) {
+    const char *env = getenv(env_name);
     if (env && *env) return *out = env, OARD_OK;
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find weights.bin; use --weights FILE");
+    if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find %s; use --weights FILE", name);
     exe[len] = 0;
     char *slash = strrchr(exe, '/');
     if (slash) *slash = 0;
-    snprintf(buf, n, "%s/weights.bin", exe);
+    snprintf(buf, n, "%s/%s", exe, name);
     if (access(buf, F_OK) == 0) return *out = buf, OARD_OK;
     char alt[4200];
-    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/weights.bin", exe);
+    snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/%s", exe, name);
     if (access(alt, F_OK) == 0) return snprintf(buf, n, "%s", alt), *out = buf, OARD_OK;
-    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $OA_REACTDIFF_WEIGHTS)", buf, alt);
+    return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $%s)", buf, alt, env_name);
+}
+
+static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
+    if (given) return *out = given, OARD_OK;
+    return locate_weights("OA_REACTDIFF_WEIGHTS", "weights.bin", buf, n, out, err);
+}
+
+static int find_diffusion_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
+    if (given) return *out = given, OARD_OK;
+    if (!locate_weights("OA_REACTDIFF_DIFFUSION_WEIGHTS", "weights_diffusion.bin", buf, n, out, err)) return OARD_OK;
+    return find_weights(NULL, buf, n, out, err);
 }
 
 /* A weights file that cannot be used (malformed, corrupted, wrong kind) is EXIT_WEIGHTS,
@@ -5986,6 +6484,10 @@ typedef struct {
     const char *data, *init, *init_config, *train_out, *description;
     double lr, weight_decay, ema; /* NAN: not given */
     int batch, val_every, ckpt_every, no_clip, no_swap, resume, seed_set;
+    const char *objective;            /* train: diffusion | bridge */
+    const char *solver, *ode_method;  /* ts with a bridge model */
+    int nfe;
+    int given_diffusion, given_bridge; /* ts: options of one method were given */
 } Args;
 
 enum { OPT_INT, OPT_SEED, OPT_STR, OPT_FLAG, OPT_SHARD, OPT_METHOD, OPT_REAL };
@@ -6027,6 +6529,10 @@ static const OptSpec OPTIONS[] = {
     {"--checkpoint-every", OPT_INT, ARG_OFF(ckpt_every), " train "},
     {"--no-clip", OPT_FLAG, ARG_OFF(no_clip), " train "},
     {"--no-swap", OPT_FLAG, ARG_OFF(no_swap), " train "},
+    {"--objective", OPT_STR, ARG_OFF(objective), " train "},
+    {"--solver", OPT_STR, ARG_OFF(solver), " ts "},
+    {"--ode-method", OPT_STR, ARG_OFF(ode_method), " ts "},
+    {"--nfe", OPT_INT, ARG_OFF(nfe), " ts "},
     {"--resume", OPT_FLAG, ARG_OFF(resume), " train "},
     {"--help", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info train "},
     {"-h", OPT_FLAG, ARG_OFF(help), " ts sample rmsd score info train "},
@@ -6057,6 +6563,8 @@ static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err
             continue;
         }
         if (!strstr(s->commands, key)) return fail(err, OARD_ERR_ARG, "%s: option %s does not apply to this command", cmd, o);
+        if (!strcmp(o, "--resamplings") || !strcmp(o, "--jump") || !strcmp(o, "--steps")) a->given_diffusion = 1;
+        if (!strcmp(o, "--solver") || !strcmp(o, "--nfe") || !strcmp(o, "--ode-method")) a->given_bridge = 1;
         char *base = (char *)a;
         if (s->type == OPT_FLAG) {
             *(int *)(base + s->off) = 1;
@@ -6137,6 +6645,8 @@ typedef struct {
     real *ts;       /* N x n x nf, centred */
     real *score;    /* N, or NULL */
     int *order;     /* output order of the samples */
+    const char *solver, *ode_method; /* bridge settings, for the comment line */
+    int nfe;
 } TsResult;
 
 static int cmp_score_desc(const real *s, int a, int b) { return s[a] < s[b] || (s[a] == s[b] && a > b); }
@@ -6155,8 +6665,12 @@ static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path
         int b = res->order[r];
         char cm[8192] = "";
         if (name) kv_string(cm, sizeof(cm), "name", name);
-        kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d resamplings=%d jump=%d", b, N,
-                  (unsigned long long)seed, a->steps ? a->steps : c->sampling_timesteps, a->resamplings, a->jump);
+        if (c->objective == OARD_OBJECTIVE_BRIDGE) /* deterministic: no seed */
+            kv_format(cm, sizeof(cm), " sample=0 n_samples=1 method=bridge solver=%s nfe=%d%s%s", res->solver, res->nfe,
+                      res->ode_method ? " ode_method=" : "", res->ode_method ? res->ode_method : "");
+        else
+            kv_format(cm, sizeof(cm), " sample=%d n_samples=%d seed=%llu steps=%d resamplings=%d jump=%d", b, N,
+                      (unsigned long long)seed, a->steps ? a->steps : c->sampling_timesteps, a->resamplings, a->jump);
         if (res->score) kv_format(cm, sizeof(cm), " rank=%d confidence=%.9g", r + 1, (double)res->score[b]);
         kv_string(cm, sizeof(cm), "reactant", res->R->path);
         kv_string(cm, sizeof(cm), "product", res->product);
@@ -6173,11 +6687,133 @@ static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path
     return rc;
 }
 
+/* the bridge's settings from the command line (defaults: upstream's evaluation, ode
+ * midpoint with nfe 10) */
+static int bridge_options(const Args *a, oard_bridge_opts *o, char *err) {
+    memset(o, 0, sizeof(*o));
+    const char *s = a->solver ? a->solver : "ode", *m = a->ode_method ? a->ode_method : "midpoint";
+    o->solver = !strcmp(s, "ode") ? OARD_SOLVER_ODE : !strcmp(s, "ddpm") ? OARD_SOLVER_DDPM : !strcmp(s, "ei") ? OARD_SOLVER_EI : -1;
+    if (o->solver < 0) return fail(err, OARD_ERR_ARG, "--solver: '%s' is not ode, ddpm or ei", s);
+    o->ode_method = !strcmp(m, "midpoint") ? OARD_ODE_MIDPOINT : !strcmp(m, "euler") ? OARD_ODE_EULER : -1;
+    if (o->ode_method < 0) return fail(err, OARD_ERR_ARG, "--ode-method: '%s' is not midpoint or euler", m);
+    if (a->ode_method && o->solver != OARD_SOLVER_ODE) return fail(err, OARD_ERR_ARG, "--ode-method applies to --solver ode");
+    o->nfe = a->nfe ? a->nfe : 10;
+    return OARD_OK;
+}
+
+static void superpose_rotation(int n, const double *a, const double *b, const int *map, double R[9]);
+
+/* Move the n points mob (n, 3) onto ref by the best proper rotation about their centroids
+ * and the translation of centroids (Kabsch; reflections are never used). */
+static int fit_onto(int n, double *mob, const double *ref) {
+    double cm[3] = {0, 0, 0}, cr[3] = {0, 0, 0}, R[9];
+    double *a = xcalloc((size_t)n * 6, sizeof(double)), *b = a ? a + 3 * n : NULL;
+    if (!a) return OARD_ERR_NOMEM;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            cm[k] += mob[3 * i + k] / n;
+            cr[k] += ref[3 * i + k] / n;
+        }
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) {
+            a[3 * i + k] = mob[3 * i + k] - cm[k];
+            b[3 * i + k] = ref[3 * i + k] - cr[k];
+        }
+    superpose_rotation(n, a, b, NULL, R);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++)
+            mob[3 * i + k] = R[3 * k] * a[3 * i] + R[3 * k + 1] * a[3 * i + 1] + R[3 * k + 2] * a[3 * i + 2] + cr[k];
+    free(a);
+    return OARD_OK;
+}
+
+
+/* run_model.py's pre-treatment: R centred on its plain centroid, P fitted onto it (Kabsch),
+ * both written with %.6f and read back; rows in the file's atom order */
+static int bridge_pretreat(const oard_config *c, Molecule *R, Molecule *P, const int *ident, real *const xh[3], int nf) {
+    int n = R->n;
+    double cen[3] = {0, 0, 0};
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) cen[k] += R->xyz[3 * i + k] / n;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 3; k++) R->xyz[3 * i + k] -= cen[k];
+    if (fit_onto(n, P->xyz, R->xyz)) return OARD_ERR_NOMEM;
+    for (int i = 0; i < 3 * n; i++) { /* the %.6f round trip */
+        char b[64];
+        snprintf(b, sizeof(b), "%.6f", R->xyz[i]), R->xyz[i] = strtod(b, NULL);
+        snprintf(b, sizeof(b), "%.6f", P->xyz[i]), P->xyz[i] = strtod(b, NULL);
+    }
+    fill_rows(c, R, ident, 0, xh[0], nf);
+    fill_rows(c, R, ident, 0, xh[1], nf); /* the TS: the reactant's atoms; its positions are not read */
+    fill_rows(c, P, ident, 0, xh[2], nf);
+    for (int k = 0; k < 3; k++) /* put the TS back at the reactant's place */
+        for (int i = 0; i < n; i++) R->xyz[3 * i + k] += cen[k];
+    return OARD_OK;
+}
+
+/* One reaction with a bridge model: R and P atom-mapped, one deterministic candidate. */
+static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char *ppath, const char *out, const char *name,
+                         char *err) {
+    const oard_config *c = oard_model_config(T->model);
+    const Args *a = T->a;
+    oard_bridge_opts o;
+    int rc = bridge_options(a, &o, err), n = R->n, nf = c->node_nfs[0];
+    if (!rc && P->n != n)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: %d atoms, %s has %d", ppath, P->n, R->path, n);
+    for (int i = 0; !rc && i < n; i++) /* the bridge needs the atom mapping: element by element */
+        if (P->z[i] != R->z[i])
+            rc = fail(err, OARD_ERR_FORMAT, "%s: atom %d is %s, %s has %s there (a bridge model needs R and P atom-mapped: "
+                      "the same atoms in the same order)", ppath, i + 1, ELEMENT_SYMBOLS[P->z[i]], R->path,
+                      ELEMENT_SYMBOLS[R->z[i]]);
+    real *xh[3] = {NULL, NULL, NULL}, *ts = rc ? NULL : xcalloc((size_t)n * nf, sizeof(real));
+    real *pos = rc ? NULL : xcalloc((size_t)n * 3, sizeof(real));
+    int *ident = rc ? NULL : xcalloc((size_t)n, sizeof(int)), zero = 0;
+    for (int f = 0; !rc && f < 3; f++)
+        if (!(xh[f] = xcalloc((size_t)n * nf, sizeof(real)))) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc && (!ts || !pos || !ident)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        for (int i = 0; i < n; i++) ident[i] = i;
+        if (bridge_pretreat(c, R, P, ident, xh, nf)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    }
+    if (!rc) {
+        oard_batch batch = {1, &n, a->threads};
+        Progress prog = {name ? name : "ts", {0, 0}};
+        clock_gettime(CLOCK_MONOTONIC, &prog.t0);
+        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
+        rc = oard_bridge_sample(T->model, &batch, &o, NULL, (const real *const *)xh, pos, NULL, NULL, err);
+        if (rc && name) {
+            char tmp[OARD_ERRLEN];
+            snprintf(tmp, sizeof(tmp), "%s", err);
+            fail(err, rc, "%s: %s", R->path, tmp);
+        }
+    }
+    if (!rc) {
+        for (int i = 0; i < n; i++) memcpy(ts + (size_t)i * nf, pos + 3 * i, 3 * sizeof(real));
+        static const char *const solvers[3] = {"ode", "ddpm", "ei"};
+        TsResult r = {R, ppath, ident, ts, NULL, &zero, solvers[o.solver], o.solver == OARD_SOLVER_ODE ?
+                      (o.ode_method == OARD_ODE_EULER ? "euler" : "midpoint") : NULL, o.nfe};
+        rc = write_ts_file(T, &r, out, name, 0, err);
+    }
+    for (int f = 0; f < 3; f++) free(xh[f]);
+    free(ts), free(pos), free(ident);
+    return rc;
+}
+
 /* One reaction: read, check, inpaint N candidates, score, write. */
 static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const char *out, const char *name,
                   uint64_t seed, char *err) {
     const oard_config *c = oard_model_config(T->model);
     const Args *a = T->a;
+    if (c->objective == OARD_OBJECTIVE_BRIDGE) {
+        Molecule R, P;
+        int rc = read_xyz(rpath, &R, err);
+        if (rc) return rc;
+        rc = read_xyz(ppath, &P, err);
+        if (!rc) rc = check_model_elements(c, &R, err);
+        if (!rc) rc = ts_bridge_one(T, &R, &P, ppath, out, name, err);
+        mol_free(&R), mol_free(&P);
+        return rc;
+    }
     Molecule R, P;
     int rc = read_xyz(rpath, &R, err);
     if (rc) return rc;
@@ -6248,7 +6884,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
                 }
         }
         if (!rc) {
-            TsResult r = {&R, ppath, inv, res[1], score, order};
+            TsResult r = {&R, ppath, inv, res[1], score, order, NULL, NULL, 0};
             rc = write_ts_file(T, &r, out, name, seed, err);
         }
     }
@@ -6491,6 +7127,21 @@ static int cmd_ts(const Args *a, char *err) {
                     cc->node_nfs[0] != c->node_nfs[0]))
             rc = fail(err, OARD_ERR_MODEL, "%s: the confidence model's element table differs from %s's", a->confidence, T.wpath);
     }
+    if (!rc) {
+        const oard_config *c = oard_model_config(T.model);
+        int bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
+        if (bridge && a->given_diffusion)
+            rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: --steps, --resamplings and --jump apply to diffusion "
+                      "models (the bridge takes --solver, --nfe, --ode-method)", T.wpath);
+        else if (!bridge && a->given_bridge)
+            rc = fail(err, OARD_ERR_ARG, "%s is a diffusion model: --solver, --nfe and --ode-method apply to bridge (React-OT) models", T.wpath);
+        else if (bridge && a->n != 1)
+            rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: it is deterministic and gives one candidate (-n 1)", T.wpath);
+        else if (bridge && T.conf)
+            rc = fail(err, OARD_ERR_ARG, "--confidence ranks several candidates; a bridge model gives one");
+        else if (bridge && a->nfe >= c->sb_timesteps)
+            rc = fail(err, OARD_ERR_ARG, "--nfe %d: at most %d for this model's schedule", a->nfe, c->sb_timesteps - 1);
+    }
     if (!rc) rc = a->list ? ts_batch(&T, err) : ts_one(&T, a->pos[0], a->pos[1], a->out ? a->out : "ts.xyz", NULL, a->seed, err);
     if (!rc && !a->list)
         fprintf(stderr, "oa_reactdiff: wrote %d TS candidate%s to %s\n", a->n, a->n > 1 ? "s" : "", a->out ? a->out : "ts.xyz");
@@ -6549,9 +7200,11 @@ static int cmd_sample(const Args *a, char *err) {
     Molecule mol;
     int rc = parse_atoms(a->atoms, &mol, err);
     if (rc) return rc;
-    rc = find_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
+    rc = find_diffusion_weights(a->weights, wbuf, sizeof(wbuf), &wpath, err);
     if (!rc) rc = load_model(wpath, OARD_KIND_DENOISER, &m, err);
     const oard_config *c = rc ? NULL : oard_model_config(m);
+    if (!rc && c->objective == OARD_OBJECTIVE_BRIDGE)
+        rc = fail(err, OARD_ERR_MODEL, "%s is a bridge (React-OT) model: it makes a TS from R and P; sample needs a diffusion model", wpath);
     if (!rc) rc = check_model_elements(c, &mol, err);
     int N = a->n, n = mol.n, nf = c ? c->node_nfs[0] : 0;
     real *xh[3] = {NULL, NULL, NULL};
@@ -6687,9 +7340,16 @@ static int cmd_info(const Args *a, char *err) {
     printf("objects             %d (R, TS, P), node features %d, condition %d\n", c->n_fragments, c->node_nfs[0], c->condition_nf);
     printf("elements            %s\n", list);
     printf("parameters          %zu (excluding schedule tables and RBF buffers)\n", c->n_params);
-    if (c->kind == OARD_KIND_DENOISER)
-        printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)\n", INFO_TEXT(c->sampling_schedule),
-               c->sampling_timesteps, c->sampling_precision, INFO_TEXT(c->training_schedule), c->training_timesteps);
+    if (c->kind == OARD_KIND_DENOISER && c->objective == OARD_OBJECTIVE_BRIDGE)
+        printf("objective           bridge (React-OT: the R-P midpoint transported to the TS; ts uses the bridge solvers)\n"
+               "bridge schedule     SB, T=%d, beta_max %g, power %g, inv_power %g\n",
+               c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power);
+    else if (c->kind == OARD_KIND_DENOISER)
+        printf("objective           diffusion (OA-ReactDiff: ts inpaints the TS with RePaint)\n");
+    if (c->kind == OARD_KIND_DENOISER && c->sampling_timesteps > 0)
+        printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)%s\n", INFO_TEXT(c->sampling_schedule),
+               c->sampling_timesteps, c->sampling_precision, INFO_TEXT(c->training_schedule), c->training_timesteps,
+               c->objective == OARD_OBJECTIVE_BRIDGE ? " (diffusion tables kept from the model it started from; unused)" : "");
     printf("trained             %s\nsource              %s\nsource sha256       %s\ndescription         %s\n",
            c->trained ? "yes" : "NO (untrained weights: generated structures are not meaningful)", INFO_TEXT(c->source_file),
            INFO_TEXT(c->source_sha256), INFO_TEXT(c->description));
@@ -6892,6 +7552,7 @@ typedef struct {
     oard_optim *opt;
     TrainSplit train, val;
     int batch, swap, n_items, T;
+    int bridge; /* objective bridge: t in 0..T-1, items aligned as the ts command aligns its inputs */
     int steps, val_every, ckpt_every; /* the run's end and its cadence */
     const char *description;          /* --description, or NULL */
     uint64_t seed;
@@ -6916,6 +7577,28 @@ static void epoch_order(Trainer *T) {
     }
 }
 
+/* A bridge training item in the frame the ts command builds: P fitted onto R (as
+ * run_model.py's Kabsch pre-treatment), then the TS fitted onto the midpoint (R + P)/2, so
+ * the label (x_t - TS) holds no rotation the network could not see. Rows at of xh[f]. */
+static int bridge_align(int n, int nf, real *const xh[3], size_t at) {
+    double *p = malloc((size_t)n * 9 * sizeof(double)), *r = p ? p + 3 * n : NULL, *t = p ? p + 6 * n : NULL;
+    if (!p) return OARD_ERR_NOMEM;
+    double *pos[3] = {r, t, p};
+    for (int f = 0; f < 3; f++)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) pos[f][3 * i + k] = (double)xh[f][(at + (size_t)i) * nf + k];
+    double *mid = malloc((size_t)n * 3 * sizeof(double));
+    int rc = mid ? fit_onto(n, p, r) : OARD_ERR_NOMEM;
+    for (int j = 0; !rc && j < 3 * n; j++) mid[j] = (r[j] + p[j]) / 2;
+    if (!rc) rc = fit_onto(n, t, mid);
+    for (int f = 1; f < 3; f++)
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++) xh[f][(at + (size_t)i) * nf + k] = (real)pos[f][3 * i + k];
+    free(mid);
+    free(p);
+    return rc;
+}
+
 /* a batch of B items (item k of split s: reaction k mod s->n, swapped when k >= s->n) in
  * upstream's node layout, fragment-major */
 static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *items, int B, int *sizes, real *xh[3],
@@ -6936,6 +7619,10 @@ static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *item
         for (int f = 0; f < 3; f++) {
             int src = swapped && f != 1 ? 2 - f : f;
             memcpy(xh[f] + at * nf, r->xh[src], (size_t)r->n * nf * sizeof(real));
+        }
+        if (T->bridge) {
+            int rc = bridge_align(r->n, nf, xh, at);
+            if (rc) return fail(err, rc, "out of memory");
         }
         at += (size_t)r->n;
     }
@@ -6963,7 +7650,7 @@ static int validate(Trainer *T, double *out, char *err) {
     double sum = 0;
     for (int k0 = 0; !rc && k0 < n_items; k0 += B) {
         int nb = n_items - k0 < B ? n_items - k0 : B;
-        for (int b = 0; b < nb; b++) items[b] = k0 + b, t[b] = (int)rng_below(&rv, (uint64_t)T->T + 1);
+        for (int b = 0; b < nb; b++) items[b] = k0 + b, t[b] = (int)rng_below(&rv, (uint64_t)T->T + !T->bridge);
         rc = assemble_batch(T, &T->val, items, nb, sizes, xh, err);
         double loss = 0;
         oard_batch batch = {nb, sizes, T->a->threads};
@@ -7151,6 +7838,9 @@ static int cmd_train(const Args *a, char *err) {
         return fail(err, OARD_ERR_ARG, "--description: one line of at most 511 bytes");
     if (!isnan(a->ema) && !(a->ema < 1)) return fail(err, OARD_ERR_ARG, "--ema: the decay must be below 1 (e.g. 0.999)");
     if (!isnan(a->lr) && !(a->lr > 0)) return fail(err, OARD_ERR_ARG, "--lr must be positive");
+    if (a->objective && strcmp(a->objective, "bridge") && strcmp(a->objective, "diffusion"))
+        return fail(err, OARD_ERR_ARG, "--objective: '%s' is not diffusion or bridge", a->objective);
+    const int want_bridge = a->objective && !strcmp(a->objective, "bridge");
     Trainer T;
     memset(&T, 0, sizeof(T));
     T.a = a, T.dir = a->train_out, T.data = a->data ? a->data : "data";
@@ -7201,6 +7891,16 @@ static int cmd_train(const Args *a, char *err) {
             rc = oard_model_init(a->init_config, a->seed, &T.m, err);
             if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the spec is at fault */
         }
+        /* --objective bridge from a diffusion model (or a fresh one): React-OT's fine-tuning
+         * start, with train_rpsb_ts1x.py's schedule (T 3000, beta_max 0.3, power 0.5) */
+        if (!rc && oard_model_config(T.m)->kind == OARD_KIND_DENOISER && want_bridge &&
+            oard_model_config(T.m)->objective != OARD_OBJECTIVE_BRIDGE)
+        {
+            oard_model *b = NULL;
+            rc = oard_model_to_bridge(T.m, 3000, 0.3, 0.5, 1.0, &b, err);
+            oard_model_free(T.m);
+            T.m = b;
+        }
         oard_optim_opts o;
         oard_optim_defaults(&o);
         if (!isnan(a->lr)) o.lr = a->lr;
@@ -7211,6 +7911,10 @@ static int cmd_train(const Args *a, char *err) {
     }
     const oard_config *c = rc ? NULL : oard_model_config(T.m);
     if (!rc && c->kind != OARD_KIND_DENOISER) rc = fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", a->resume ? ckpath : a->init);
+    if (!rc && a->objective && (c->objective == OARD_OBJECTIVE_BRIDGE) != want_bridge)
+        rc = fail(err, OARD_ERR_ARG, "--objective %s: %s is a %s model%s", a->objective, a->resume ? ckpath : a->init,
+                  c->objective == OARD_OBJECTIVE_BRIDGE ? "bridge" : "diffusion",
+                  a->resume ? "" : " (a bridge model cannot go back to diffusion)");
     if (!rc) rc = read_dataset(T.data, c, &T.train, &T.val, err);
     if (!rc && a->resume) rc = resume_checkpoint(&T, ckpath, meta, err);
     const int steps = T.steps, val_every = T.val_every, ckpt_every = T.ckpt_every;
@@ -7218,7 +7922,8 @@ static int cmd_train(const Args *a, char *err) {
     if (!rc && done > steps)
         rc = fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, steps);
     if (!rc) {
-        T.T = c->training_timesteps;
+        T.bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
+        T.T = T.bridge ? c->sb_timesteps : c->training_timesteps;
         T.n_items = T.train.n * (T.swap ? 2 : 1);
         T.perm = xcalloc((size_t)T.n_items, sizeof(int));
         if (!T.perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
@@ -7254,7 +7959,8 @@ static int cmd_train(const Args *a, char *err) {
             if (T.pos == T.n_items) T.epoch++, T.pos = 0, epoch_order(&T);
             items[b] = T.perm[T.pos++];
         }
-        for (int b = 0; b < B; b++) tt[b] = (int)rng_below(&T.rng_t, (uint64_t)T.T + 1); /* torch.randint(0, T + 1) */
+        for (int b = 0; b < B; b++) /* diffusion: torch.randint(0, T + 1); bridge: randint(0, T) */
+            tt[b] = (int)rng_below(&T.rng_t, (uint64_t)T.T + !T.bridge);
         double loss = 0;
         oard_step_info info;
         oard_batch batch = {B, sizes, a->threads};

@@ -40,6 +40,9 @@ enum {
 
 /* ---- model ---- */
 enum { OARD_KIND_DENOISER = 1, OARD_KIND_CONFIDENCE = 2 };
+/* A denoiser's objective: OA-ReactDiff's diffusion (noise prediction, RePaint inpainting)
+ * or React-OT's optimal-transport bridge (the TS output moves the R-P midpoint to the TS). */
+enum { OARD_OBJECTIVE_DIFFUSION = 0, OARD_OBJECTIVE_BRIDGE = 1 };
 
 #define OARD_MAX_FRAG 3
 #define OARD_MAX_ELEM 16
@@ -69,6 +72,13 @@ typedef struct {
     int training_timesteps;
     double training_precision;
     double loss_scales[OARD_MAX_FRAG];
+    /* what the denoiser's TS output means (OARD_OBJECTIVE_*). A bridge model (React-OT) has
+     * the SB schedule below and needs no diffusion schedule: the sampling_/training_ keys
+     * above are then empty (0) unless the file carries them from a diffusion model it was
+     * fine-tuned from, and are not used. */
+    int objective;
+    int sb_timesteps;          /* SBSchedule timesteps (3000) */
+    double sb_beta_max, sb_power, sb_inv_power; /* 0.3, 0.5, 1 as train_rpsb_ts1x.py */
     /* provenance */
     char source_file[256];
     char source_sha256[72];
@@ -205,6 +215,53 @@ int oard_sample(const oard_model *m, const oard_batch *batch, const oard_sampler
 int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o,
                  const oard_real *cond, const oard_real *const xh_fixed[], oard_real *const out[],
                  oard_rng *rng, char *err);
+
+/* ---- React-OT: the optimal-transport bridge (github.com/deepprinciple/react-ot a1fa217) ----
+ * SBSchedule, computed in double and stored as float32 (as upstream's tensors), T entries
+ * each: betas, std_fwd, std_bwd, std_sb, mu_x0, mu_x1. */
+typedef struct {
+    int T;
+    double beta_max, power, inv_power;
+    float *betas, *std_fwd, *std_bwd, *std_sb, *mu_x0, *mu_x1;
+    double *f64_b, *f64_betas, *f64_std_fwd, *f64_std_bwd, *f64_mu_x0, *f64_mu_x1, *f64_var; /* before the cast */
+} oard_sb_schedule;
+
+int oard_sb_schedule_init(oard_sb_schedule *s, int T, double beta_max, double power, double inv_power, char *err);
+void oard_sb_schedule_free(oard_sb_schedule *s);
+
+/* upstream's space_indices(n, c): c indices from 0 to n-1 by repeated float addition of
+ * (n-1)/(c-1), rounded half to even. Writes c values into out. */
+void oard_space_indices(int n, int c, int *out);
+
+enum { OARD_SOLVER_ODE = 0, OARD_SOLVER_DDPM = 1, OARD_SOLVER_EI = 2 };
+enum { OARD_ODE_MIDPOINT = 0, OARD_ODE_EULER = 1 };
+
+typedef struct {
+    int solver;     /* OARD_SOLVER_*: ode (default, upstream's evaluation setting), ddpm, ei */
+    int nfe;        /* pairs of the step list (0: 10); ode midpoint calls the network 2 nfe times */
+    int ode_method; /* OARD_ODE_*: midpoint (default) or euler */
+    void (*progress)(void *ctx, int done, int total);
+    void *progress_ctx;
+} oard_bridge_opts;
+
+/* The denoiser m as a bridge model (React-OT fine-tunes OA-ReactDiff's network): the same
+ * parameters, objective bridge with the SB schedule (T, beta_max, power, inv_power;
+ * train_rpsb_ts1x.py: 3000, 0.3, 0.5, 1), without the diffusion schedule tables. */
+int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double power, double inv_power,
+                         oard_model **out, char *err);
+
+/* How many states the sampler logs (upstream's trajectory length) for these options. */
+int oard_bridge_n_logged(const oard_bridge_opts *o, int T);
+
+/* A whole React-OT sampler run (EnSB.sample with ot_ode): x1 = (R + P)/2 re-centred per
+ * sample over the TS atoms, transported to the TS in nfe steps of the chosen solver.
+ * xh[f] (n_f, node_nf): R and P as given (positions used as they are: upstream's data are
+ * centred per fragment; align P onto R first for deployment), TS features (its positions
+ * are ignored). ts_pos (NF, 3): the final TS (upstream's xs[:, 0]). xs, pred_x0s: NULL or
+ * (NF, n_logged, 3) each, upstream's logged trajectory exactly as returned (latest first). */
+int oard_bridge_sample(const oard_model *m, const oard_batch *batch, const oard_bridge_opts *o,
+                       const oard_real *cond, const oard_real *const xh[], oard_real *ts_pos,
+                       oard_real *xs, oard_real *pred_x0s, char *err);
 
 /* ---- parameters and training ----
  * Every tensor of a loaded model lives in one parameter arena of oard_param_size() reals

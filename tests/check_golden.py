@@ -9,7 +9,8 @@ converted once with tools/ckpt2bin.py --untrained into build/golden-weights/<has
 directory>/<stem>.bin (reused while newer than the checkpoint and the converter). Each case
 runs in the runner of its dtype (f64 -> build/golden_runner64, f32 -> build/golden_runner);
 --cross also runs the f64 cases in the float32 build, which reports INFO lines, no verdict.
-Kinds the runner does not know (train_loss) are skipped. Exit status 1 if any case failed.
+Kinds the runner does not know (golden_ot's pretreat and runmodel, which tests/test_bridge.sh
+covers through the command line) are skipped. Exit status 1 if any case failed.
 
 Python standard library only. Build the runners first (make runners).
 """
@@ -25,10 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(REPO, "build")
 CONVERTER = os.path.join(REPO, "tools", "ckpt2bin.py")
 RUNNERS = {"f32": os.path.join(BUILD, "golden_runner"), "f64": os.path.join(BUILD, "golden_runner64")}
-SUPPORTED_KINDS = ("forward", "inpaint", "sample", "confidence", "train_loss")
+SUPPORTED_KINDS = ("forward", "inpaint", "sample", "confidence", "train_loss",  # OA-ReactDiff (golden/)
+                   "schedule", "ot_forward", "ot_train_loss", "ot_sample")        # React-OT (golden_ot/)
 # manifest fields handed to the runner as key=value (the runner rejects unknown keys)
 SAMPLER_KEYS = ("timesteps", "schedule", "precision", "resamplings", "jump_length", "frag_fixed",
                 "n_draws")
+OT_KEYS = ("timesteps", "beta_max", "power", "inv_power", "solver", "nfe", "method", "order")
 
 
 def say(line):
@@ -80,7 +83,8 @@ def weights_for(ckpt, cache):
 
 def sampler_args(case):
     args = []
-    for key in SAMPLER_KEYS:
+    ot = case["kind"] == "schedule" or case["kind"].startswith("ot_")
+    for key in OT_KEYS if ot else SAMPLER_KEYS:
         if key not in case:
             continue
         value = case[key]
@@ -168,6 +172,9 @@ def main():
         if not os.path.isdir(case_dir):
             say("FAIL %s case folder not found: %s" % (name, case_dir))
             counts["fail"] += 1
+            continue
+        if kind == "schedule":  # no model: the runner computes the schedule from the settings
+            counts[run_case(case, RUNNERS[dtype], case_dir, "-", opt.v, name)] += 1
             continue
         if "model" not in case:
             say("FAIL %s manifest names no model" % name)

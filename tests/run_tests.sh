@@ -20,6 +20,8 @@
 #                      of each refusal under 100 MB (/usr/bin/time -v)
 #   test_train.sh      model save/init, the optimizer against a Python reference,
 #                      checkpoints, the train command (resume bit-identical, its errors)
+#   test_bridge.sh     React-OT through the command line: upstream's deployed result
+#                      (run_model.py), symmetries, errors, train --objective bridge
 #   test_evaluate.sh   tools/evaluate.py on two test reactions: outputs, counts, RMSDs equal
 #                      to `oa_reactdiff rmsd`, self-check, failures (xtb part: SKIP without xtb)
 #
@@ -74,6 +76,11 @@ for m in tiny variant conf_tiny; do
         failed+=("convert $m")
     fi
 done
+if ! convert tests/fixtures/golden_ot/ot_tiny.ckpt build/ot_tiny.bin; then
+    echo "run_tests: converting tests/fixtures/golden_ot/ot_tiny.ckpt FAILED"
+    status=1
+    failed+=("convert ot_tiny")
+fi
 FULL=
 GOLDEN=${OARD_GOLDEN:-../shared/golden}
 if [ -f "$GOLDEN/full.ckpt" ]; then
@@ -100,6 +107,7 @@ run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
 run "hostile input" bash tests/test_hostile.sh ./oa_reactdiff build/conf_tiny.bin build/tiny.bin
+run "React-OT bridge" bash tests/test_bridge.sh ./oa_reactdiff build/ot_tiny.bin
 run "evaluation tool" bash tests/test_evaluate.sh ./oa_reactdiff build/conf_tiny.bin
 run "training" bash tests/test_train.sh build/tiny.bin build/variant.bin
 

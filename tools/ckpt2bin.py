@@ -1,8 +1,16 @@
 #!/usr/bin/env python3
-"""Convert an OA-ReactDiff PyTorch Lightning checkpoint (.ckpt) to weights.bin.
+"""Convert an OA-ReactDiff or React-OT PyTorch Lightning checkpoint (.ckpt) to weights.bin.
 
     python3 tools/ckpt2bin.py INPUT.ckpt OUTPUT.bin [--trained|--untrained]
-                              [--description TEXT] [--quiet] [--dump-meta]
+                              [--description TEXT] [--quiet] [--dump-meta] [--ema]
+
+OA-ReactDiff checkpoints (DDPMModule, ConfModule) give a diffusion denoiser or a
+confidence model. React-OT checkpoints (SBModule, github.com/deepprinciple/react-ot;
+the layout of reactot-pretrained.ckpt) give a denoiser with objective "bridge" and
+the SB schedule's parameters (it has no schedule tensors). React-OT trains with an
+EMA callback that stores a second copy of the weights; upstream's loader
+(SBModule.load_from_checkpoint) takes state_dict, and so does this converter unless
+--ema asks for the EMA copy.
 
 Writes the flat format described in docs/weights_format.md (version 1), which
 oard_model_load() in oa_reactdiff.c reads.
@@ -75,6 +83,11 @@ DDPM_DEFAULTS = {
     "pos_only": False,
     "scales": (1.0, 1.0, 1.0),
 }
+
+# React-OT SBModule arguments (train_rpsb_ts1x.py / SBModule.__init__ defaults) used when a
+# checkpoint omits them; beta_max and timesteps are required.
+SB_DEFAULTS = {"power": 1.0, "inv_power": 1.0, "mapping": "R+P->TS", "mapping_initial": "RP", "ot_ode": True}
+EMA_CALLBACK = "EMACallback"
 
 # The sampling schedule is hard-wired in upstream's DDPMModule.__init__.
 SAMPLING_SCHEDULE = "polynomial_2"
@@ -680,8 +693,9 @@ def expected_tensors(kind, c, train_T):
         f = nf - c["pos_dim"]
         _mlp(out, base + "decoders.%d." % i, embed, [2 * f, f])
     if kind == "denoiser":
-        out[TRAIN_GAMMA] = (train_T + 1,)
-        out[SAMPLING_GAMMA] = None  # any length; checked separately
+        if c.get("objective") != "bridge":  # React-OT's SBSchedule has no tensors
+            out[TRAIN_GAMMA] = (train_T + 1,)
+            out[SAMPLING_GAMMA] = None  # any length; checked separately
     else:
         H = c["hidden_channels"]
         for part in ("mlp", "gmlp"):
@@ -744,7 +758,7 @@ def _get_hparams(obj):
     return hp
 
 
-def build_config(kind, hp, state_dict, path):
+def build_config(kind, hp, state_dict, path, bridge=False):
     mc = hp.get("model_config")
     if isinstance(mc, StandIn) and isinstance(mc._standin_state, dict):
         mc = mc._standin_state
@@ -819,6 +833,7 @@ def build_config(kind, hp, state_dict, path):
         raise ConvertError("hyper_parameters: model_config.in_edge_nf is set (edge features are not supported)")
 
     if kind == "denoiser":
+        c["objective"] = "bridge" if bridge else "diffusion"
         c["pos_only"] = _as_bool(hp.get("pos_only", DDPM_DEFAULTS["pos_only"]), "pos_only")
         c["norm_values"] = [_as_float(v, "norm_values")
                             for v in _as_list(hp.get("norm_values", DDPM_DEFAULTS["norm_values"]), "norm_values", 3)]
@@ -826,6 +841,9 @@ def build_config(kind, hp, state_dict, path):
                             for v in _as_list(hp.get("norm_biases", DDPM_DEFAULTS["norm_biases"]), "norm_biases", 3)]
         if any(v == 0 for v in c["norm_values"]):
             raise ConvertError("hyper_parameters: norm_values %r contains 0" % (c["norm_values"],))
+        if bridge:
+            sb_config(c, hp)
+            return _common_tail(c, hp, path)
         sched = hp.get("noise_schedule", DDPM_DEFAULTS["noise_schedule"])
         if not isinstance(sched, str) or not sched or any(ch.isspace() for ch in sched):
             raise ConvertError("hyper_parameters: noise_schedule is %r" % (sched,))
@@ -851,6 +869,36 @@ def build_config(kind, hp, state_dict, path):
     else:
         c["classification"] = hp.get("classification")
         c["target_key"] = hp.get("target_key")
+    return _common_tail(c, hp, path)
+
+
+def sb_config(c, hp):
+    """React-OT SBModule: the SB schedule's arguments and the settings the C samplers implement."""
+    if "beta_max" not in hp or "timesteps" not in hp:
+        raise ConvertError("hyper_parameters: a React-OT checkpoint needs beta_max and timesteps")
+    T = _as_int(hp["timesteps"], "timesteps")
+    if T < 2 or T % 2 or T > 1000000:
+        raise ConvertError("hyper_parameters: timesteps is %d (the SB schedule needs an even number, 2..1000000)" % T)
+    c["sb_timesteps"] = T
+    c["sb_beta_max"] = _as_float(hp["beta_max"], "beta_max")
+    c["sb_power"] = _as_float(hp.get("power", SB_DEFAULTS["power"]), "power")
+    c["sb_inv_power"] = _as_float(hp.get("inv_power", SB_DEFAULTS["inv_power"]), "inv_power")
+    for k in ("sb_beta_max", "sb_power", "sb_inv_power"):
+        if not 0 < c[k] < 1e6:
+            raise ConvertError("hyper_parameters: %s is %r (a positive number is needed)" % (k[3:], c[k]))
+    for k in ("mapping", "mapping_initial"):
+        v = hp.get(k, SB_DEFAULTS[k])
+        if v != SB_DEFAULTS[k]:
+            raise ConvertError("hyper_parameters: %s is %r; only %r (React-OT's TS model) is supported"
+                               % (k, v, SB_DEFAULTS[k]))
+    if not _as_bool(hp.get("ot_ode", SB_DEFAULTS["ot_ode"]), "ot_ode"):
+        raise ConvertError("hyper_parameters: ot_ode is False (the stochastic bridge is not supported; "
+                           "React-OT's model uses ot_ode=True)")
+    if not c["pos_only"]:
+        raise ConvertError("hyper_parameters: pos_only is False (React-OT generates positions only)")
+
+
+def _common_tail(c, hp, path):
     c["edge_cutoff"] = hp.get("edge_cutoff")
     if c["edge_cutoff"] is not None:
         warn(path, "edge_cutoff is %r; upstream builds the full graph only when it is None" % (c["edge_cutoff"],))
@@ -883,7 +931,15 @@ def metadata_lines(kind, c, prov):
     put("condition_nf", c["condition_nf"])
     put("condition_time", _fmt_bool(c["condition_time"]))
     put("elements", ",".join("%s:%d" % e for e in ELEMENTS))
-    if kind == "denoiser":
+    if kind == "denoiser" and c["objective"] == "bridge":
+        put("objective", "bridge")
+        put("pos_only", _fmt_bool(c["pos_only"]))
+        put("norm_values", ",".join(_fmt_float(v) for v in c["norm_values"]))
+        put("norm_biases", ",".join(_fmt_float(v) for v in c["norm_biases"]))
+        put("sb_timesteps", c["sb_timesteps"])
+        for k in ("sb_beta_max", "sb_power", "sb_inv_power"):
+            put(k, _fmt_float(c[k]))
+    elif kind == "denoiser":
         put("pos_only", _fmt_bool(c["pos_only"]))
         put("norm_values", ",".join(_fmt_float(v) for v in c["norm_values"]))
         put("norm_biases", ",".join(_fmt_float(v) for v in c["norm_biases"]))
@@ -969,16 +1025,29 @@ def _nonfinite_count(data, dtype):
     return sum(1 for v in a if not math.isfinite(v))
 
 
-def convert(path, trained=None, description=None):
+def convert(path, trained=None, description=None, ema=False):
     """Read the checkpoint; return (kind, metadata key lines, tensors, stats)."""
     ck = Checkpoint(path)
     try:
-        return _convert(ck, path, trained, description)
+        return _convert(ck, path, trained, description, ema)
     finally:
         ck.close()
 
 
-def _convert(ck, path, trained, description):
+def _ema_state_dict(obj):
+    """The EMA copy React-OT's EMACallback stores (callbacks[...]["state_dict_ema"])."""
+    cbs = obj.get("callbacks")
+    if isinstance(cbs, dict):
+        for name, st in cbs.items():
+            if isinstance(name, str) and name.split("{")[0] == EMA_CALLBACK and isinstance(st, dict):
+                sd = st.get("state_dict_ema")
+                if isinstance(sd, dict) and sd:
+                    return sd
+    raise ConvertError("--ema: the checkpoint has no EMA copy of the weights (callbacks[%s][state_dict_ema])"
+                       % EMA_CALLBACK)
+
+
+def _convert(ck, path, trained, description, ema=False):
     ck.open()
     obj = ck.obj
     if not isinstance(obj, dict):
@@ -994,7 +1063,19 @@ def _convert(ck, path, trained, description):
     keys = list(sd)
     if not all(isinstance(k, str) for k in keys):
         raise ConvertError("not an OA-ReactDiff denoiser or confidence checkpoint (non-string state_dict keys)")
-    if keys[0].startswith("ddpm."):
+    hp0 = _get_hparams(obj)
+    # React-OT's SBModule: ddpm.* keys, no schedule tensors, the SB schedule in hyper_parameters
+    bridge = (keys[0].startswith("ddpm.") and SAMPLING_GAMMA not in sd and hp0 is not None
+              and "beta_max" in hp0 and "mapping" in hp0)
+    if ema:
+        if not bridge:
+            raise ConvertError("--ema applies to React-OT checkpoints only")
+        sd = _ema_state_dict(obj)
+        if list(sd) != keys:
+            raise ConvertError("--ema: the EMA copy's keys differ from state_dict's")
+    if keys[0].startswith("ddpm.") and bridge:
+        kind = "denoiser"
+    elif keys[0].startswith("ddpm."):
         kind = "denoiser"
         if SAMPLING_GAMMA not in sd:
             raise ConvertError("denoiser checkpoint without %s (not written by upstream's DDPMModule?)"
@@ -1017,7 +1098,7 @@ def _convert(ck, path, trained, description):
     hp = _get_hparams(obj)
     if hp is None:
         raise ConvertError("not an OA-ReactDiff denoiser or confidence checkpoint (no hyper_parameters)")
-    c = build_config(kind, hp, sd, path)
+    c = build_config(kind, hp, sd, path, bridge)
 
     # structure and shapes
     train_T = c.get("training_timesteps", 0)
@@ -1057,7 +1138,7 @@ def _convert(ck, path, trained, description):
             warn(path, "tensor %s has %d non-finite value(s)" % (name, bad))
 
     # schedules
-    if kind == "denoiser":
+    if kind == "denoiser" and not bridge:
         dt, d = by_name[SAMPLING_GAMMA]
         msg = compare_gamma(list(_floats(d, dt)), c["sampling_schedule"], c["sampling_timesteps"],
                             c["sampling_precision"])
@@ -1079,6 +1160,8 @@ def _convert(ck, path, trained, description):
     base = os.path.basename(path)
     if description is None:
         description = "converted from %s" % base + (" (global_step %d)" % gs if gs is not None else "")
+        if bridge:
+            description += ", React-OT bridge" + (" (EMA weights)" if ema else "")
     description = _clean_text(description)
     if not description:
         raise ConvertError("empty description")
@@ -1225,6 +1308,9 @@ def main(argv=None):
     ap.add_argument("--description", metavar="TEXT",
                     help='free-text description (default: "converted from <file> (global_step N)")')
     ap.add_argument("--quiet", action="store_true", help="no summary line on success (warnings still shown)")
+    ap.add_argument("--ema", action="store_true",
+                    help="React-OT checkpoints: convert the EMA copy of the weights (callbacks[EMACallback]) "
+                         "instead of state_dict, which upstream's SBModule.load_from_checkpoint loads")
     ap.add_argument("--dump-meta", action="store_true",
                     help="print the metadata text (key lines and tensor directory) to stdout; "
                          "writes OUTPUT only if it is given")
@@ -1244,7 +1330,7 @@ def main(argv=None):
             out_dir = os.path.dirname(os.path.abspath(args.output))
             if not os.path.isdir(out_dir):
                 raise ConvertError("output directory %s does not exist" % out_dir)
-        kind, lines, tensors, stats = convert(src, args.trained, args.description)
+        kind, lines, tensors, stats = convert(src, args.trained, args.description, args.ema)
         entries, data_size = layout(tensors)
         text = metadata_text(lines, entries)
         if args.dump_meta:

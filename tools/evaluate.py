@@ -128,6 +128,9 @@ def parse_args(argv):
     p.add_argument("--resamplings", type=int, help="ts --resamplings")
     p.add_argument("--jump", type=int, help="ts --jump")
     p.add_argument("--confidence", help="confidence model: candidates ranked, frame 0 is the top one")
+    p.add_argument("--solver", help="ts --solver (bridge models: ode, ddpm or ei)")
+    p.add_argument("--nfe", type=int, help="ts --nfe (bridge models)")
+    p.add_argument("--ode-method", help="ts --ode-method (bridge models: midpoint or euler)")
     p.add_argument("--xtb", action="store_true", help="GFN2-xTB energies of the first and best candidates")
     p.add_argument("--limit", type=int, help="only the first K reactions of the split (index order)")
     p.add_argument("--reference-as-candidate", action="store_true",
@@ -211,7 +214,8 @@ def candidate_settings(a):
     if a.reference_as_candidate:
         return {"mode": "reference-as-candidate", "n": a.n, "seed": a.seed}
     return {"mode": "model", "n": a.n, "seed": a.seed, "steps": a.steps, "resamplings": a.resamplings,
-            "jump": a.jump, "weights_sha256": file_sha256(a.weights),
+            "jump": a.jump, "solver": a.solver, "nfe": a.nfe, "ode_method": a.ode_method,
+            "weights_sha256": file_sha256(a.weights),
             "confidence_sha256": file_sha256(a.confidence) if a.confidence else None}
 
 
@@ -294,10 +298,10 @@ def run_model(a, rows, tsdir):
         lines.append("%s %s %s\n" % (os.path.join(d, "react.xyz"), os.path.join(d, "prod.xyz"), r["id"]))
     write_text(list_path, "".join(lines))
     cmd = [a.binary, "ts", "--list", list_path, "--outdir", tsdir, "-n", str(a.n), "--weights", a.weights]
-    for opt in ("seed", "steps", "resamplings", "jump", "threads", "confidence"):
+    for opt in ("seed", "steps", "resamplings", "jump", "threads", "confidence", "solver", "nfe", "ode_method"):
         v = getattr(a, opt)
         if v is not None:
-            cmd += ["--" + opt, str(v)]
+            cmd += ["--" + opt.replace("_", "-"), str(v)]
     warn("running %s" % " ".join(cmd))
     failed = {}
     last = ""
@@ -483,6 +487,8 @@ def summarise(a, rows):
                      "resamplings": meta.get("resamplings", a.resamplings), "jump": meta.get("jump", a.jump),
                      "trained": meta.get("trained"), "weights_crc32": meta.get("weights_crc32"),
                      "precision": meta.get("precision"), "program": meta.get("program"),
+                     "method": meta.get("method", "diffusion"), "solver": meta.get("solver"), "nfe": meta.get("nfe"),
+                     "ode_method": meta.get("ode_method"),
                      "max_distance": a.max_distance, "min_distance": a.min_distance},
         "counts": {"reactions": len(rows), "evaluated": len(ok), "failed": len(failed),
                    "candidates": n_cand, "garbage_candidates": n_garbage},
@@ -491,6 +497,9 @@ def summarise(a, rows):
                  "best": rmsd_stats([r["rmsd"][r["best_frame"]] for r in ok]),
                  "midpoint": rmsd_stats([r["rmsd_midpoint"] for r in ok if r.get("rmsd_midpoint") is not None])},
     }
+    both = [r for r in ok if r.get("rmsd_midpoint") is not None]
+    s["first_closer_than_midpoint"] = (sum(1 for r in both if r["rmsd"][0] < r["rmsd_midpoint"]) / len(both)
+                                       if both else None)
     if a.xtb:
         s["energy"] = {}
         for which in ("first", "best"):
@@ -516,6 +525,10 @@ def markdown(s):
     c = s["counts"]
     if s["mode"] == "reference-as-candidate":
         model = "self-check: the candidates are copies of the reference TS"
+    elif st.get("method") == "bridge":
+        model = "weights `%s`%s, React-OT bridge, solver %s%s, nfe %s, %s %s" % (
+            os.path.basename(st["weights"]), " (UNTRAINED)" if st["trained"] == "F" else "", st["solver"],
+            " " + st["ode_method"] if st.get("ode_method") else "", st["nfe"], st["program"], st["precision"])
     else:
         model = "weights `%s`%s, %s steps, %s resamplings, jump %s, seed %s, %s %s" % (
             os.path.basename(st["weights"]), " (UNTRAINED)" if st["trained"] == "F" else "",
@@ -545,6 +558,9 @@ def markdown(s):
                "from the reference TS; below 0.1 / 0.2 / 0.5 Å: %s / %s / %s (%d reactions)."
                % (fmt(rm["median"]), fmt(rm["mean"]), pct(rm["fraction_below"]["0.1"]),
                   pct(rm["fraction_below"]["0.2"]), pct(rm["fraction_below"]["0.5"]), rm["n"]))
+    if s.get("first_closer_than_midpoint") is not None:
+        out.append("The first candidate is closer to the reference TS than the midpoint on %s of the reactions."
+                   % pct(s["first_closer_than_midpoint"]))
     out.append("")
     out.append("First candidate: %s. Best: the lowest RMSD of the N (needs the reference). "
                "Garbage candidates (atoms closer than %g Å or farther than %g Å apart): %d of %d."
