@@ -4844,12 +4844,11 @@ static size_t desc_numel(const TensorDesc *t) {
 /* The directory line "tensor NAME DTYPE OFFSET NBYTES NDIM D0 ..." and its newline: its
  * length; written to out (no NUL) when out is not NULL and n leaves room for it. */
 static size_t tensor_line(char *out, size_t n, const TensorDesc *t, int f64, uint64_t off) {
-    char line[512];
-    int len = snprintf(line, sizeof(line), "tensor %s %s %llu %llu %d", t->name, f64 ? "f64" : "f32",
-                       (unsigned long long)off, (unsigned long long)(desc_numel(t) * (f64 ? 8 : 4)), t->ndim);
-    for (int d = 0; d < t->ndim; d++)
-        len += snprintf(line + (len < (int)sizeof(line) ? len : (int)sizeof(line) - 1),
-                        len < (int)sizeof(line) ? sizeof(line) - (size_t)len : 1, " %lld", (long long)t->dims[d]);
+    char line[512], dims[4 * 22] = "";
+    for (int d = 0; d < t->ndim && d < 4; d++)
+        snprintf(dims + strlen(dims), sizeof(dims) - strlen(dims), " %lld", (long long)t->dims[d]);
+    int len = snprintf(line, sizeof(line), "tensor %s %s %llu %llu %d%s", t->name, f64 ? "f64" : "f32",
+                       (unsigned long long)off, (unsigned long long)(desc_numel(t) * (f64 ? 8 : 4)), t->ndim, dims);
     if (out && (size_t)len + 1 <= n && (size_t)len < sizeof(line)) memcpy(out, line, (size_t)len), out[len] = '\n';
     return (size_t)len + 1;
 }
