@@ -60,21 +60,24 @@ static uint64_t fuzz_rand(uint64_t *s) { /* splitmix64 */
 
 /* an edge value as text, for a number in a text field (hint: a size of the file) */
 static void fuzz_edge_number(uint64_t *rs, uint64_t hint, char *out, size_t n) {
-    static const char *const fixed[] = {"0", "1", "-1", "2", "3", "7", "9", "63", "64", "65", "1024", "4294967295",
-                                        "4294967296", "2147483647", "2147483648", "-2147483649", "9223372036854775807",
-                                        "9223372036854775808", "18446744073709551615", "18446744073709551552", "-19968",
-                                        "-64", "1e10", "-1e10", "1e300", "-1e300", "nan", "inf", "0.5", "1e-300",
-                                        "1099511627776", "1000001", "33", "8193"};
-    uint64_t r = fuzz_rand(rs);
+    static const char *const huge[] = {"1e10", "-1e10", "1e300", "4294967296", "9223372036854775808",
+                                       "18446744073709551615", "-19968", "nan", "inf", "2147483648"};
+    static const char *const small[] = {"0", "1", "-1", "2", "3", "7", "9", "33", "63", "64", "65", "1024", "8193",
+                                        "1000001", "0.5", "1e-300", "-2147483649"};
+    uint64_t r = fuzz_rand(rs), k;
     switch (r % 4) {
-    case 0: /* 2^64 - 64 k: an offset that wraps */
-        snprintf(out, n, "%llu", (unsigned long long)(0 - 64 * (1 + (r >> 8) % (hint / 64 + 1))));
+    case 0: /* 2^64 - 64 k: an offset that wraps; k small half of the time (64 k within a small tensor) */
+        k = 1 + (r >> 8) % ((r >> 3) % 2 ? 8 : hint / 64 + 1);
+        snprintf(out, n, "%llu", (unsigned long long)(0 - 64 * k));
         break;
     case 1: /* a multiple of 64 up to the hint: an offset inside or just past the file */
         snprintf(out, n, "%llu", (unsigned long long)(64 * ((r >> 8) % (hint / 64 + 2))));
         break;
+    case 2: /* out of every range, or wrapping when read as another type */
+        snprintf(out, n, "%s", huge[(r >> 8) % (sizeof(huge) / sizeof(huge[0]))]);
+        break;
     default:
-        snprintf(out, n, "%s", fixed[(r >> 8) % (sizeof(fixed) / sizeof(fixed[0]))]);
+        snprintf(out, n, "%s", small[(r >> 8) % (sizeof(small) / sizeof(small[0]))]);
     }
 }
 
