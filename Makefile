@@ -186,7 +186,11 @@ test-core: all runners
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
 FUZZERS = xyz list weights checkpoint init
-FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all
+# clang's integer checks (signed overflow, shifts, division by zero, implicit conversions
+# that change a value); unsigned wrap-around stays allowed: CRC-32, FNV-1a, splitmix64 and
+# xoshiro256** are modular arithmetic on purpose.
+INT_SAN = -fsanitize=integer -fno-sanitize=unsigned-integer-overflow,unsigned-shift-base
+FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined,float-cast-overflow $(INT_SAN) -fno-sanitize-recover=all
 REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(ENGINE)
@@ -246,7 +250,8 @@ test-valgrind: build/valgrind/oa_reactdiff
 
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
-SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer \
+	$(if $(findstring clang,$(CC)),$(INT_SAN))
 SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs data
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize
