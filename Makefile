@@ -179,7 +179,8 @@ test-core: all runners
 # ---- fuzzing (tests/fuzz): libFuzzer harnesses for the xyz reader, the reaction-list
 # reader, the weights loader, the checkpoint reader and --init-config (the last three
 # with structure-aware mutators, LLVMFuzzerCustomMutator). `make fuzz-run FUZZ_TIME=1800` fuzzes each for that many
-# seconds (new corpus entries in build/fuzz/corpus_*, crashes in build/fuzz/crash_*; keep a
+# seconds (new corpus entries in build/fuzz/corpus_*, crashes in build/fuzz/crash_*; the
+# weights and checkpoint mutators may lengthen a file: -max_len 1 MB for them; keep a
 # crash as tests/fuzz/regressions/<harness>/<name> once fixed). `make fuzz-replay` runs the
 # seed corpora and the regression inputs through the harnesses built with the C compiler
 # and ASan + UBSan, no clang needed.
@@ -207,7 +208,8 @@ fuzz-run: fuzz
 	@status=0; for h in $(FUZZERS); do \
 		mkdir -p build/fuzz/corpus_$$h tests/fuzz/regressions/$$h; \
 		echo "== fuzz_$$h for $(FUZZ_TIME) s"; \
-		./build/fuzz/fuzz_$$h build/fuzz/corpus_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h \
+		ml=; case $$h in weights|checkpoint) ml=-max_len=1048576;; esac; \
+		./build/fuzz/fuzz_$$h build/fuzz/corpus_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h $$ml \
 			-max_total_time=$(FUZZ_TIME) -timeout=60 -rss_limit_mb=2048 -print_final_stats=1 \
 			-artifact_prefix=build/fuzz/crash_$$h- 2>build/fuzz/log_$$h.txt || status=1; \
 		grep -E "stat::number_of_executed_units|stat::new_units_added" build/fuzz/log_$$h.txt; \
