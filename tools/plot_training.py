@@ -2,6 +2,7 @@
 """Learning curves of an `oa_reactdiff train` run, with the standard library only.
 
     python3 tools/plot_training.py RUN_DIR [-o RUN_DIR/learning_curve.png] [--window 200]
+                                  [--rmsd STEPS.tsv]
 
 Reads RUN_DIR/train.log (step, loss, ...: one line per step) and RUN_DIR/val.log
 (step, val_loss, ...). Draws the training loss as a running mean over --window steps
@@ -9,7 +10,10 @@ Reads RUN_DIR/train.log (step, loss, ...: one line per step) and RUN_DIR/val.log
 step whose batch holds t near 0 can be 100 times the typical loss); with
 --window it is a running median and the validation
 loss (fixed t and noise, so comparable across steps), and prints a table of both at
-the validation steps.
+the validation steps. --rmsd adds a second panel: the median RMSD of generated TSs to the
+reference on the validation split at a few checkpoints, against the R-P midpoint's, from a
+tab-separated file of lines `step median mean midpoint_median midpoint_mean
+fraction_closer` (as runs/session8_bridge/val_rmsd.tsv).
 """
 import argparse
 import os
@@ -39,6 +43,7 @@ def main():
     ap.add_argument("run")
     ap.add_argument("-o", "--output")
     ap.add_argument("--window", type=int, default=200)
+    ap.add_argument("--rmsd", help="val-split RMSD at checkpoints (step, median, mean, midpoint median, ...)")
     a = ap.parse_args()
     for name in ("train.log", "val.log"):
         if not os.path.isfile(os.path.join(a.run, name)):
@@ -65,7 +70,17 @@ def main():
                 return step
         return v
     xs, ys = nice(xmax), nice(ymax)
-    cv = plotlib.Canvas(900, 480)
+    rm = read_columns(a.rmsd, 4) if a.rmsd else []
+    cv = plotlib.Canvas(900, 900 if rm else 480)
+    if rm:
+        ry = max([r[1] for r in rm] + [r[3] for r in rm]) * 1.15
+        rys = nice(ry)
+        plotlib.line_plot(cv, 110, 500, 740, 320,
+                          [([(r[0], r[1]) for r in rm], plotlib.BLUE, "MODEL: MEDIAN RMSD (A), VAL", 3, 6),
+                           ([(0, rm[0][3]), (xmax, rm[0][3])], plotlib.GREY, "R-P MIDPOINT", 3),
+                           ([(0, 0.6 * rm[0][3]), (xmax, 0.6 * rm[0][3])], plotlib.ORANGE, "0.6 X MIDPOINT", 2)],
+                          xmax, ry, [k * xs for k in range(int(xmax / xs) + 1)],
+                          [k * rys for k in range(int(ry / rys) + 1)], xlabel="STEP", ylabel="RMSD")
     plotlib.line_plot(cv, 110, 60, 740, 340,
                       [(tpts, plotlib.BLUE, "TRAIN MEDIAN OF %d STEPS" % a.window),
                        (vpts, plotlib.ORANGE, "VALIDATION", 3, 6)],
@@ -78,6 +93,8 @@ def main():
         i = steps.index(s) if s in steps else len(steps) - 1
         w = sorted(loss[max(0, i + 1 - a.window):i + 1])
         print("%6d  %10.4f  %10.4f" % (s, w[len(w) // 2], v))
+    for r in rm:
+        print("step %6d  val median RMSD %.3f A (midpoint %.3f)" % (r[0], r[1], r[3]))
     print("wrote %s" % out)
 
 
