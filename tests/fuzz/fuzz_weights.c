@@ -8,7 +8,8 @@
  * offset is found even where the read it causes stays inside the buffer).
  *
  * LLVMFuzzerCustomMutator edits the file as a weights file: a number in a metadata line
- * or the tensor directory replaced by an edge value (fuzz_common.h), a line dropped or
+ * or the tensor directory replaced by an edge value (fuzz_common.h), a tensor's offset
+ * set so that offset + nbytes passes 2^64 (by less than nbytes), a line dropped or
  * repeated, libFuzzer's byte mutations on the metadata text only, or on the header's
  * count, kind and version; the header's sizes, tensor count and CRC-32 are then made
  * consistent, so nearly every mutant reaches the parsers. */
@@ -62,7 +63,30 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsi
     memcpy(header, data, 64);
     int recount = 1;
     switch (fuzz_rand(&rs) % 8) {
-    case 0: case 1: case 2: case 3: { /* a number of one line, the tensor lines more often */
+    case 3: { /* a tensor's offset so that offset + nbytes passes 2^64 by at most nbytes */
+        size_t tl[4096], nt = 0;
+        for (size_t i = 0; i + 7 <= len && nt < 4096; i++)
+            if ((i == 0 || text[i - 1] == '\n') && !memcmp(text + i, "tensor ", 7)) tl[nt++] = i;
+        if (!nt) break;
+        size_t a = tl[fuzz_rand(&rs) % nt];
+        char *e = memchr(text + a, '\n', len - a), name[200], dtype[8];
+        size_t b = e ? (size_t)(e - text) : len;
+        unsigned long long off, nb;
+        int pos = 0;
+        char line[400];
+        if (b - a >= sizeof(line)) break;
+        memcpy(line, text + a, b - a), line[b - a] = 0;
+        if (sscanf(line, "tensor %199s %7s %llu %llu%n", name, dtype, &off, &nb, &pos) != 4 || nb < 64) break;
+        char nl[400];
+        int n2 = snprintf(nl, sizeof(nl), "tensor %s %s %llu %llu%s", name, dtype,
+                          (unsigned long long)(0 - 64 * (1 + fuzz_rand(&rs) % (nb / 64))), nb, line + pos);
+        if (n2 <= 0 || (size_t)n2 >= sizeof(nl) || len - (b - a) + (size_t)n2 > cap) break;
+        memmove(text + a + n2, text + b, len - b);
+        memcpy(text + a, nl, (size_t)n2);
+        len = len - (b - a) + (size_t)n2;
+        break;
+    }
+    case 0: case 1: case 2: { /* a number of one line, the tensor lines more often */
         size_t line0[4096], tl[4096], nl = 0, nt = 0;
         for (size_t i = 0; i < len && nl < 4096; i++)
             if (i == 0 || text[i - 1] == '\n') {
