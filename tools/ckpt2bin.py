@@ -389,7 +389,9 @@ class Checkpoint:
             raw = self._read_member(names[0], 0, size)
             bo = self.prefix + "byteorder"
             if bo in self.zip.namelist():
-                order = self.zip.read(bo).strip()
+                if self.zip.getinfo(bo).file_size > 64:
+                    raise ConvertError("not a PyTorch checkpoint (%s declares %d bytes)" % (bo, self.zip.getinfo(bo).file_size))
+                order = self._read_member(bo, 0, self.zip.getinfo(bo).file_size).strip()
                 if order not in (b"little", b"big"):
                     raise ConvertError("not a PyTorch checkpoint (unknown byteorder %r)" % order[:16])
                 self.big_endian = order == b"big"
