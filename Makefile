@@ -237,24 +237,26 @@ build/valgrind/oa_reactdiff: $(ENGINE)
 test-valgrind: build/valgrind/oa_reactdiff
 	@set -e; B=build/valgrind/oa_reactdiff; T=build/valgrind; \
 	$(VG) $$B ts examples/vinyl_alcohol_react.xyz examples/vinyl_alcohol_prod.xyz -n 2 --steps 6 --resamplings 2 --jump 2 \
-		--weights weights.bin -o $$T/ts.xyz 2>$$T/ts.log || { cat $$T/ts.log; exit 1; }; \
+		--weights weights_diffusion.bin -o $$T/ts.xyz 2>$$T/ts.log || { cat $$T/ts.log; exit 1; }; \
+	$(VG) $$B ts examples/vinyl_alcohol_react.xyz examples/vinyl_alcohol_prod.xyz --nfe 3 --weights weights.bin \
+		-o $$T/tsb.xyz 2>$$T/tsb.log || { cat $$T/tsb.log; exit 1; }; \
 	$(VG) $$B rmsd $$T/ts.xyz examples/vinyl_alcohol_ts.xyz >/dev/null; \
 	$(VG) $$B info weights.bin >/dev/null; \
-	$(VG) $$B sample --atoms CH4O --steps 4 --weights weights.bin -o $$T/smp 2>/dev/null; \
+	$(VG) $$B sample --atoms CH4O --steps 4 --weights weights_diffusion.bin -o $$T/smp 2>/dev/null; \
 	rm -rf $$T/train; \
-	$(VG) $$B train --data tests/fixtures/train --init weights.bin --out $$T/train --steps 2 --batch 2 --val-every 1 --ema 0.9 2>/dev/null; \
+	$(VG) $$B train --data tests/fixtures/train --init weights_diffusion.bin --out $$T/train --steps 2 --batch 2 --val-every 1 --ema 0.9 2>/dev/null; \
 	$(VG) $$B train --data tests/fixtures/train --out $$T/train --steps 3 --batch 2 --val-every 1 --resume 2>/dev/null; \
 	test -s $$T/train/model.bin; \
 	printf '2\n\nC 0 0 0\nQ 1 0 0\n' >$$T/bad.xyz; \
-	st=0; $(VG) $$B ts $$T/bad.xyz examples/vinyl_alcohol_prod.xyz --weights weights.bin 2>$$T/err.log || st=$$?; \
+	st=0; $(VG) $$B ts $$T/bad.xyz examples/vinyl_alcohol_prod.xyz --weights weights_diffusion.bin 2>$$T/err.log || st=$$?; \
 	if [ $$st -ne 3 ]; then cat $$T/err.log; echo "valgrind: error path exit $$st, expected 3"; exit 1; fi; \
-	echo "valgrind memcheck: ts, rmsd, info, sample, train and resume, and an error path: no errors, no leaks"
+	echo "valgrind memcheck: ts (diffusion and bridge), rmsd, info, sample, train and resume, and an error path: no errors, no leaks"
 
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
 SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer \
 	$(if $(findstring clang,$(CC)),$(INT_SAN))
-SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin tests tools examples docs data
+SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin weights_diffusion.bin tests tools examples docs data
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize
 	cp -r $(SAN_FILES) build/sanitize/
@@ -264,13 +266,15 @@ test-sanitize:
 		GOLDEN=$(abspath $(GOLDEN)) GOLDEN_OT=$(abspath $(GOLDEN_OT)) PYTHON=$(PYTHON)
 
 # make install PREFIX=/opt/oard: PREFIX/bin/oa_reactdiff{,64} and
-# PREFIX/share/oa_reactdiff/weights.bin, where the installed binary looks for its weights.
+# PREFIX/share/oa_reactdiff/weights.bin (the bridge model ts uses) and weights_diffusion.bin
+# (the diffusion model sample uses), where the installed binary looks for its weights.
 PREFIX ?= /usr/local
 DESTDIR ?=
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/oa_reactdiff
 	install -m 755 oa_reactdiff oa_reactdiff64 $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 weights.bin $(DESTDIR)$(PREFIX)/share/oa_reactdiff/weights.bin
+	install -m 644 weights_diffusion.bin $(DESTDIR)$(PREFIX)/share/oa_reactdiff/weights_diffusion.bin
 # Benchmarks (tests/bench.c): optimised for this machine with $(BENCH_OPT); nothing is asserted.
 BENCH_CFLAGS = $(BENCH_OPT) $(CSTD) $(WARN) $(OMP_FLAGS) -I.
 RXN = tests/fixtures/xyz/rxn14_react.xyz tests/fixtures/xyz/rxn14_prod.xyz

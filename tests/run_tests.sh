@@ -24,6 +24,8 @@
 #                      (run_model.py), symmetries, errors, train --objective bridge
 #   test_evaluate.sh   tools/evaluate.py on two test reactions: outputs, counts, RMSDs equal
 #                      to `oa_reactdiff rmsd`, self-check, failures (xtb part: SKIP without xtb)
+#   test_refine.sh     tools/refine.py: a displaced TS refined to the reference, the reactant
+#                      failed:freq, refused inputs; evaluate.py --refine (xtb part: SKIP without xtb)
 #
 # The checkpoints in tests/fixtures/golden are converted into build/ with tools/ckpt2bin.py
 # (again only when the checkpoint or the converter is newer). If $OARD_GOLDEN/full.ckpt
@@ -109,6 +111,7 @@ run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
 run "hostile input" bash tests/test_hostile.sh ./oa_reactdiff build/conf_tiny.bin build/tiny.bin
 run "React-OT bridge" bash tests/test_bridge.sh ./oa_reactdiff build/ot_tiny.bin
 run "evaluation tool" bash tests/test_evaluate.sh ./oa_reactdiff build/conf_tiny.bin
+run "TS refinement" bash tests/test_refine.sh ./oa_reactdiff build/conf_tiny.bin
 run "training" bash tests/test_train.sh build/tiny.bin build/variant.bin
 
 echo

@@ -24,6 +24,14 @@ check() { # check NAME COMMAND...: the command's output is shown, its status dec
     if out=$("$@" 2>&1); then pass "$name: $(tail -1 <<<"$out")"; else bad "$name: $(tail -3 <<<"$out" | tr '\n' ' ')"; fi
 }
 
+echo "== the bundled default (weights.bin) is a bridge model; sample finds weights_diffusion.bin"
+check "the README's first command: one bridge candidate of the example reaction with the default weights" \
+    bash -c "env -u OA_REACTDIFF_WEIGHTS '$BIN' ts '$ROOT/examples/vinyl_alcohol_react.xyz' '$ROOT/examples/vinyl_alcohol_prod.xyz' -o first.xyz 2>/dev/null &&
+             grep -c '^Properties=.*method=bridge solver=ode nfe=10 ode_method=midpoint.*weights=\"$ROOT/weights.bin\"' first.xyz"
+check "sample with no --weights uses weights_diffusion.bin" \
+    bash -c "env -u OA_REACTDIFF_WEIGHTS -u OA_REACTDIFF_DIFFUSION_WEIGHTS '$BIN' sample --atoms CH4O --steps 4 -o smp 2>/dev/null &&
+             grep -c 'weights_diffusion.bin' smp_0_ts.xyz"
+
 echo "== converter and info"
 check "ckpt2bin: the EMA copy is another set of weights" \
     bash -c "'$PYTHON' '$ROOT/tools/ckpt2bin.py' '$FIX/ot_tiny.ckpt' ema.bin --untrained --ema --quiet &&
@@ -68,7 +76,7 @@ expect_failure "-n 2 with a bridge model" 2 "gives one candidate (-n 1)" out.xyz
 expect_failure "--resamplings with a bridge model" 2 "--steps, --resamplings and --jump apply to diffusion" out.xyz -- \
     "$BIN" ts "$R" "$RXN/rxn14_prod.xyz" --weights "$OT" --resamplings 3 -o out.xyz
 expect_failure "--solver with a diffusion model" 2 "apply to bridge (React-OT) models" out.xyz -- \
-    "$BIN" ts "$R" "$RXN/rxn14_prod.xyz" --weights "$ROOT/weights.bin" --solver ode -o out.xyz
+    "$BIN" ts "$R" "$RXN/rxn14_prod.xyz" --weights "$ROOT/weights_diffusion.bin" --solver ode -o out.xyz
 expect_failure "unknown solver" 2 "--solver: 'rk4' is not ode, ddpm or ei" out.xyz -- \
     "$BIN" ts "$R" "$RXN/rxn14_prod.xyz" --weights "$OT" --solver rk4 -o out.xyz
 expect_failure "--ode-method without the ode solver" 2 "--ode-method applies to --solver ode" out.xyz -- \

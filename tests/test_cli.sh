@@ -8,6 +8,10 @@
 # Every check prints what it measured; the script exits 1 if any check failed.
 set -u
 . "$(dirname "$0")/cli_env.sh" cli "$@"
+# These checks are about the diffusion method (RePaint, seeds, several candidates): its
+# model is weights_diffusion.bin; the bundled default weights.bin is a bridge model
+# (tests/test_bridge.sh checks the default).
+export OA_REACTDIFF_WEIGHTS=$ROOT/weights_diffusion.bin
 EX=$ROOT/tests/fixtures/xyz   # rxn14 (golden reaction: chiral, two-molecule product)
 XT="$PYTHON $ROOT/tests/xyz_transform.py"
 
@@ -33,10 +37,10 @@ done
 [ $? -eq 2 ] && pass "no command: exit 2" || bad "no command: exit status"
 
 echo "== ts"
-# the README's first command, on the bundled example reaction and weights
+# the README's example reaction, with the bundled diffusion model
 if "$BIN" ts "$ROOT/examples/vinyl_alcohol_react.xyz" "$ROOT/examples/vinyl_alcohol_prod.xyz" -n 2 $Q -o example.xyz 2>err.txt &&
     [ "$(grep -c '^Properties=' example.xyz)" -eq 2 ]; then
-    pass "README example: 2 candidates for vinyl alcohol -> acetaldehyde"
+    pass "example reaction: 2 diffusion candidates for vinyl alcohol -> acetaldehyde"
 else
     bad "README example: $(errors_only err.txt)"
 fi
@@ -179,7 +183,7 @@ for b in "$BIN:1e-3" "${BIN}64:1e-9"; do
         bad "score changes with orientation/order ($(basename "$exe")): $s2 vs $s1"
 done
 expect_failure "score without --confidence" 2 "needs --confidence" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz"
-expect_failure "score with a denoiser" 4 "" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz" --confidence "$ROOT/weights.bin"
+expect_failure "score with a denoiser" 4 "" none -- "$BIN" score "$EX/rxn14_react.xyz" best.xyz "$EX/rxn14_prod.xyz" --confidence "$ROOT/weights_diffusion.bin"
 
 echo "== sample"
 if "$BIN" sample --atoms C2H4O -n 2 --steps 12 -o smp 2>err.txt; then
@@ -193,13 +197,13 @@ fi
 expect_failure "sample unknown element" 2 "unknown element" smp_0_react.xyz -- "$BIN" sample --atoms C2Qx -o smp
 
 echo "== info"
-if "$BIN" info "$ROOT/weights.bin" >info.txt && grep -q "^kind *denoiser" info.txt && grep -q "^parameters" info.txt &&
+if "$BIN" info "$ROOT/weights_diffusion.bin" >info.txt && grep -q "^kind *denoiser" info.txt && grep -q "^parameters" info.txt &&
     grep -q "verified" info.txt; then
     pass "info: $(grep '^parameters' info.txt | tr -s ' ')"
 else
     bad "info"
 fi
-cp "$ROOT/weights.bin" corrupt.bin
+cp "$ROOT/weights_diffusion.bin" corrupt.bin
 printf 'X' | dd of=corrupt.bin bs=1 seek=5000 conv=notrunc 2>/dev/null
 expect_failure "info on a corrupted file" 4 "checksum" none -- "$BIN" info corrupt.bin
 
@@ -262,9 +266,11 @@ st=$?
 
 echo "== make install"
 if make -C "$ROOT" --no-print-directory install PREFIX="$TMP/prefix" >install.txt 2>&1 &&
-    "$TMP/prefix/bin/oa_reactdiff" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" $Q -o inst.xyz 2>/dev/null &&
-    grep -q "share/oa_reactdiff/weights.bin" inst.xyz; then
-    pass "make install PREFIX=...: the installed binary finds its weights in share/oa_reactdiff"
+    env -u OA_REACTDIFF_WEIGHTS "$TMP/prefix/bin/oa_reactdiff" ts "$EX/rxn14_react.xyz" "$EX/rxn14_prod.xyz" -o inst.xyz 2>/dev/null &&
+    grep -q "share/oa_reactdiff/weights.bin" inst.xyz && grep -q "method=bridge" inst.xyz &&
+    env -u OA_REACTDIFF_WEIGHTS "$TMP/prefix/bin/oa_reactdiff" sample --atoms CH4O --steps 4 -o inst_smp 2>/dev/null &&
+    test -s inst_smp_0_ts.xyz; then
+    pass "make install PREFIX=...: the installed binary finds weights.bin (ts, bridge) and weights_diffusion.bin (sample) in share/oa_reactdiff"
 else
     bad "make install: $(tail -3 install.txt)"
 fi

@@ -12,7 +12,8 @@ set -u
 . "$(dirname "$0")/cli_env.sh" errors "$@"
 R=$ROOT/examples/vinyl_alcohol_react.xyz
 P=$ROOT/examples/vinyl_alcohol_prod.xyz
-W=$ROOT/weights.bin
+W=$ROOT/weights_diffusion.bin
+export OA_REACTDIFF_WEIGHTS=$W # the rows run the diffusion method (the default weights.bin is a bridge model)
 Q="--steps 8 --resamplings 1 --jump 1"
 
 row() { expect_failure "$@"; } # one row of the README table

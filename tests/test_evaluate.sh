@@ -19,7 +19,7 @@ COMMON="--data $DATA --split test --limit 2 --binary $BIN"
 json() { $PYTHON -c "import json, sys; d = json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 echo "== two test reactions, untrained weights, $Q"
-if $EV $COMMON --weights "$ROOT/weights.bin" $Q --out ev >ev.out 2>ev.err; then
+if $EV $COMMON --weights "$ROOT/weights_diffusion.bin" $Q --out ev >ev.out 2>ev.err; then
     pass "evaluate exit 0"
 else
     bad "evaluate exit $?: $(tail -3 ev.err)"
@@ -76,7 +76,7 @@ for which in ("first", "best"):
 EOF
 
 echo "== rerun: resumes, same results"
-if $EV $COMMON --weights "$ROOT/weights.bin" $Q --out ev >ev2.out 2>ev2.err &&
+if $EV $COMMON --weights "$ROOT/weights_diffusion.bin" $Q --out ev >ev2.out 2>ev2.err &&
     grep -q "0 computed, 2 already done" ev2.err && cmp -s ev2.out ev.out; then
     pass "rerun computed nothing and printed the same summary"
 else
@@ -84,7 +84,7 @@ else
 fi
 cp ev/per_reaction.tsv keep.tsv
 expect_failure "rerun with another -n refused" 2 "other settings (n 2 vs 3 now)" ev/none -- \
-    $EV $COMMON --weights "$ROOT/weights.bin" $Q -n 3 --out ev
+    $EV $COMMON --weights "$ROOT/weights_diffusion.bin" $Q -n 3 --out ev
 cmp -s keep.tsv ev/per_reaction.tsv && pass "refused rerun left the results alone" || bad "refused rerun changed results"
 
 echo "== self-check: the reference TS as its own candidates"
@@ -136,7 +136,7 @@ bad_id=$(sed -n 3p bad/index.tsv | cut -f1)
 cp -r "$DATA/reactions/$good_id" "$DATA/reactions/$bad_id" bad/reactions/
 # first atom of the product becomes F: composition mismatch, the batch reports it
 awk 'NR == 3 { $1 = "F" } { print }' "$DATA/reactions/$bad_id/prod.xyz" >bad/reactions/$bad_id/prod.xyz
-$EV --data bad --split test --binary "$BIN" --weights "$ROOT/weights.bin" $Q --out evbad >bad.out 2>bad.err
+$EV --data bad --split test --binary "$BIN" --weights "$ROOT/weights_diffusion.bin" $Q --out evbad >bad.out 2>bad.err
 st=$?
 counts=$(json evbad/summary.json '"%(reactions)d %(evaluated)d %(failed)d" % d["counts"]' 2>/dev/null)
 failed=$(json evbad/summary.json '",".join(f["id"] + ":" + f["status"] for f in d["failed"])' 2>/dev/null)
@@ -151,25 +151,25 @@ fi
 
 echo "== missing inputs: one line, exit 2"
 expect_failure "missing binary" 2 "no such executable" none/summary.json -- \
-    $EV $COMMON --binary "$TMP/nope" --weights "$ROOT/weights.bin" --out none
+    $EV $COMMON --binary "$TMP/nope" --weights "$ROOT/weights_diffusion.bin" --out none
 expect_failure "missing weights" 2 "weights file not found" none/summary.json -- \
     $EV $COMMON --weights "$TMP/nope.bin" --out none
 expect_failure "no weights given" 2 "--weights is required" none/summary.json -- \
     $EV $COMMON --out none
 expect_failure "missing data" 2 "index.tsv: no such file" none/summary.json -- \
-    $EV --data "$TMP/nodata" --weights "$ROOT/weights.bin" --binary "$BIN" --out none
+    $EV --data "$TMP/nodata" --weights "$ROOT/weights_diffusion.bin" --binary "$BIN" --out none
 expect_failure "unknown split" 2 "no reactions in split 'tset'" none/summary.json -- \
-    $EV --data "$DATA" --split tset --weights "$ROOT/weights.bin" --binary "$BIN" --out none
+    $EV --data "$DATA" --split tset --weights "$ROOT/weights_diffusion.bin" --binary "$BIN" --out none
 expect_failure "bad option" 2 "unrecognized arguments: --sed" none/summary.json -- \
-    $EV $COMMON --weights "$ROOT/weights.bin" --sed 3 --out none
+    $EV $COMMON --weights "$ROOT/weights_diffusion.bin" --sed 3 --out none
 mkdir -p nots/reactions && head -2 bad/index.tsv >nots/index.tsv && cp -r "bad/reactions/$good_id" nots/reactions/ &&
     rm "nots/reactions/$good_id/ts.xyz"
 expect_failure "missing reference TS" 2 "$good_id/ts.xyz: missing" none/summary.json -- \
-    $EV --data nots --split test --weights "$ROOT/weights.bin" --binary "$BIN" --out none
+    $EV --data nots --split test --weights "$ROOT/weights_diffusion.bin" --binary "$BIN" --out none
 
 echo "== --confidence: frame 0 is the top-ranked candidate"
 if [ -f "$CONF" ]; then
-    if $EV $COMMON --weights "$ROOT/weights.bin" $Q --confidence "$CONF" --out evconf >conf.out 2>conf.err &&
+    if $EV $COMMON --weights "$ROOT/weights_diffusion.bin" $Q --confidence "$CONF" --out evconf >conf.out 2>conf.err &&
         [ "$(grep -c ' rank=1 ' evconf/ts/*.xyz | awk -F: '{s += $2} END {print s}')" -eq 2 ] &&
         sed -n 2p "evconf/ts/$good_id.xyz" | grep -q ' rank=1 ' &&
         grep -q "top-ranked by the confidence model" evconf/summary.md; then
@@ -211,7 +211,7 @@ EOF
         bad "self-check with --xtb: $(tail -2 selfx.err)"
     fi
     # the untrained model's candidates: every row has an energy or a stated failure
-    if $EV $COMMON --weights "$ROOT/weights.bin" $Q --xtb --out ev >evx.out 2>evx.err &&
+    if $EV $COMMON --weights "$ROOT/weights_diffusion.bin" $Q --xtb --out ev >evx.out 2>evx.err &&
         $PYTHON - ev <<'EOF'; then
 import json, sys
 d = json.load(open(sys.argv[1] + "/summary.json"))

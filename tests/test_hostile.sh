@@ -11,11 +11,11 @@
 # 100 MB (printed with the wall time). Commands that a defect made hang or eat memory run
 # under `timeout` and `ulimit -v`, so that the old code fails here instead of taking the
 # machine. DENOISER_WEIGHTS (default build/tiny.bin) is the file the crafted weights start
-# from; the repository's weights.bin runs the commands.
+# from; the repository's weights_diffusion.bin runs the commands.
 set -u
 . "$(dirname "$0")/cli_env.sh" hostile "$@"
 TINY=$(cd "$ROOT" && realpath "${3:-build/tiny.bin}")
-W=$ROOT/weights.bin
+W=$ROOT/weights_diffusion.bin # the diffusion model: -n, --steps, --resamplings apply to it
 R=$ROOT/examples/vinyl_alcohol_react.xyz
 P=$ROOT/examples/vinyl_alcohol_prod.xyz
 Q="--steps 4 --resamplings 1 --jump 1"

@@ -6,6 +6,7 @@ usage: python3 tools/evaluate.py --data data --split test --weights weights.bin 
            [--binary ./oa_reactdiff] [--threads K] [--seed S] [--steps T]
            [--resamplings R] [--jump J] [--confidence FILE] [--xtb] [--limit K]
            [--reference-as-candidate] [--max-distance A] [--min-distance A]
+           [--refine] [--refine-max-iter N]
 
 1. Writes OUT/list.txt (one line per reaction of the split: react.xyz prod.xyz id)
    and runs `oa_reactdiff ts --list OUT/list.txt --outdir OUT/ts -n N ...`
@@ -36,6 +37,16 @@ usage: python3 tools/evaluate.py --data data --split test --weights weights.bin 
 reference TS itself (frame 0) and N-1 rotated, translated, mirrored and
 atom-permuted copies of it; every RMSD must come out 0 (and with --xtb every
 energy error 0). It checks the evaluation path end to end.
+
+--refine: the cost of turning a guess into a verified TS. For each evaluated reaction the
+first candidate (frame 0) and the R-P midpoint are refined with tools/refine.py (GFN2-xTB
+P-RFO, frequency test, +/- mode descent to R and P; one reaction at a time, --threads K
+reactions in parallel): OUT/refine/ID.xyz (frame 0: from the candidate, frame 1: from the
+midpoint; resumable: existing files are kept). Reported for both: the fraction of
+reactions whose search ends at a verified TS, the fraction whose verified TS is within
+0.1 A RMSD (as above) of the reference TS, and the median numbers of exact Hessians and
+gradients of the search and its median wall time (OUT/refine.tsv, summary.json "refine",
+summary.md). --refine-max-iter: P-RFO steps at most (refine.py's --max-iter, default 50).
 
 Exit status: 0 every reaction evaluated; 2 bad command line or missing input
 (binary, weights, data, xtb), or OUT holds candidates made with other settings;
@@ -135,13 +146,16 @@ def parse_args(argv):
     p.add_argument("--limit", type=int, help="only the first K reactions of the split (index order)")
     p.add_argument("--reference-as-candidate", action="store_true",
                    help="self-check: the candidates are copies of the reference TS")
+    p.add_argument("--refine", action="store_true",
+                   help="refine the first candidate and the R-P midpoint to verified TSs (GFN2-xTB; tools/refine.py)")
+    p.add_argument("--refine-max-iter", type=int, default=50, help="--refine: P-RFO steps at most (default 50)")
     p.add_argument("--max-distance", type=float, default=20.0, help="garbage above this atom-atom distance (A, default 20)")
     p.add_argument("--min-distance", type=float, default=0.5, help="garbage below this atom-atom distance (A, default 0.5)")
     a = p.parse_args(argv)
-    for name in ("n", "threads", "limit", "steps", "resamplings", "jump"):
+    for name in ("n", "threads", "limit", "steps", "resamplings", "jump", "refine_max_iter"):
         v = getattr(a, name)
         if v is not None and v < 1:
-            raise EvalError("--%s must be at least 1, got %d" % (name, v))
+            raise EvalError("--%s must be at least 1, got %d" % (name.replace("_", "-"), v))
     if not 0 <= a.min_distance < a.max_distance:
         raise EvalError("need 0 <= --min-distance < --max-distance")
     if a.reference_as_candidate and a.confidence:
@@ -169,10 +183,11 @@ def check_inputs(a):
         a.confidence = os.path.abspath(a.confidence)
         if not os.path.isfile(a.confidence):
             raise EvalError("%s: confidence model not found" % a.confidence)
-    if a.xtb:
-        import xtbrun
-        if not shutil.which(xtbrun.XTB):
-            raise EvalError("--xtb: the xtb program ('%s') is not installed or not on PATH" % xtbrun.XTB)
+    for flag in ("xtb", "refine"):
+        if getattr(a, flag):
+            import xtbrun
+            if not shutil.which(xtbrun.XTB):
+                raise EvalError("--%s: the xtb program ('%s') is not installed or not on PATH" % (flag, xtbrun.XTB))
     a.data = os.path.abspath(a.data)
     index = os.path.join(a.data, "index.tsv")
     if not os.path.isfile(index):
@@ -451,6 +466,144 @@ def xtb_energies(a, rows):
         r["xtb"] = out
 
 
+# ------------------------------------------------------------------ refinement (--refine)
+
+REFINE_GUESSES = ("first", "midpoint")     # frame 0 and frame 1 of OUT/refine/ID.xyz
+REFINE_WITHIN = 0.1                        # Angstrom: a verified TS this close is the reference's
+
+
+def refine_reaction(a, r, refdir, mids):
+    """r["refine"] = {guess: {verdict, rmsd, n_grad, n_hess, seconds, ...}} from
+    tools/refine.py on the first candidate and the midpoint (run unless OUT/refine/ID.xyz
+    exists); r["refine_error"] when it could not be run or read."""
+    d = os.path.join(a.data, "reactions", r["id"])
+    out = os.path.join(refdir, r["id"] + ".xyz")
+    if not os.path.isfile(out):
+        if r.get("rmsd_midpoint") is None:
+            r["refine_error"] = "no midpoint (%s)" % (r["message"] or "not computed")
+            return
+        syms, xyz, _ = r["frames"][0]
+        ms, mx, _ = chem.read_xyz(os.path.join(mids, r["id"] + ".xyz"))
+        inp = os.path.join(refdir, r["id"] + ".in.xyz")
+        write_text(inp, chem.xyz_text(syms, xyz, "first candidate") + chem.xyz_text(ms, mx, "R-P midpoint"))
+        cmd = [sys.executable, os.path.join(HERE, "refine.py"), os.path.join(d, "react.xyz"),
+               os.path.join(d, "prod.xyz"), inp, "-o", out, "--max-iter", str(a.refine_max_iter)]
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        os.unlink(inp)
+        if p.returncode != 0:
+            msg = [l for l in p.stderr.splitlines() if l.strip()]
+            r["refine_error"] = "refine.py exit %d: %s" % (p.returncode, msg[-1] if msg else "no message")
+            return
+    frames = chem.read_xyz_frames(out)
+    if len(frames) != len(REFINE_GUESSES):
+        r["refine_error"] = "%s: %d frames, expected %d (remove it to redo)" % (out, len(frames), len(REFINE_GUESSES))
+        return
+    try:
+        rmsds = rmsd_frames(a.binary, out, os.path.join(d, "ts.xyz"))
+    except EvalError as e:
+        r["refine_error"] = str(e)
+        return
+    r["refine"] = {}
+    for g, (_, _, comment), v in zip(REFINE_GUESSES, frames, rmsds):
+        f = comment_fields(comment)
+        r["refine"][g] = {"verdict": f["verdict"], "rmsd": v, "reason": f.get("reason", ""),
+                          "n_grad": int(f["n_grad"]), "n_hess": int(f["n_hess"]),
+                          "n_opt_grad": int(f["n_opt_grad"]), "seconds": float(f["seconds"])}
+
+
+def refine_all(a, rows):
+    refdir = os.path.join(a.out, "refine")
+    os.makedirs(refdir, exist_ok=True)
+    todo = [r for r in rows if r["status"] == "ok"]
+    mids = os.path.join(a.out, "midpoint")
+    done = [0]
+
+    def one(r):
+        refine_reaction(a, r, refdir, mids)
+        done[0] += 1
+        x = r.get("refine")
+        warn("refine %s (%d of %d): %s" % (r["id"], done[0], len(todo), r["refine_error"] if x is None else ", ".join(
+            "%s %s (%.3f A, %d Hessians, %d gradients, %.1f s)" % (g, x[g]["verdict"], x[g]["rmsd"], x[g]["n_hess"],
+                                                                   x[g]["n_grad"], x[g]["seconds"])
+            for g in REFINE_GUESSES)))
+
+    with ThreadPoolExecutor(max_workers=a.threads or 1) as pool:
+        list(pool.map(one, todo))
+
+
+def refine_summary(rows):
+    """summary.json's "refine": per guess, over the reactions whose refinement ran."""
+    ran = [r for r in rows if r.get("refine")]
+    s = {"reactions": len(ran), "within_A": REFINE_WITHIN,
+         "not_run": [{"id": r["id"], "why": r.get("refine_error") or r["status"]} for r in rows if not r.get("refine")]}
+    for g in REFINE_GUESSES:
+        xs = [r["refine"][g] for r in ran]
+        ver = [x for x in xs if x["verdict"] == "verified"]
+        near = [x for x in ver if x["rmsd"] < REFINE_WITHIN]
+        stages = {}
+        for x in xs:
+            stages[x["verdict"]] = stages.get(x["verdict"], 0) + 1
+        s[g] = {"verified": len(ver), "within": len(near),
+                "verified_fraction": len(ver) / len(xs) if xs else None,
+                "within_fraction": len(near) / len(xs) if xs else None,
+                "verdicts": stages,
+                "median_rmsd_verified": stats([x["rmsd"] for x in ver])["median"]}
+        for k in ("n_hess", "n_grad", "seconds"):
+            s[g]["median_" + k] = stats([x[k] for x in xs])["median"]
+            s[g]["median_%s_verified" % k] = stats([x[k] for x in ver])["median"]
+    return s
+
+
+def refine_markdown(s):
+    f = s["refine"]
+    n = f["reactions"]
+    first = "reference TS" if s["mode"] == "reference-as-candidate" else "first candidate"
+    out = ["**Refinement to a verified TS** (GFN2-xTB P-RFO, frequency test, mode descent to R and P; "
+           "tools/refine.py on %d reactions)" % n, "",
+           "| | from the %s | from the R-P midpoint |" % first, "|---|---|---|"]
+
+    def row(label, cell):
+        out.append("| %s | %s | %s |" % (label, cell(f["first"]), cell(f["midpoint"])))
+
+    row("search ends at a verified TS", lambda x: "%s (%d)" % (pct(x["verified_fraction"]), x["verified"]))
+    row("verified TS within %g Å RMSD of the reference TS" % f["within_A"],
+        lambda x: "%s (%d)" % (pct(x["within_fraction"]), x["within"]))
+    row("median RMSD of the verified TSs to the reference (Å)", lambda x: fmt(x["median_rmsd_verified"]))
+    row("median exact Hessians per search (all / verified)",
+        lambda x: "%s / %s" % (fmt(x["median_n_hess"], "%g"), fmt(x["median_n_hess_verified"], "%g")))
+    row("median gradients per search (all / verified)",
+        lambda x: "%s / %s" % (fmt(x["median_n_grad"], "%g"), fmt(x["median_n_grad_verified"], "%g")))
+    row("median wall time per search, s (all / verified)",
+        lambda x: "%s / %s" % (fmt(x["median_seconds"], "%.1f"), fmt(x["median_seconds_verified"], "%.1f")))
+    row("verdicts", lambda x: ", ".join("%s %d" % kv for kv in sorted(x["verdicts"].items())))
+    out.append("")
+    out.append("A search: P-RFO (at most the given steps; exact Hessian every 4th, Bofill updates between), "
+               "frequency test and the two descents; its gradients and Hessians are the P-RFO's, its wall "
+               "time includes the descents. Percentages are of the %d reactions." % n)
+    if f["not_run"]:
+        out.append("Not refined: %s." % "; ".join("%s (%s)" % (x["id"], x["why"]) for x in f["not_run"]))
+    return "\n".join(out) + "\n"
+
+
+def refine_tsv(rows):
+    head = ["id"]
+    for g in REFINE_GUESSES:
+        head += ["%s_%s" % (g, k) for k in ("verdict", "rmsd", "n_hess", "n_grad", "n_opt_grad", "seconds", "reason")]
+    out = ["\t".join(head)]
+    for r in rows:
+        x = r.get("refine")
+        cells = [r["id"]]
+        for g in REFINE_GUESSES:
+            if x is None:
+                cells += ["NA"] * 6 + [r.get("refine_error") or r["status"]]
+            else:
+                y = x[g]
+                cells += [y["verdict"], "%.6f" % y["rmsd"], y["n_hess"], y["n_grad"], y["n_opt_grad"],
+                          "%.1f" % y["seconds"], y["reason"] or "-"]
+        out.append("\t".join(one_line(c) for c in cells))
+    return "\n".join(out) + "\n"
+
+
 # ------------------------------------------------------------------ summary
 
 def stats(values):
@@ -643,10 +796,15 @@ def main(argv):
             midpoint_baseline(a, r, mids)
     if a.xtb:
         xtb_energies(a, rows)
+    if a.refine:
+        refine_all(a, rows)
     s = summarise(a, rows)
+    if a.refine:
+        s["refine"] = refine_summary(rows)
+        write_text(os.path.join(a.out, "refine.tsv"), refine_tsv(rows))
     write_text(os.path.join(a.out, "per_reaction.tsv"), tsv(a, rows))
     write_text(os.path.join(a.out, "summary.json"), json.dumps(s, indent=1) + "\n")
-    md = markdown(s)
+    md = markdown(s) + ("\n" + refine_markdown(s) if a.refine else "")
     write_text(os.path.join(a.out, "summary.md"), md)
     plot(os.path.join(a.out, "rmsd.png"), s, rows)
     sys.stdout.write(md)
@@ -658,11 +816,18 @@ def main(argv):
         if e["n_failed"]:
             warn("energies: %d of %d %s candidates failed (garbage geometry or xtb failed; see per_reaction.tsv)"
                  % (e["n_failed"], e["n_failed"] + e["n_ok"], which))
+    refine_failed = [x for x in s.get("refine", {}).get("not_run", []) if x["why"] != "ts_failed"
+                     and x["why"] != "rmsd_failed"]
+    for x in refine_failed:
+        warn("%s: refine: %s" % (x["id"], x["why"]))
     if s["failed"]:
         for f in s["failed"]:
             warn("%s: %s: %s" % (f["id"], f["status"], f["message"]))
         warn("%d of %d reactions failed (listed above; outputs written to %s)"
              % (len(s["failed"]), len(rows), a.out))
+        return 3
+    if refine_failed:
+        warn("%d reaction(s) not refined (listed above; outputs written to %s)" % (len(refine_failed), a.out))
         return 3
     return 0
 

@@ -61,6 +61,8 @@ def read_xyz_frames(path):
             p = ln.split()
             syms.append(p[0][0].upper() + p[0][1:].lower())
             xyz.append([float(p[1]), float(p[2]), float(p[3])])
+        if len(syms) != n:
+            raise ValueError("%s: truncated xyz (frame %d)" % (path, len(frames)))
         frames.append((syms, xyz, comment))
         i += 2 + n
     return frames

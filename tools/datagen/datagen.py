@@ -230,15 +230,14 @@ def _tangent(path, k):
 
 
 def _search_and_verify(syms, start, guide, rbonds, phash, info, hess_every, max_iter):
-    res = tssearch.prfo(syms, start, guide=guide, hess_every=hess_every, max_iter=max_iter)
+    sv = tssearch.search_and_verify(syms, start, rbonds, phash, guide=guide,
+                                    hess_every=hess_every, max_iter=max_iter)
+    res = sv["prfo"]
     info["prfo_iterations"] = info.get("prfo_iterations", 0) + res["iterations"]
     info["prfo_hessians"] = info.get("prfo_hessians", 0) + res["hessians"]
-    if not res["converged"]:
-        raise Reject("ts", "P-RFO not converged (gmax %.2e)" % res.get("gmax", float("nan")))
-    v = tssearch.verify_ts(syms, res["coords"], res["hessian"], rbonds, phash)
-    if not v["ok"]:
-        raise Reject(v["stage"], v["reason"])
-    return res, v
+    if not sv["ok"]:
+        raise Reject(sv["stage"], sv["reason"])
+    return res, sv["verify"]
 
 
 def run_reaction(task):

@@ -14,6 +14,9 @@ gradients and Hessians (stdlib only).
 * verify_ts: one imaginary frequency below -50 cm^-1 (no other below
   -20 cm^-1), then +/- displacement along that mode and xtb minimisations,
   whose connectivity graphs must be the reactant's and the product's.
+* search_and_verify: P-RFO from a starting geometry, then verify_ts (used by
+  the generator and by tools/refine.py); verify_as_given: the same checks on
+  a geometry taken as it is, which must be stationary (verify.py, refine.py).
 """
 
 import math
@@ -370,3 +373,43 @@ def verify_ts(syms, xyz, hess, react_bonds, prod_hash):
     out.update(ok=True, reason="", react=(r[0], r[1]), prod=(p[0], p[1]),
                prod_bonds=p[2])
     return out
+
+
+def search_and_verify(syms, start, react_bonds, prod_hash, guide=None, hess_every=1, max_iter=50,
+                      log=None):
+    """prfo from start, then verify_ts on the saddle it converged to.
+
+    Returns dict(ok, stage, reason, prfo, verify): stage is '' when ok, 'ts'
+    when the P-RFO did not converge, else verify_ts's ('freq' or 'irc');
+    prfo is prfo's result (its coords, the saddle or the last point reached,
+    are absent when the search stopped before its first point), verify
+    verify_ts's dict (None when the P-RFO did not converge).  xtb failures
+    are raised (xtbrun.XtbError)."""
+    res = prfo(syms, start, guide=guide, hess_every=hess_every, max_iter=max_iter, log=log)
+    out = {"ok": False, "stage": "ts", "prfo": res, "verify": None,
+           "reason": "P-RFO not converged (gmax %.2e)" % res.get("gmax", float("nan"))}
+    if not res["converged"]:
+        return out
+    return _verified(out, verify_ts(syms, res["coords"], res["hessian"], react_bonds, prod_hash))
+
+
+def _verified(out, v):
+    out.update(ok=v["ok"], stage="" if v["ok"] else v["stage"], reason=v["reason"], verify=v)
+    return out
+
+
+def verify_as_given(syms, xyz, react_bonds, prod_hash):
+    """verify_ts on xyz itself, no search: first it must be a stationary point
+    (max |g|, translations and rotations projected out, below 3 GMAX_TOL),
+    else stage 'stationary'.  Returns search_and_verify's dict with prfo =
+    {"coords", "energy", "gmax", "hessians"} of xyz."""
+    e, grad = xtbrun.gradient(syms, xyz)
+    gmax = max(abs(g) for g in chem.project_out(grad, chem.tr_basis(xyz)))
+    point = {"coords": xyz, "energy": e, "gmax": gmax, "hessians": 0}
+    out = {"ok": False, "stage": "stationary", "prfo": point, "verify": None,
+           "reason": "max gradient %.2e Eh/bohr, not a stationary point" % gmax}
+    if gmax > 3 * GMAX_TOL:
+        return out
+    _, hess = xtbrun.hessian(syms, xyz)
+    point["hessians"] = 1
+    return _verified(out, verify_ts(syms, xyz, hess, react_bonds, prod_hash))

@@ -39,19 +39,13 @@ def main(argv):
     ph = chem.graph_hash(syms, chem.bonds_from_xyz(syms, xp))
     try:
         if "--prfo" in argv:
-            res = tssearch.prfo(syms, xts)
-            if not res["converged"]:
-                print("REJECT ts: P-RFO not converged")
-                return 1
-            xts, hess = res["coords"], res["hessian"]
+            sv = tssearch.search_and_verify(syms, xts, rb, ph)
         else:
-            _, grad = xtbrun.gradient(syms, xts)
-            gmax = max(abs(g) for g in chem.project_out(grad, chem.tr_basis(xts)))
-            if gmax > 3 * tssearch.GMAX_TOL:
-                print("REJECT stationary: max gradient %.2e Eh/bohr, not a stationary point" % gmax)
-                return 1
-            _, hess = xtbrun.hessian(syms, xts)
-        v = tssearch.verify_ts(syms, xts, hess, rb, ph)
+            sv = tssearch.verify_as_given(syms, xts, rb, ph)
+        v = sv["verify"]
+        if v is None:       # no saddle to test: P-RFO not converged, or not stationary
+            print("REJECT %s: %s" % (sv["stage"], sv["reason"]))
+            return 1
     except xtbrun.XtbError as exc:
         print("ERROR xtb: %s" % exc)
         return 2

@@ -1,8 +1,9 @@
 """Thin interface to the `xtb` program (GFN2-xTB): each call runs in its own
 temporary directory; results are parsed from xtb's output files.
 
-All calls use --gfn 2 --chrg 0 --uhf 0.  Environment: OMP_NUM_THREADS=1 and
-a large OMP_STACKSIZE are set for the child unless already given.
+All calls use --gfn 2 and, unless set_charge() is called, --chrg 0 --uhf 0
+(the dataset generator never calls it).  Environment: OMP_NUM_THREADS=1 and a
+large OMP_STACKSIZE are set for the child unless already given.
 """
 
 import os
@@ -16,11 +17,31 @@ from chem import read_xyz, write_xyz, BOHR
 XTB = os.environ.get("XTB", "xtb")
 BASE_ARGS = ["--gfn", "2", "--chrg", "0", "--uhf", "0"]
 TIMEOUT = int(os.environ.get("DATAGEN_XTB_TIMEOUT", "600"))
-STATS = {"calls": 0}          # per-process call counter (for provenance)
+# per-process counters: all xtb runs (for provenance), and the gradients,
+# Hessians, single points and optimisations among them; opt_cycles adds up the
+# geometry steps (one gradient each) that xtb reports for its optimisations
+STATS = {"calls": 0, "grad": 0, "hess": 0, "sp": 0, "opt": 0, "opt_cycles": 0}
 
 
 class XtbError(RuntimeError):
-    pass
+    """str(): the failing call and xtb's last output line (as the generator
+    records it); detail: xtb's innermost error message, when it printed one
+    (e.g. 'scf: Self consistent charge iterator did not converge')."""
+
+    def __init__(self, msg, detail=""):
+        RuntimeError.__init__(self, msg)
+        self.detail = detail
+
+
+def _error_cause(out):
+    """The innermost message of xtb's error trace ('-1- scf: ...'), or ''."""
+    trace = re.findall(r"^\s*-(\d+)- (.+?)\s*$", out, re.M)
+    return min(trace, key=lambda t: int(t[0]))[1] if trace else ""
+
+
+def set_charge(charge, uhf):
+    """Molecular charge and number of unpaired electrons of every later call."""
+    BASE_ARGS[:] = ["--gfn", "2", "--chrg", str(int(charge)), "--uhf", str(int(uhf))]
 
 
 def _env():
@@ -68,7 +89,8 @@ def run(syms, xyz, args, inp=None, extra_files=None, keep=None):
                 with open(fp) as f:
                     files[k] = f.read()
         if p.returncode != 0 or "abnormal termination" in out or "[ERROR]" in out:
-            raise XtbError("xtb failed (%s): %s" % (" ".join(args), out.strip().splitlines()[-1:] if out.strip() else "no output"))
+            raise XtbError("xtb failed (%s): %s" % (" ".join(args), out.strip().splitlines()[-1:] if out.strip() else "no output"),
+                           _error_cause(out))
         return out, files
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -82,12 +104,14 @@ def _energy_from_out(out):
 
 
 def singlepoint(syms, xyz):
+    STATS["sp"] += 1
     out, _ = run(syms, xyz, ["--sp"])
     return _energy_from_out(out)
 
 
 def gradient(syms, xyz):
     """Energy (Eh) and Cartesian gradient (Eh/bohr, flat 3N list)."""
+    STATS["grad"] += 1
     out, files = run(syms, xyz, ["--grad"], keep=["gradient"])
     if "gradient" not in files:
         raise XtbError("no gradient file")
@@ -110,6 +134,7 @@ def parse_gradient(text, n):
 
 def hessian(syms, xyz):
     """Energy (Eh) and Cartesian Hessian (Eh/bohr^2, 3N x 3N list of lists)."""
+    STATS["hess"] += 1
     out, files = run(syms, xyz, ["--hess"], keep=["hessian"])
     if "hessian" not in files:
         raise XtbError("no hessian file")
@@ -134,7 +159,12 @@ def optimize(syms, xyz, level="tight", inp=None, cycles=None):
     args = ["--opt", level]
     if cycles:
         args += ["--cycles", str(cycles)]
+    STATS["opt"] += 1
     out, files = run(syms, xyz, args, inp=inp, keep=["xtbopt.xyz"])
+    m = re.search(r"GEOMETRY OPTIMIZATION CONVERGED AFTER (\d+) ITERATIONS", out) or \
+        re.search(r"FAILED TO CONVERGE GEOMETRY OPTIMIZATION IN (\d+) ITERATIONS", out)
+    if m:
+        STATS["opt_cycles"] += int(m.group(1))
     if "xtbopt.xyz" not in files:
         raise XtbError("no optimised geometry")
     lines = files["xtbopt.xyz"].splitlines()
