@@ -8,8 +8,11 @@
 #                            kinds and React-OT's schedule, ot_forward, ot_train_loss, ot_sample)
 #   make install PREFIX=p    binaries in p/bin, weights in p/share/oa_reactdiff
 #   make OPENMP=0            serial build (default: OpenMP if the compiler supports it)
-#   make NATIVE=1            optimise for this machine (-O3 -march=native: AVX-512/AVX2 and
-#                            FMA where the CPU has them; about 4x faster than the portable build)
+#   make NATIVE=1            optimise for this machine only (-O3 -march=native). The default
+#                            build (-O3, portable) runs its hot kernels on the widest of
+#                            AVX-512, AVX2+FMA or the baseline that the CPU has (runtime
+#                            dispatch; OARD_ISA=generic|avx2|avx512 picks one), within a few
+#                            per cent of NATIVE=1
 #   make CC=clang OPT=-O3    other compiler / optimisation
 #   make test GOLDEN_FLAGS="--cross -v"   also run the f64 cases in the float32 build
 #   make bench               speed of the denoiser (tiny and official-size model), 1 and 2
@@ -17,12 +20,15 @@
 #                            nfe 10) at 2 threads; built with $(BENCH_OPT)
 #   make bench-ts            wall time of one TS candidate (150 steps; and RePaint 5 x 5)
 #   make bench-rss           memory estimate and peak RSS of one call on 3 x 100 atoms
+#   make bench-train         training steps on data/: bundled size (weights.bin) and official
+#                            size (build/full.bin), 1 and 2 threads, reactions/s and GFLOP/s
+#   make check-dispatch      golden cases on every kernel path this CPU has (part of make test)
 
 CC ?= cc
 ifeq ($(NATIVE),1)
   OPT ?= -O3 -march=native
 endif
-OPT ?= -O2
+OPT ?= -O3
 CSTD ?= -std=c99
 WARN ?= -Wall -Wextra
 CFLAGS ?= $(OPT) $(CSTD) $(WARN)
@@ -60,7 +66,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners test-programs check-golden test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay fuzz-converter install clean bench bench-ts bench-rss
+.PHONY: all runners test-programs check-golden check-dispatch test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay fuzz-converter install clean bench bench-ts bench-rss bench-train
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -121,12 +127,27 @@ test-programs: build/test_silu build/test_schedules build/test_equivariance buil
 check-golden: runners
 	$(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $(DIR)
 
+# Every golden case on every kernel code path of this build that the CPU has (OARD_ISA
+# selects it; a build for one target has one path, "native", which test-core checks).
+check-dispatch: all runners
+	@status=0; for p in generic avx2 avx512; do \
+		got=$$(OARD_ISA=$$p ./oa_reactdiff --version 2>/dev/null | sed -n 's/.*kernels //p'); \
+		if [ "$$got" != "$$p" ]; then echo "SKIP kernel path $$p (this build or CPU: $$(./oa_reactdiff --version | sed -n 's/.*kernels //p'))"; continue; fi; \
+		for d in tests/fixtures/golden $(GOLDEN) tests/fixtures/golden_ot $(GOLDEN_OT); do \
+			[ -d $$d ] || continue; \
+			echo "== kernel path $$p: golden cases of $$d"; \
+			OARD_ISA=$$p $(PYTHON) tests/check_golden.py $(GOLDEN_FLAGS) $$d || status=1; \
+		done; \
+	done; exit $$status
+
 # make test: everything CI runs (.ci/run installs the tools first). Parts whose tool is
 # missing here print SKIP: xtb (dataset pipeline), valgrind, clang (libFuzzer; without it
 # the fuzz corpora and regressions are replayed under ASan + UBSan instead).
 test:
 	@status=0; \
 	$(MAKE) --no-print-directory test-core || status=1; \
+	echo "== kernel code paths"; \
+	$(MAKE) --no-print-directory check-dispatch || status=1; \
 	echo "== sanitizers: the test suite built with ASan + UBSan"; \
 	$(MAKE) --no-print-directory test-sanitize || status=1; \
 	echo "== fuzzing"; \
@@ -315,6 +336,12 @@ bench-ts: build/bench build/full.bin
 
 bench-rss: build/bench build/full.bin
 	build/bench rss build/full.bin 100 2
+
+# training speed on data/ (nothing asserted): weights.bin (4 layers, 32 channels) and the
+# official size (build/full.bin: 6 x 196 x 96), 1 and 2 threads
+TRAIN_DATA ?= data
+bench-train: build/bench build/full.bin
+	build/bench train-table weights.bin build/full.bin $(TRAIN_DATA)
 
 clean:
 	rm -rf build oa_reactdiff oa_reactdiff64

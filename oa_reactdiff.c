@@ -46,10 +46,23 @@ typedef oard_real real;
 #define EPS_FRAME 1e-6 /* upstream leftnet.py EPS, added to every norm it divides by */
 #define OARD_PI 3.14159265358979323846
 
-/* Vector width of the target in bytes. It only sets the kernels' tile sizes and the weight
- * padding (speed, never results beyond rounding): the kernels are plain C loops that the
- * compiler vectorises; no intrinsics. */
-#if defined(__AVX512F__)
+/* Runtime dispatch of the hot kernels (matmul, SiLU): a portable x86 build (GCC or clang,
+ * baseline target without AVX2) also compiles them for AVX2+FMA and for AVX-512 and picks
+ * the widest path the CPU has when the program starts (kernel_path_init). The paths are the
+ * same C code; they differ in vector width, in fused multiply-adds and in SiLU's
+ * exponential (see silu_expf), so results differ between paths in the last bits (each
+ * path passes every golden case) and are deterministic on each. OARD_ISA=generic|avx2|avx512
+ * in the environment selects a path (tests run every available one). A build for the
+ * machine (-march=native) or for another architecture has one path, its target's. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__) && !defined(OARD_NO_DISPATCH)
+#define OARD_DISPATCH 1
+#endif
+
+/* Vector width in bytes. It sets the weight padding and the kernels' tile sizes (speed,
+ * never results beyond rounding): the kernels are plain C loops that the compiler
+ * vectorises; no intrinsics. With dispatch the padding is for the widest path (64 bytes),
+ * and each path tiles with its own width (KP_VW). */
+#if defined(__AVX512F__) || defined(OARD_DISPATCH)
 #define VEC_BYTES 64
 #elif defined(__AVX__)
 #define VEC_BYTES 32
@@ -135,6 +148,22 @@ static void *aligned_calloc(size_t n, size_t size) {
     if (!raw) return NULL;
     uintptr_t a = ((uintptr_t)(raw + sizeof(void *)) + 63) & ~(uintptr_t)63;
     memcpy((unsigned char *)a - sizeof(void *), &raw, sizeof(void *));
+    return (void *)a;
+}
+
+/* The same, not zeroed: for buffers every value of which is written before it is read
+ * (the training tape: a few MB per sample, zeroed for nothing otherwise). OARD_POISON
+ * (a test build) fills it with NaN bit patterns instead, so that a read before a write
+ * shows up as NaN in the results. */
+static void *aligned_malloc(size_t n, size_t size) {
+    if (size && n > (SIZE_MAX - 128) / size) return NULL;
+    unsigned char *raw = malloc(n * size + 64 + sizeof(void *));
+    if (!raw) return NULL;
+    uintptr_t a = ((uintptr_t)(raw + sizeof(void *)) + 63) & ~(uintptr_t)63;
+    memcpy((unsigned char *)a - sizeof(void *), &raw, sizeof(void *));
+#ifdef OARD_POISON
+    memset((void *)a, 0xff, n * size);
+#endif
     return (void *)a;
 }
 
@@ -988,18 +1017,13 @@ void oard_tensor_get(const oard_model *m, int i, const oard_real *arena, double 
 
 #if !defined(OARD_DOUBLE) && defined(FAST_FMAF)
 #define SILU_SLEEF 1
-static inline float silu_expf(float d);
 #define SILU_EXP silu_expf
 #else
 #define SILU_EXP REXP
 #endif
-
-NO_FMA_FN static inline real silu(real x) { return x / ((real)1 + SILU_EXP(-x)); } /* torch SiLU */
-
-/* y[i] = SiLU(y[i]) over n values: one loop the compiler vectorises */
-NO_FMA_FN static void silu_inplace(real *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + SILU_EXP(-y[i]));
-}
+#if !defined(OARD_DOUBLE) && (defined(FAST_FMAF) || defined(OARD_DISPATCH))
+static inline float silu_expf(float d);
+#endif
 
 /* a * b + c: one fused multiply-add where the target has it as an instruction (a rounding
  * step fewer: exact algebra), else a multiply and an add; never a slow libm call */
@@ -1010,6 +1034,101 @@ NO_FMA_FN static void silu_inplace(real *y, size_t n) {
 #else
 #define MADD(a, b, c) ((a) * (b) + (c))
 #endif
+#ifdef OARD_DOUBLE
+#define RFMA fma
+#else
+#define RFMA fmaf
+#endif
+
+/* Unroll matmul's tile loops completely, so that acc is held in registers (without it GCC
+ * vectorises the float64 tile across rows, through memory: ten times slower). */
+#if defined(__GNUC__)
+#define UNROLL_FULL _Pragma("GCC unroll 64")
+#define ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define UNROLL_FULL
+#define ALWAYS_INLINE
+#endif
+
+/* ---- kernel code paths (see OARD_DISPATCH) ----
+ * KP_BASE is the build's own target; with dispatch KP_AVX2 and KP_AVX512 are its functions
+ * compiled for those instruction sets. A path is: reals per vector (tiles), whether the
+ * products use fused multiply-adds, whether SiLU uses silu_expf (float32 with FMA). */
+enum { KP_BASE, KP_AVX2, KP_AVX512 };
+#if defined(__AVX512F__)
+#define KP_BASE_BYTES 64
+#elif defined(__AVX__)
+#define KP_BASE_BYTES 32
+#else
+#define KP_BASE_BYTES 16
+#endif
+#define KP_VW(bytes) ((int)((bytes) / sizeof(real))) /* reals per vector of a path */
+#if (defined(OARD_DOUBLE) && defined(FAST_FMA)) || (!defined(OARD_DOUBLE) && defined(FAST_FMAF))
+#define KP_BASE_FMA 1
+#else
+#define KP_BASE_FMA 0
+#endif
+#ifdef SILU_SLEEF
+#define KP_BASE_SLEEF 1
+#else
+#define KP_BASE_SLEEF 0
+#endif
+#ifdef OARD_DOUBLE
+#define KP_SLEEF 0 /* the FMA paths' SiLU exponential: silu_expf in float32 */
+#else
+#define KP_SLEEF 1
+#endif
+
+#ifdef OARD_DISPATCH
+#define TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+/* the path in use: set once before main runs (or the library is used), read-only after */
+static int kernel_path = KP_BASE;
+static const char *const kernel_path_names[3] = {"generic", "avx2", "avx512"};
+__attribute__((constructor)) static void kernel_path_init(void) {
+    __builtin_cpu_init();
+    int best = KP_BASE;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = KP_AVX2;
+    if (best == KP_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        best = KP_AVX512;
+    kernel_path = best;
+    const char *want = getenv("OARD_ISA");
+    for (int k = 0; want && k <= best; k++)
+        if (!strcmp(want, kernel_path_names[k])) kernel_path = k;
+}
+#else
+#define kernel_path KP_BASE
+static const char *const kernel_path_names[3] = {"native", "native", "native"};
+#endif
+
+const char *oard_kernel_path(void) { return kernel_path_names[kernel_path]; }
+
+NO_FMA_FN static inline real silu(real x) { return x / ((real)1 + SILU_EXP(-x)); } /* torch SiLU */
+
+/* SiLU's exponential on a path: silu_expf (float32 where the path has FMA) or libm */
+#if defined(OARD_DOUBLE)
+#define KP_EXP(sleef, x) ((void)(sleef), exp(x))
+#else
+#define KP_EXP(sleef, x) ((sleef) ? silu_expf(x) : expf(x))
+#endif
+
+/* y[i] = SiLU(y[i]) over n values: one loop the compiler vectorises */
+NO_FMA_FN static inline ALWAYS_INLINE void silu_inplace_body(real *y, size_t n, const int sleef) {
+    for (size_t i = 0; i < n; i++) y[i] = y[i] / ((real)1 + KP_EXP(sleef, -y[i]));
+}
+#ifdef OARD_DISPATCH
+TARGET_AVX2 NO_FMA_FN static void silu_inplace_avx2(real *y, size_t n) { silu_inplace_body(y, n, KP_SLEEF); }
+TARGET_AVX512 NO_FMA_FN static void silu_inplace_avx512(real *y, size_t n) { silu_inplace_body(y, n, KP_SLEEF); }
+#endif
+NO_FMA_FN static void silu_inplace(real *y, size_t n) {
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) silu_inplace_avx512(y, n);
+    else if (kernel_path == KP_AVX2) silu_inplace_avx2(y, n);
+    else
+#endif
+        silu_inplace_body(y, n, KP_BASE_SLEEF);
+}
 
 /* sum_k x[k] w[k] with VW partial sums (a reassociated dot product, vectorised) */
 static real dot(const real *x, const real *w, int n) {
@@ -1030,15 +1149,6 @@ static real dot(const real *x, const real *w, int n) {
  * Each output is its products summed in order of k, then the bias (or the previous y)
  * added: exact algebra, reassociated. */
 #define MATMUL_MC 192
-/* Unroll the tile loops completely, so that acc is held in registers (without it GCC
- * vectorises the float64 tile across rows, through memory: ten times slower). */
-#if defined(__GNUC__)
-#define UNROLL_FULL _Pragma("GCC unroll 64")
-#define ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define UNROLL_FULL
-#define ALWAYS_INLINE
-#endif
 
 /* One tile. nc (TILE_N or VW) is a constant after inlining (forced: with many callers of
  * matmul the compiler may otherwise call one generic copy, six times slower), so acc
@@ -1046,7 +1156,8 @@ static real dot(const real *x, const real *w, int n) {
  * Rows past mr repeat the last valid row and are not stored; columns past ncv are the
  * zero padding of W and are not stored. */
 static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real *y, size_t ldy, const real *x, size_t ldx,
-                               const real *w, size_t ldw, int K, const real *bias, int accumulate) {
+                               size_t ksx, const real *w, size_t ldw, int K, const real *bias, int accumulate,
+                               const int use_fma) {
     real acc[TILE_M][TILE_N];
     const real *xr[TILE_M];
     UNROLL_FULL
@@ -1059,9 +1170,9 @@ static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real
         const real *wk = w + (size_t)k * ldw;
         UNROLL_FULL
         for (int r = 0; r < TILE_M; r++) {
-            const real a = xr[r][k];
+            const real a = xr[r][(size_t)k * ksx];
             UNROLL_FULL
-            for (int j = 0; j < nc; j++) acc[r][j] = MADD(a, wk[j], acc[r][j]);
+            for (int j = 0; j < nc; j++) acc[r][j] = use_fma ? RFMA(a, wk[j], acc[r][j]) : a * wk[j] + acc[r][j];
         }
     }
     for (int r = 0; r < mr; r++) {
@@ -1075,17 +1186,20 @@ static inline ALWAYS_INLINE void matmul_tile(const int nc, int mr, int ncv, real
     }
 }
 
-/* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N) */
-static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
-                        int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
+/* columns [j_begin, j_end) of the product (j_begin a multiple of TILE_N); x[r][k] is at
+ * x + r ldx + k ksx (ksx 1: x row-major; ldx 1: x stored transposed). A code path's
+ * tiles are two of its vectors (vw reals each) wide; fma: fused multiply-adds. */
+static inline ALWAYS_INLINE void matmul_body(real *y, size_t ldy, const real *x, size_t ldx, size_t ksx, const real *w,
+                                             size_t ldw, const real *bias, int K, int N, size_t rows, int accumulate,
+                                             int j_begin, int j_end, const int vw, const int use_fma) {
     if (N < VW) { /* narrow outputs (not padded): one row at a time */
         for (size_t r = 0; r < rows; r++) {
             const real *xr = x + r * ldx;
             real *yr = y + r * ldy;
             for (int o = 0; o < N; o++) {
-                real v = N == 1 ? dot(xr, w, K) : 0;
-                if (N > 1)
-                    for (int k = 0; k < K; k++) v += xr[k] * w[(size_t)k * ldw + o];
+                real v = (N == 1 && ksx == 1) ? dot(xr, w, K) : 0;
+                if (N > 1 || ksx != 1)
+                    for (int k = 0; k < K; k++) v += xr[(size_t)k * ksx] * w[(size_t)k * ldw + o];
                 yr[o] = accumulate ? yr[o] + v : (bias ? v + bias[o] : v);
             }
         }
@@ -1094,19 +1208,64 @@ static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const re
     for (size_t r0 = 0; r0 < rows; r0 += MATMUL_MC) {
         size_t rb = rows - r0 < MATMUL_MC ? rows - r0 : MATMUL_MC;
         for (int j0 = j_begin; j0 < j_end;) {
-            int nc = (j_end - j0 > VW && (size_t)j0 + TILE_N <= ldw) ? TILE_N : VW;
+            int nc = (j_end - j0 > vw && (size_t)j0 + 2 * vw <= ldw) ? 2 * vw : vw;
             int ncv = j_end - j0 < nc ? j_end - j0 : nc;
             const real *bj = bias ? bias + j0 : NULL;
             for (size_t r = r0; r < r0 + rb; r += TILE_M) {
                 int mr = (int)(r0 + rb - r < TILE_M ? r0 + rb - r : TILE_M);
-                if (nc == TILE_N)
-                    matmul_tile(TILE_N, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, w + j0, ldw, K, bj, accumulate);
+                if (nc == 2 * vw)
+                    matmul_tile(2 * vw, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj,
+                                accumulate, use_fma);
                 else
-                    matmul_tile(VW, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, w + j0, ldw, K, bj, accumulate);
+                    matmul_tile(vw, mr, ncv, y + r * ldy + j0, ldy, x + r * ldx, ldx, ksx, w + j0, ldw, K, bj,
+                                accumulate, use_fma);
             }
             j0 += nc;
         }
     }
+}
+
+/* the product on each code path (ksx 1), and the transposed one (matmul_tn) */
+#ifdef OARD_DISPATCH
+TARGET_AVX2 static void matmul_cols_avx2(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw,
+                                         const real *bias, int K, int N, size_t rows, int accumulate, int j0, int j1) {
+    matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j0, j1, KP_VW(32), 1);
+}
+TARGET_AVX512 static void matmul_cols_avx512(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw,
+                                             const real *bias, int K, int N, size_t rows, int accumulate, int j0, int j1) {
+    matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j0, j1, KP_VW(64), 1);
+}
+TARGET_AVX2 static void matmul_tn_avx2(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, int K,
+                                       int N, size_t rows) {
+    matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N, KP_VW(32), 1);
+}
+TARGET_AVX512 static void matmul_tn_avx512(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw,
+                                           int K, int N, size_t rows) {
+    matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N, KP_VW(64), 1);
+}
+#endif
+
+static void matmul_cols(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias,
+                        int K, int N, size_t rows, int accumulate, int j_begin, int j_end) {
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) matmul_cols_avx512(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end);
+    else if (kernel_path == KP_AVX2) matmul_cols_avx2(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end);
+    else
+#endif
+        matmul_body(y, ldy, x, ldx, 1, w, ldw, bias, K, N, rows, accumulate, j_begin, j_end, KP_VW(KP_BASE_BYTES),
+                    KP_BASE_FMA);
+}
+
+/* y (rows, N) += x^T W with x (K, rows) row-major, ldx apart: the weight gradient's
+ * dW^T += x^T dy of a Linear, x read in place (no transposed copy) */
+static void matmul_tn(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, int K, int N,
+                      size_t rows) {
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) matmul_tn_avx512(y, ldy, x, ldx, w, ldw, K, N, rows);
+    else if (kernel_path == KP_AVX2) matmul_tn_avx2(y, ldy, x, ldx, w, ldw, K, N, rows);
+    else
+#endif
+        matmul_body(y, ldy, x, 1, ldx, w, ldw, NULL, K, N, rows, 1, 0, N, KP_VW(KP_BASE_BYTES), KP_BASE_FMA);
 }
 
 static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w, size_t ldw, const real *bias, int K,
@@ -2504,7 +2663,7 @@ NO_FMA_FN static float torch_expf(float d) {
  * |x| < 2^22). Inside the range this is torch_expf bit for bit; outside, SiLU comes out
  * the same: below, 1 + exp(-104) rounds to 1 as 1 + 0 does; above, exp(104) overflows to
  * inf as torch_expf's override does. */
-#ifdef SILU_SLEEF
+#if !defined(OARD_DOUBLE) && (defined(FAST_FMAF) || defined(OARD_DISPATCH))
 NO_FMA_FN static inline float silu_expf(float d) {
     d = d >= -104.0f ? d : -104.0f;
     d = d <= 104.0f ? d : 104.0f;
@@ -3381,7 +3540,7 @@ typedef struct {
     real *G;          /* gradient, arena layout */
     const BackW *bw;  /* every Linear weight, by arena offset */
     int n_bw;
-    real *xT, *dyb;   /* scratch: a block of a layer's inputs transposed, of its output gradient padded */
+    real *xT, *dyb;   /* scratch: (unused), a block of a layer's output gradient padded */
 } Grad;
 
 #define BACK_ROWS 256 /* rows per block of the weight gradient */
@@ -3440,43 +3599,94 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
     return bw;
 }
 
-/* SiLU'(x) = s (1 + x (1 - s)), s = sigmoid(x) */
-static inline real dsilu(real x) {
-    real s = (real)1 / ((real)1 + REXP(-x));
+/* SiLU in training: y[i] = a[i] + SiLU(x[i]) (a NULL: y[i] = SiLU(x[i])), and x[i]
+ * replaced by SiLU'(x[i]) = s (1 + x (1 - s)), with s = sigmoid(x) = 1 / (1 + exp(-x)) and
+ * SiLU(x) = x s: one exponential and one division for both. The derivative is all the
+ * backward pass needs of a pre-activation, so it needs no exponential of its own. (x s
+ * may differ from the inference's x / (1 + exp(-x)) in the last bit.) One loop the
+ * compiler vectorises. */
+NO_FMA_FN static inline ALWAYS_INLINE void silu_train_body(const real *a, real *x, real *y, size_t n, const int sleef) {
+    if (a)
+        for (size_t i = 0; i < n; i++) {
+            const real xi = x[i], s = (real)1 / ((real)1 + KP_EXP(sleef, -xi));
+            y[i] = a[i] + xi * s;
+            x[i] = s * ((real)1 + xi * ((real)1 - s));
+        }
+    else
+        for (size_t i = 0; i < n; i++) {
+            const real xi = x[i], s = (real)1 / ((real)1 + KP_EXP(sleef, -xi));
+            y[i] = xi * s;
+            x[i] = s * ((real)1 + xi * ((real)1 - s));
+        }
+}
+#ifdef OARD_DISPATCH
+TARGET_AVX2 NO_FMA_FN static void silu_train_avx2(const real *a, real *x, real *y, size_t n) {
+    silu_train_body(a, x, y, n, KP_SLEEF);
+}
+TARGET_AVX512 NO_FMA_FN static void silu_train_avx512(const real *a, real *x, real *y, size_t n) {
+    silu_train_body(a, x, y, n, KP_SLEEF);
+}
+#endif
+NO_FMA_FN static void silu_train(const real *a, real *x, real *y, size_t n) {
+#ifdef OARD_DISPATCH
+    if (kernel_path == KP_AVX512) silu_train_avx512(a, x, y, n);
+    else if (kernel_path == KP_AVX2) silu_train_avx2(a, x, y, n);
+    else
+#endif
+        silu_train_body(a, x, y, n, KP_BASE_SLEEF);
+}
+
+/* SiLU'(x) from the pre-activation itself (where x must be kept: the scalar attention,
+ * CFConvS2V's LayerNorm output) */
+NO_FMA_FN static inline real dsilu(real x) {
+    real s = (real)1 / ((real)1 + SILU_EXP(-x));
     return s * ((real)1 + x * ((real)1 - s));
 }
-
-/* d *= SiLU'(pre) over n values: backward of y = SiLU(pre) */
-static void silu_backward(const real *pre, real *d, size_t n) {
-    for (size_t i = 0; i < n; i++) d[i] *= dsilu(pre[i]);
+NO_FMA_FN static void silu_backward_pre(const real *pre, real *d, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        real s = (real)1 / ((real)1 + SILU_EXP(-pre[i]));
+        d[i] *= s * ((real)1 + pre[i] * ((real)1 - s));
+    }
 }
 
-/* linear_forward that keeps its pre-activation: pre = x W^T + b, y = SiLU(pre) if act */
+/* out[i] = d[i] SiLU'(x[i]) over n values (out may be d): backward of y = SiLU(x), with
+ * dact = SiLU'(x) as silu_train left it */
+static void silu_backward_to(const real *dact, const real *d, real *out, size_t n) {
+    for (size_t i = 0; i < n; i++) out[i] = d[i] * dact[i];
+}
+static void silu_backward(const real *dact, real *d, size_t n) { silu_backward_to(dact, d, d, n); }
+
+/* linear_forward that keeps what its backward needs: pre = x W^T + b; with act,
+ * y = SiLU(pre) and pre replaced by SiLU'(pre) (silu_train), else y a copy of pre */
 static void linear_train(const Linear *L, const real *x, size_t rows, real *pre, real *y, int act) {
     linear_forward(L, x, rows, pre, 0);
-    if (y && y != pre) memcpy(y, pre, rows * (size_t)L->out * sizeof(real));
-    if (act) silu_inplace(y, rows * (size_t)L->out);
+    if (act) silu_train(NULL, pre, y, rows * (size_t)L->out);
+    else if (y && y != pre) memcpy(y, pre, rows * (size_t)L->out * sizeof(real));
 }
 
 /* Backward of y = x W^T + b over rows: dW += dy^T x, db += sum of dy, and dx = dy W
  * (added to dx when acc, skipped when dx is NULL). Both products run through the matmul
- * kernel: dW^T += x^T dy on blocks of rows (x transposed into T->xT), dx with W in
+ * kernel: dW^T += x^T dy on blocks of rows (matmul_tn, x read in place), dx with W in
  * upstream's layout (back_weight). */
 static void linear_backward(const Grad *T, const Linear *L, const real *x, const real *dy, size_t rows, real *dx,
                             int acc) {
     const int in = L->in, out = L->out;
     real *gw = gslot(T, L->wt), *gb = L->b ? gslot(T, L->b) : NULL;
+    /* dy is read as W: in place when its rows are whole vectors (every tile complete), else
+     * copied into whole column tiles, zero padded */
+    const int direct = out < VW || out % VW == 0;
+    const size_t ldd = direct ? (size_t)out : round_up((size_t)out, TILE_N);
     for (size_t r0 = 0; r0 < rows; r0 += BACK_ROWS) {
         size_t rb = rows - r0 < BACK_ROWS ? rows - r0 : BACK_ROWS;
-        for (size_t r = 0; r < rb; r++)
-            for (int i = 0; i < in; i++) T->xT[(size_t)i * rb + r] = x[(r0 + r) * (size_t)in + i];
-        /* whole column tiles, zero padded (narrow outputs, which matmul runs unpadded, as they are) */
-        const size_t ldd = out < VW ? (size_t)out : round_up((size_t)out, TILE_N);
-        for (size_t r = 0; r < rb; r++) {
-            memcpy(T->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
-            memset(T->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
+        const real *db = dy + r0 * (size_t)out;
+        if (!direct) {
+            for (size_t r = 0; r < rb; r++) {
+                memcpy(T->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
+                memset(T->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
+            }
+            db = T->dyb;
         }
-        matmul(gw, (size_t)L->ldw, T->xT, rb, T->dyb, ldd, NULL, (int)rb, out, (size_t)in, 1);
+        matmul_tn(gw, (size_t)L->ldw, x + r0 * (size_t)in, (size_t)in, db, ldd, (int)rb, out, (size_t)in);
     }
     if (gb)
         for (size_t r = 0; r < rows; r++)
@@ -3587,52 +3797,142 @@ static void lin3_train(const Linear *l, int n_layers, const real *q, int H, real
             }
             if (!last) {
                 real *aj = a + off + (size_t)j * Hs;
-                for (int h = 0; h < H; h++) aj[h] = silu(zj[h]);
+                silu_train(NULL, zj, aj, (size_t)H);
             }
         }
         if (!last) in = a + off, off += (size_t)L->out * Hs;
     }
 }
 
-/* Backward of lin3_train: dout (H) -> dq (3 rows of Hs), parameters' gradients. t: scratch
- * of 2 x (widest) x Hs. */
-static void lin3_backward(const Grad *T, const Linear *l, int n_layers, const real *q, int H, const real *z,
-                          const real *a, const real *dout, real *dq, real *t) {
+/* Backward of lin3_train: dout (H) -> dq (3 rows of Hs; NULL: not wanted), and the
+ * parameters' gradients per channel, added to acc (lin3_acc_rows rows of Hs, reduced over
+ * the channels into the gradient by lin3_reduce): the sums over channels and over the many
+ * edges or nodes lin3 runs on are then vector adds, done once. t: scratch of
+ * 2 x (widest) x Hs. */
+static void lin3_backward(const Linear *l, int n_layers, const real *q, int H, const real *z, const real *a,
+                          const real *dout, real *dq, real *t, real *acc) {
     const size_t Hs = round_up((size_t)H, 16);
-    size_t offs[4] = {0}, wmax = 3;
+    size_t offs[4] = {0}, aoff[4] = {0}, wmax = 3;
     for (int k = 0; k + 1 < n_layers; k++) offs[k + 1] = offs[k] + (size_t)l[k].out * Hs;
+    for (int k = 0; k + 1 < n_layers; k++) aoff[k + 1] = aoff[k] + (size_t)(l[k].in + 1) * l[k].out * Hs;
     for (int k = 0; k < n_layers; k++)
         if ((size_t)l[k].out > wmax) wmax = (size_t)l[k].out;
     const real *d = dout;
     for (int k = n_layers - 1; k >= 0; k--) {
         const Linear *L = &l[k];
         const real *in = k ? a + offs[k - 1] : q;
-        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        real *gw = acc + aoff[k], *gb = gw + (size_t)L->in * L->out * Hs; /* (in, out, Hs), (out, Hs) */
         real *dn = k ? t + ((n_layers - k) % 2) * wmax * Hs : dq;
-        for (int i = 0; i < L->in; i++) memset(dn + (size_t)i * Hs, 0, (size_t)H * sizeof(real));
+        if (dn)
+            for (int i = 0; i < L->in; i++) memset(dn + (size_t)i * Hs, 0, (size_t)H * sizeof(real));
         for (int j = 0; j < L->out; j++) {
             const real *dj = d + (size_t)j * Hs;
-            real sb = 0;
-            for (int h = 0; h < H; h++) sb += dj[h];
-            gb[j] += sb;
+            real *bj = gb + (size_t)j * Hs;
+            for (int h = 0; h < H; h++) bj[h] += dj[h];
             for (int i = 0; i < L->in; i++) {
-                const real *ii = in + (size_t)i * Hs;
-                real sw = 0, wv = L->wt[(size_t)i * L->ldw + j];
-                real *di = dn + (size_t)i * Hs;
-                for (int h = 0; h < H; h++) sw += dj[h] * ii[h], di[h] += dj[h] * wv;
-                gw[(size_t)i * L->ldw + j] += sw;
+                const real *ii = in + (size_t)i * Hs, wv = L->wt[(size_t)i * L->ldw + j];
+                real *wij = gw + ((size_t)i * L->out + j) * Hs;
+                for (int h = 0; h < H; h++) wij[h] += dj[h] * ii[h];
+                if (dn) {
+                    real *di = dn + (size_t)i * Hs;
+                    for (int h = 0; h < H; h++) di[h] += dj[h] * wv;
+                }
             }
         }
         if (k) { /* through the SiLU of layer k - 1 */
             const real *zk = z + offs[k - 1];
             for (int i = 0; i < L->in; i++)
-                for (int h = 0; h < H; h++) dn[(size_t)i * Hs + h] *= dsilu(zk[(size_t)i * Hs + h]);
+                silu_backward(zk + (size_t)i * Hs, dn + (size_t)i * Hs, (size_t)H);
         }
         d = dn;
     }
 }
 
-/* ---- the tape: what one sample's forward pass keeps for the backward pass ---- */
+/* the per-channel sums of lin3_backward added to the gradient (summed over the H
+ * channels), and acc zeroed */
+static void lin3_reduce(const Grad *T, const Linear *l, int n_layers, int H, real *acc) {
+    const size_t Hs = round_up((size_t)H, 16);
+    real *p = acc;
+    for (int k = 0; k < n_layers; k++) {
+        const Linear *L = &l[k];
+        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        for (int i = 0; i < L->in; i++)
+            for (int j = 0; j < L->out; j++, p += Hs) {
+                real sw = 0;
+                for (int h = 0; h < H; h++) sw += p[h];
+                gw[(size_t)i * L->ldw + j] += sw;
+            }
+        for (int j = 0; j < L->out; j++, p += Hs) {
+            real sb = 0;
+            for (int h = 0; h < H; h++) sb += p[h];
+            gb[j] += sb;
+        }
+    }
+    memset(acc, 0, (size_t)(p - acc) * sizeof(real));
+}
+
+/* The update's lin3 on all N nodes at once, for the training pass: activations channel
+ * major, each row NH = N Hs long (node n's channels at n Hs, the padding zero), so that
+ * each layer is one matrix product Z (out, NH) = W (out, in) IN (in, NH) + b (matmul_tn
+ * reads W from the transposed weight). z, a: the hidden layers' pre-activations (SiLU'
+ * once silu_train is done) and activations, layer after layer; out (1, NH). */
+static void lin3_rows_train(const Linear *l, int n_layers, const real *q, size_t NH, real *out, real *z, real *a) {
+    const real *in = q;
+    size_t off = 0;
+    for (int k = 0; k < n_layers; k++) {
+        const Linear *L = &l[k];
+        int last = k == n_layers - 1;
+        real *o = last ? out : z + off;
+        for (int j = 0; j < L->out; j++)
+            for (size_t c = 0; c < NH; c++) o[(size_t)j * NH + c] = L->b[j];
+        matmul_tn(o, NH, L->wt, (size_t)L->ldw, in, NH, L->in, (int)NH, (size_t)L->out);
+        if (!last) {
+            silu_train(NULL, o, a + off, (size_t)L->out * NH);
+            in = a + off;
+            off += (size_t)L->out * NH;
+        }
+    }
+}
+
+/* sum_k x[k] y[k], n a multiple of 16, with 16 partial sums (a loop the compiler vectorises) */
+static real dot16(const real *x, const real *y, size_t n) {
+    real acc[16] = {0}, s = 0;
+    for (size_t k = 0; k < n; k += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[k + j] * y[k + j];
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}
+
+/* Backward of lin3_rows_train: dout (1, NH, zero padding) -> dq (3, NH); the parameters'
+ * gradients are sums over the NH columns (dot products). dh: scratch of the hidden
+ * layers' gradients (as many rows as z). */
+static void lin3_rows_backward(const Grad *T, const Linear *l, int n_layers, const real *q, size_t NH, const real *z,
+                               const real *a, const real *dout, real *dq, real *dh) {
+    size_t offs[4] = {0};
+    for (int k = 0; k + 1 < n_layers; k++) offs[k + 1] = offs[k] + (size_t)l[k].out * NH;
+    const real *d = dout;
+    for (int k = n_layers - 1; k >= 0; k--) {
+        const Linear *L = &l[k];
+        const real *in = k ? a + offs[k - 1] : q;
+        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        for (int j = 0; j < L->out; j++) {
+            const real *dj = d + (size_t)j * NH;
+            real sb = 0;
+            for (size_t c = 0; c < NH; c++) sb += dj[c];
+            gb[j] += sb;
+            for (int i = 0; i < L->in; i++) gw[(size_t)i * L->ldw + j] += dot16(in + (size_t)i * NH, dj, NH);
+        }
+        real *dn = k ? dh + offs[k - 1] : dq;
+        matmul_cols(dn, NH, L->wt, (size_t)L->ldw, d, NH, NULL, L->out, (int)NH, (size_t)L->in, 0, 0, (int)NH);
+        if (k) silu_backward(z + offs[k - 1], dn, (size_t)L->in * NH);
+        d = dn;
+    }
+}
+
+/* ---- the tape: what one sample's forward pass keeps for the backward pass ----
+ * The pre-activation of every Linear followed by SiLU (the *_pre buffers, pre1, pre2,
+ * out_pre, lin3's z) holds SiLU'(pre-activation) once the forward pass is done
+ * (silu_train): that is all the backward pass reads of it. */
 
 typedef struct {
     real *xhat, *rstd, *xh;             /* x_layernorm: (N, H), (N), (N, H) */
@@ -3652,7 +3952,7 @@ typedef struct {
 
 typedef struct {
     real *vec_in, *V;          /* (N, 3, H), (N, 3, 2H): vec_proj -> vec1, vec2 */
-    real *q, *z, *a;           /* per node: frame rows (3 x Hs, before |.|), lin3 pre / SiLU (56 x Hs) */
+    real *q, *z, *a;           /* lin3 (lin3_rows_train), rows of N Hs: frame rows (3, before |.|), hidden pre / SiLU (56) */
     real *cat, *xv_pre, *xv, *X; /* (N, 2H) [s, scalar], (N, H) x 2, (N, 3H) */
     real *dyn_in, *dyn_pre, *dyn_act; /* pos_grad head: s (N, H), (N, H/2) x 2 */
 } TapeUpd;
@@ -3679,18 +3979,27 @@ typedef struct {
     TapeUpd upd[MAX_LAYERS];
     TapeOut out[2];
     real *s, *vec, *dpos, *pgrad;            /* final s, vec; dpos and the pos_grad sum (N, 3) */
+    real *mu;                                /* (U, H): the last GCL layer's m on the unmasked edges */
     /* backward scratch */
     real *g_ew, *g_e1, *g_e2, *g_e3, *g_e4;  /* (E, 3H + R), (E, H) x 3, (E) */
     real *g_s, *g_s2, *g_vec, *g_vec2;       /* (N, H), (N, H), (N, 3H), (N, 3H) */
     real *g_n1, *g_n2, *g_n3, *g_big;        /* (N, 6H) x 3, max(U, N) x (3H + R) x 3 */
     real *g_f, *g_ne1, *g_h, *g_pe;          /* (E, H), (N, 3H), (N, I), (N, H) */
     real *g_lin3;                            /* lin3 scratch: 4 x 64 x Hs */
+    real *g_lin3acc;                         /* lin3_backward's per-channel gradient sums, zero between uses */
+    real *g_upd;                             /* the update's lin3: 64 rows of N Hs (lin3_rows_*) */
     void *block;
 } Tape;
 
 /* rows of lin3 scratch: the widest hidden layer of LEFTNet's lin3 (H/4) or the update's
  * (48 + 8 kept per node) */
 static size_t lin3_rows(const oard_config *c) { return c->hidden_channels / 4 > 56 ? (size_t)c->hidden_channels / 4 : 56; }
+/* rows of lin3_backward's accumulator: LEFTNet's lin3 (3 -> H/4 -> 1), (in + 1) x out per
+ * layer */
+static size_t lin3_acc_rows(const oard_config *c) {
+    size_t a = (size_t)c->hidden_channels / 4;
+    return 4 * a + (a + 1);
+}
 
 /* next n reals (16-aligned) of a layout being measured (base NULL) or assigned */
 static void take_n(real **ptr, real *base, size_t *off, size_t n) {
@@ -3794,6 +4103,7 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
     take_n(&t->vec, base, &off, N * 3 * H);
     take_n(&t->dpos, base, &off, N * 3);
     take_n(&t->pgrad, base, &off, N * 3);
+    take_n(&t->mu, base, &off, U * H);
     take_n(&t->g_ew, base, &off, E * EW);
     take_n(&t->g_e1, base, &off, E * H);
     take_n(&t->g_e2, base, &off, E * H);
@@ -3812,6 +4122,8 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
     take_n(&t->g_h, base, &off, N * I);
     take_n(&t->g_pe, base, &off, N * H);
     take_n(&t->g_lin3, base, &off, (12 + 4 * lin3_rows(c)) * Hs);
+    take_n(&t->g_lin3acc, base, &off, lin3_acc_rows(c) * Hs);
+    take_n(&t->g_upd, base, &off, c->update ? N * 64 * Hs : 0);
     t->N = (int)N, t->E = (int)E, t->U = (int)U, t->NF = (int)NF;
     return off;
 }
@@ -3880,7 +4192,8 @@ static void s2v_train(const Ctx *x, Tape *t, const real *ew) {
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
     linear_forward(&x->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
     layernorm_train(t->sv_u, (size_t)N, H, NULL, NULL, t->sv_un, t->sv_un, t->sv_rstd);
-    for (size_t i = 0; i < (size_t)N * H; i++) t->sv_t[i] = silu(t->sv_un[i]);
+    memcpy(t->sv_t, t->sv_un, (size_t)N * H * sizeof(real));
+    silu_inplace(t->sv_t, (size_t)N * H);
     memset(t->ne1, 0, (size_t)N * 3 * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
         const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
@@ -3906,7 +4219,7 @@ static void s2v_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, c
             dts[h] += f[h] * gs;
         }
     }
-    silu_backward(t->sv_un, dt, (size_t)N * H);
+    silu_backward_pre(t->sv_un, dt, (size_t)N * H);
     layernorm_backward(T, dt, t->sv_un, t->sv_rstd, (size_t)N, H, NULL, NULL, dt);
     linear_backward(T, &x->m->net.s2v_lin1, t->s0, dt, (size_t)N, ds0, 1);
 }
@@ -3918,37 +4231,60 @@ static void edge_rows(const Ctx *x, const Tape *t, int e, int node, real *q) {
     frame_rows(t->ne1 + (size_t)node * 3 * H, (size_t)H, H, fr, 0, q);
 }
 
-/* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge (on a masked edge the
- * frame is zero and the scalar lin3(0): a function of the parameters too) */
+/* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge. On a masked edge
+ * the frame is zero, so both scalars are lin3(0) (a function of the parameters): computed
+ * once (as edge_scalarization). */
 static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
+    const Work *w = x->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *out = q + 3 * Hs, *z = out + Hs, *a = z + lin3_rows(c) * Hs;
+    memset(q, 0, 3 * Hs * sizeof(real));
+    lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
     for (int e = 0; e < g->E; e++)
+        if (w->mask[e] == 0)
+            for (int side = 0; side < 2; side++)
+                for (int h = 0; h < H; h++) ew[(size_t)e * EW + side * H + h] = out[h] * w->rbound[e];
+    for (int u = 0; u < w->ue_start[g->N]; u++) {
+        int e = w->ue[u];
         for (int side = 0; side < 2; side++) {
             edge_rows(x, t, e, side == 0 ? g->src[e] : g->dst[e], q);
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
             lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
             real *r = ew + (size_t)e * EW + side * H;
-            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * x->w->rbound[e];
+            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * w->rbound[e];
         }
+    }
 }
 
 /* dew (E, 3H + R), columns [0, 2H) -> gradient of NE1 (dne1, overwritten); the lin3
- * activations are recomputed per edge rather than kept */
+ * activations are recomputed per edge rather than kept. The masked edges' lin3(0) is one
+ * function of the parameters: its backward runs once, on the sum of their gradients. */
 static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, const real *dew, real *dne1) {
     const oard_config *c = &x->m->cfg;
     const Graph *g = x->g;
+    const Work *w = x->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *raw = q + 3 * Hs, *out = raw + 3 * Hs, *dout = out + Hs, *dq = dout + Hs;
     real *z = dq + 3 * Hs, *a = z + lin3_rows(c) * Hs, *tmp = a + lin3_rows(c) * Hs;
     memset(dne1, 0, (size_t)t->N * 3 * H * sizeof(real));
-    for (int e = 0; e < g->E; e++) {
-        const real *fr[3] = {x->w->d + 3 * e, x->w->c + 3 * e, x->w->v + 3 * e};
+    memset(dout, 0, Hs * sizeof(real));
+    for (int e = 0; e < g->E; e++)
+        if (w->mask[e] == 0)
+            for (int side = 0; side < 2; side++) {
+                const real *dr = dew + (size_t)e * EW + side * H;
+                for (int h = 0; h < H; h++) dout[h] += dr[h] * w->rbound[e];
+            }
+    memset(q, 0, 3 * Hs * sizeof(real));
+    lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+    lin3_backward(x->m->net.lin3, 2, q, H, z, a, dout, NULL, tmp, t->g_lin3acc);
+    for (int u = 0; u < w->ue_start[g->N]; u++) {
+        int e = w->ue[u];
+        const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
         for (int side = 0; side < 2; side++) {
             int node = side == 0 ? g->src[e] : g->dst[e];
             edge_rows(x, t, e, node, raw);
@@ -3957,8 +4293,8 @@ static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, co
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
             lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
             const real *dr = dew + (size_t)e * EW + side * H;
-            for (int h = 0; h < H; h++) dout[h] = dr[h] * x->w->rbound[e];
-            lin3_backward(T, x->m->net.lin3, 2, q, H, z, a, dout, dq, tmp);
+            for (int h = 0; h < H; h++) dout[h] = dr[h] * w->rbound[e];
+            lin3_backward(x->m->net.lin3, 2, q, H, z, a, dout, dq, tmp, t->g_lin3acc);
             for (int h = 0; h < H; h++) dq[h] += dout[h]; /* the d-row is added to the scalar */
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) dq[Hs + h] *= raw[Hs + h] > 0 ? 1 : (raw[Hs + h] < 0 ? -1 : 0);
@@ -3968,6 +4304,7 @@ static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, co
                     dn[xyz * H + h] += dq[h] * fr[0][xyz] + dq[Hs + h] * fr[1][xyz] + dq[2 * Hs + h] * fr[2][xyz];
         }
     }
+    lin3_reduce(T, x->m->net.lin3, 2, H, t->g_lin3acc);
 }
 
 /* A view of rows [r0, r0 + in) of a Linear's transposed weight: one input block of the
@@ -3980,8 +4317,12 @@ static Linear linear_block(const Linear *L, int r0, int in, int with_bias) {
     return v;
 }
 
-/* GCLMessage (see gcl_message): s <- xh + node_mlp([xh, agg]); ew_out = ew_in + SiLU(edge_out_trans(m)) */
-static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out) {
+/* GCLMessage (see gcl_message): s <- xh + node_mlp([xh, agg]); ew_out = ew_in + SiLU(edge_out_trans(m)).
+ * In the last layer only the unmasked edges' ew_out is read again (by equi_message): there
+ * edge_out_trans runs on their rows of m only, gathered into mu (U, H), and the other rows
+ * of ew_out are left unset (as gcl_message skips them). */
+static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out,
+                      int last, real *mu) {
     const Graph *g = x->g;
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E;
     const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
@@ -3992,9 +4333,10 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     linear_forward(&Le, ew_in, (size_t)E, t->pre1, 0);
     for (int e = 0; e < E; e++) {
         const real *ai = t->A + (size_t)g->src[e] * H, *bj = t->Bn + (size_t)g->dst[e] * H;
-        real *r = t->pre1 + (size_t)e * H, *y = t->act1 + (size_t)e * H;
-        for (int h = 0; h < H; h++) r[h] += ai[h] + bj[h], y[h] = silu(r[h]);
+        real *r = t->pre1 + (size_t)e * H;
+        for (int h = 0; h < H; h++) r[h] += ai[h] + bj[h];
     }
+    silu_train(NULL, t->pre1, t->act1, (size_t)E * H);
     linear_train(&P->edge_mlp.l[1], t->act1, (size_t)E, t->pre2, t->m2, 1);
     linear_forward(&P->att_mlp.l[0], t->m2, (size_t)E, t->att_pre, 0);
     real *agg = t->cat; /* [xh, agg] rows */
@@ -4014,14 +4356,25 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     real *n2 = x->w->nodetmp;
     mlp_train(&P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, n2);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = t->xh[i] + n2[i];
-    linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
-    for (size_t i = 0; i < (size_t)E * EW; i++) ew_out[i] = ew_in[i] + silu(t->out_pre[i]);
+    if (!last) {
+        linear_forward(&P->edge_out_trans.l[0], t->m, (size_t)E, t->out_pre, 0);
+        silu_train(ew_in, t->out_pre, ew_out, (size_t)E * EW);
+        return;
+    }
+    const Work *w = x->w;
+    const int U = w->ue_start[N];
+    for (int u = 0; u < U; u++) memcpy(mu + (size_t)u * H, t->m + (size_t)w->ue[u] * H, H * sizeof(real));
+    linear_forward(&P->edge_out_trans.l[0], mu, (size_t)U, t->out_pre, 0);
+    for (int u = 0; u < U; u++) {
+        size_t e = (size_t)w->ue[u];
+        silu_train(ew_in + e * EW, t->out_pre + (size_t)u * EW, ew_out + e * EW, (size_t)EW);
+    }
 }
 
 /* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
- * ew_out, replaced by that of ew_in */
+ * ew_out, replaced by that of ew_in (last: gcl_train's last layer, edge_out_trans on mu) */
 static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *T, const real *ew_in,
-                         real *ds, real *dew) {
+                         real *ds, real *dew, int last, const real *mu) {
     const Graph *g = x->g;
     const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E, N = tp->N;
     const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
@@ -4029,8 +4382,18 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
     real *dm = tp->g_e1, *dm2 = tp->g_e2, *dm1 = tp->g_e3, *datt = tp->g_e4, *dt = tp->g_big;
     real *dxh = tp->g_s2, *dcat = tp->g_n1, *dn2 = tp->g_n2, *Di = dn2, *Dj = dn2 + (size_t)N * H;
     /* edgeweight += SiLU(edge_out_trans(m)) */
-    for (size_t i = 0; i < (size_t)E * EW; i++) dt[i] = dew[i] * dsilu(t->out_pre[i]);
-    linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
+    if (!last) {
+        silu_backward_to(t->out_pre, dew, dt, (size_t)E * EW);
+        linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
+    } else { /* unmasked rows only; the others of m get no gradient from here */
+        const Work *w = x->w;
+        const int U = w->ue_start[N];
+        for (int u = 0; u < U; u++)
+            silu_backward_to(t->out_pre + (size_t)u * EW, dew + (size_t)w->ue[u] * EW, dt + (size_t)u * EW, (size_t)EW);
+        linear_backward(T, &P->edge_out_trans.l[0], mu, dt, (size_t)U, dm2, 0);
+        memset(dm, 0, (size_t)E * H * sizeof(real));
+        for (int u = 0; u < U; u++) memcpy(dm + (size_t)w->ue[u] * H, dm2 + (size_t)u * H, H * sizeof(real));
+    }
     /* s = xh + node_mlp([xh, agg]) */
     memcpy(dxh, ds, (size_t)N * H * sizeof(real));
     memcpy(dn2, ds, (size_t)N * H * sizeof(real));
@@ -4181,31 +4544,34 @@ static void node_axes(const Work *w, int n, real axes[3][3]) {
 }
 
 /* EquiUpdate (see equi_update): s += (p + q + dot) / sqrt 2, vec += g vec2 */
-static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec) {
+static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec, real *scratch) {
     const oard_config *c = &x->m->cfg;
     const int H = c->hidden_channels;
     const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     memcpy(t->vec_in, vec, (size_t)N * 3 * H * sizeof(real));
     linear_forward(&P->vec_proj, vec, (size_t)N * 3, t->V, 0);
-    real *qa = x->w->nodetmp, *dot = qa + 3 * Hs;
+    /* frame rows of vec1 per node into q (3, NH), channel major for lin3_rows_train */
+    const size_t NH = (size_t)N * Hs;
+    real *qa = x->w->nodetmp, *out = scratch, *qr = out + NH; /* qa: 3 x Hs; qr: |q| rows (3, NH) */
     for (int n = 0; n < N; n++) {
         const real *v1 = t->V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
-        real axes[3][3], *q = t->q + (size_t)n * 3 * Hs;
+        real axes[3][3], *dot = x->w->agg + (size_t)n * H;
         node_axes(x->w, n, axes);
         const real *ax[3] = {axes[0], axes[1], axes[2]};
-        frame_rows(v1, 2 * (size_t)H, H, ax, 0, q);
-        memcpy(qa, q, 3 * Hs * sizeof(real));
-        if (c->reflect_equiv)
-            for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
-        real *cat = t->cat + (size_t)n * 2 * H;
-        memcpy(cat, s + (size_t)n * H, H * sizeof(real));
-        lin3_train(P->lin3, 3, qa, H, cat + H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs);
+        frame_rows(v1, 2 * (size_t)H, H, ax, 0, qa);
+        for (int k = 0; k < 3; k++) {
+            real *qk = t->q + (size_t)k * NH + (size_t)n * Hs, *rk = qr + (size_t)k * NH + (size_t)n * Hs;
+            for (size_t h = 0; h < Hs; h++) qk[h] = (int)h < H ? qa[(size_t)k * Hs + h] : 0;
+            for (size_t h = 0; h < Hs; h++) rk[h] = (k == 1 && c->reflect_equiv) ? RFABS(qk[h]) : qk[h];
+        }
+        memcpy(t->cat + (size_t)n * 2 * H, s + (size_t)n * H, H * sizeof(real));
+        /* dot is only needed here: s gets it below, after X */
         for (int h = 0; h < H; h++)
             dot[h] = (v1[h] * v2[h] + v1[2 * H + h] * v2[2 * H + h] + v1[4 * H + h] * v2[4 * H + h]) * inv_sqrt_h;
-        /* dot is only needed here: s gets it below, after X */
-        memcpy(x->w->agg + (size_t)n * H, dot, H * sizeof(real));
     }
+    lin3_rows_train(P->lin3, 3, qr, NH, out, t->z, t->a);
+    for (int n = 0; n < N; n++) memcpy(t->cat + (size_t)n * 2 * H + H, out + (size_t)n * Hs, H * sizeof(real));
     linear_train(&P->xvec_proj0, t->cat, (size_t)N, t->xv_pre, t->xv, 1);
     linear_forward(&P->xvec_proj2, t->xv, (size_t)N, t->X, 0);
     for (int n = 0; n < N; n++)
@@ -4243,22 +4609,24 @@ static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const
     linear_backward(T, &P->xvec_proj2, t->xv, dX, (size_t)N, dxv, 0);
     silu_backward(t->xv_pre, dxv, (size_t)N * H);
     linear_backward(T, &P->xvec_proj0, t->cat, dxv, (size_t)N, dcat, 0);
-    real *qa = tp->g_lin3, *dq = qa + 3 * Hs, *tmp = dq + 3 * Hs;
+    const size_t NH = (size_t)N * Hs;
+    real *dout = tp->g_upd, *qr = dout + NH, *dq = qr + 3 * NH, *dh = dq + 3 * NH;
     for (int n = 0; n < N; n++) {
-        const real *q = t->q + (size_t)n * 3 * Hs;
-        real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
-        node_axes(x->w, n, axes);
-        memcpy(qa, q, 3 * Hs * sizeof(real));
-        if (c->reflect_equiv)
-            for (int h = 0; h < H; h++) qa[Hs + h] = RFABS(qa[Hs + h]);
         for (int h = 0; h < H; h++) ds[(size_t)n * H + h] += dcat[(size_t)n * 2 * H + h];
-        lin3_backward(T, P->lin3, 3, qa, H, t->z + (size_t)n * 56 * Hs, t->a + (size_t)n * 56 * Hs,
-                      dcat + (size_t)n * 2 * H + H, dq, tmp);
+        for (size_t h = 0; h < Hs; h++) dout[(size_t)n * Hs + h] = (int)h < H ? dcat[(size_t)n * 2 * H + H + h] : 0;
+    }
+    for (size_t i = 0; i < 3 * NH; i++) qr[i] = (i / NH == 1 && c->reflect_equiv) ? RFABS(t->q[i]) : t->q[i];
+    lin3_rows_backward(T, P->lin3, 3, qr, NH, t->z, t->a, dout, dq, dh);
+    for (int n = 0; n < N; n++) {
+        const real *q1 = t->q + NH + (size_t)n * Hs;
+        real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
+        real *d0 = dq + (size_t)n * Hs, *d1 = d0 + NH, *d2 = d1 + NH;
+        node_axes(x->w, n, axes);
         if (c->reflect_equiv)
-            for (int h = 0; h < H; h++) dq[Hs + h] *= q[Hs + h] > 0 ? 1 : (q[Hs + h] < 0 ? -1 : 0);
+            for (int h = 0; h < H; h++) d1[h] *= q1[h] > 0 ? 1 : (q1[h] < 0 ? -1 : 0);
         for (int xyz = 0; xyz < 3; xyz++)
             for (int h = 0; h < H; h++)
-                dVn[xyz * 2 * H + h] += dq[h] * axes[0][xyz] + dq[Hs + h] * axes[1][xyz] + dq[2 * Hs + h] * axes[2][xyz];
+                dVn[xyz * 2 * H + h] += d0[h] * axes[0][xyz] + d1[h] * axes[1][xyz] + d2[h] * axes[2][xyz];
     }
     linear_backward(T, &P->vec_proj, t->vec_in, dV, (size_t)N * 3, dvec, 1);
 }
@@ -4372,9 +4740,9 @@ static void leftnet_train(const Ctx *x, Tape *t) {
     for (int i = 0; i < c->num_layers; i++) {
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += t->pe[k];
-        gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1]);
+        gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
         equi_message_train(x, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
-        if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec);
+        if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec, t->g_upd);
         if (c->pos_grad) pos_grad_train(x, &t->upd[i], N, s, t->pgrad);
     }
     const real *xin = s, *vin = vec;
@@ -4401,11 +4769,12 @@ static void leftnet_backward(const Ctx *x, Tape *t, const Grad *T, const real *d
     }
     memset(dew, 0, (size_t)E * EW * sizeof(real));
     memset(dpe, 0, (size_t)N * H * sizeof(real));
+    memset(t->g_lin3acc, 0, lin3_acc_rows(c) * round_up((size_t)H, 16) * sizeof(real));
     for (int i = c->num_layers - 1; i >= 0; i--) {
         if (c->pos_grad) pos_grad_backward(x, t, &t->upd[i], T, dgrad, ds);
         if (c->update) equi_update_backward(x, t, &t->upd[i], &p->upd[i], T, ds, dvec);
         equi_message_backward(x, t, &t->msg[i], &p->msg[i], T, ds, dvec, dew);
-        gcl_backward(x, t, &t->gcl[i], &p->gcl[i], T, t->ew[i], ds, dew);
+        gcl_backward(x, t, &t->gcl[i], &p->gcl[i], T, t->ew[i], ds, dew, i == c->num_layers - 1, t->mu);
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) dpe[k] += ds[k];
     }
@@ -4484,12 +4853,28 @@ static void bridge_train_input(const oard_sb_schedule *sb, int n, int nf, const 
         for (int k = 0; k < 3; k++) label[3 * i + k] = (zt[1][(size_t)i * nf + k] - xh[1][(size_t)i * nf + k]) / sd;
 }
 
+/* A thread's tape memory, kept from one sample to the next (a fresh multi-MB block per
+ * sample costs page faults): at least n reals, not zeroed, or NULL. */
+typedef struct {
+    real *block;
+    size_t cap;
+} TapeBuf;
+
+static real *tape_buffer(TapeBuf *tb, size_t n) {
+    if (n > tb->cap) {
+        aligned_free(tb->block);
+        tb->block = aligned_malloc(n, sizeof(real));
+        tb->cap = tb->block ? n : 0;
+    }
+    return tb->block;
+}
+
 /* One sample: n atoms per fragment; xh[f], noise[f] its rows (n, nf); the gradient of its
  * loss is added to G (which the caller zeroed). terms: OARD_N_TERMS values (bridge: its
  * mean square error in LOSS_T and NLL). */
 static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, const real *const xh[3],
                         const real *const noise[3], int t_int, const TrainObjective *obj, const real *cond, real *G,
-                        double *terms, char *err) {
+                        double *terms, TapeBuf *tb, char *err) {
     const oard_schedule *sch = obj->sch;
     const int bridge = obj->objective == OARD_OBJECTIVE_BRIDGE;
     const oard_config *c = &m->cfg;
@@ -4523,7 +4908,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     if (!rc) {
         leftnet_geometry(&x, w->pos);
         size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, NULL);
-        block = aligned_calloc(len, sizeof(real));
+        block = tape_buffer(tb, len);
         if (!block) rc = fail(err, OARD_ERR_NOMEM, "training: cannot allocate %zu values for a %d-atom reaction", len, n);
         else tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, block);
     }
@@ -4609,7 +4994,6 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
         }
     }
 done:
-    aligned_free(block);
     for (int f = 0; f < 3; f++) free(zt[f]);
     free(label);
     oard_workspace_free(ws);
@@ -4676,15 +5060,32 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     int *rcs = rc ? NULL : xcalloc((size_t)B, sizeof(int));
     if (!rc && (!errs || !rcs)) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
     TrainObjective obj = {c->objective, &sch, &sb, 1.0 / (3.0 * NF)};
+    int *order = rc ? NULL : xcalloc((size_t)B, sizeof(int));
+    if (!rc && !order) rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
     if (!rc) {
-        int nt = batch_threads(batch);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (int b = 0; b < B; b++) {
-            const real *xs[3], *ns[3];
-            for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
-            rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &obj,
-                                  cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
-                                  tm + (size_t)b * OARD_N_TERMS, errs + (size_t)b * OARD_ERRLEN);
+        const int nt = batch_threads(batch);
+        (void)nt; /* only the OpenMP pragma reads it */
+        /* largest samples first (their cost grows as n^2), so that the threads finish
+         * together; each sample has its own slot of G, so the order changes no result */
+        for (int b = 0; b < B; b++) order[b] = b;
+        for (int a = 1; a < B; a++)
+            for (int k = a; k > 0 && batch->sizes[order[k - 1]] < batch->sizes[order[k]]; k--) {
+                int tmp_b = order[k];
+                order[k] = order[k - 1], order[k - 1] = tmp_b;
+            }
+#pragma omp parallel num_threads(nt)
+        {
+            TapeBuf tb = {NULL, 0}; /* one tape per thread, reused from sample to sample */
+#pragma omp for schedule(dynamic, 1)
+            for (int k = 0; k < B; k++) {
+                const int b = order[k];
+                const real *xs[3], *ns[3];
+                for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
+                rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &obj,
+                                      cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
+                                      tm + (size_t)b * OARD_N_TERMS, &tb, errs + (size_t)b * OARD_ERRLEN);
+            }
+            aligned_free(tb.block);
         }
         for (int b = 0; b < B && !rc; b++)
             if (rcs[b]) rc = fail(err, rcs[b], "sample %d: %s", b, errs + (size_t)b * OARD_ERRLEN);
@@ -4696,6 +5097,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
         if (loss) *loss = bridge ? sum : sum / B;
         if (terms) memcpy(terms, tm, (size_t)B * OARD_N_TERMS * sizeof(double));
         if (grad) /* the batch mean (bridge: the sum, coef holds the mean), in sample order whatever the thread count */
+#pragma omp parallel for num_threads(batch_threads(batch)) schedule(static)
             for (size_t k = 0; k < P; k++) {
                 real s = 0;
                 for (int b = 0; b < B; b++) s += G[(size_t)b * P + k];
@@ -4703,7 +5105,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
             }
     }
     for (int f = 0; f < 3; f++) free(x[f]), free(noise[f]);
-    free(tmp), free(tm), free(off), free(errs), free(rcs), free(bw);
+    free(tmp), free(tm), free(off), free(errs), free(rcs), free(bw), free(order);
     aligned_free(G);
     aligned_free(bw_block);
     oard_schedule_free(&sch);
@@ -8155,8 +8557,14 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "--version")) {
-        printf("oa_reactdiff %s\n", oard_version());
+        printf("oa_reactdiff %s, kernels %s\n", oard_version(), oard_kernel_path());
         return 0;
+    }
+    const char *isa = getenv("OARD_ISA");
+    if (isa && *isa && strcmp(isa, oard_kernel_path()) != 0) {
+        fprintf(stderr, "oa_reactdiff: OARD_ISA=%s: not a kernel path of this build and CPU (generic, avx2, avx512 as the CPU allows; "
+                        "this build and CPU: %s at best)\n", isa, oard_kernel_path());
+        return EXIT_USAGE;
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

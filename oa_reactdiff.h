@@ -402,6 +402,11 @@ int oard_rmsd(int n, const int *elem_a, const double *xyz_a, const int *elem_b, 
 uint32_t oard_crc32(uint32_t crc, const void *data, size_t n);
 const char *oard_version(void);
 
+/* The kernel code path in use: "generic", "avx2" or "avx512" in a portable x86 build (the
+ * widest the CPU has, or the one OARD_ISA names if the CPU has it), "native" in a build for
+ * one target (e.g. -march=native). Results differ between paths in the last bits only. */
+const char *oard_kernel_path(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,11 @@
  *       one such line (CASE rxn14 or batch8); used for the float64/float32 ratio
  *   bench ts MODEL.bin R.xyz P.xyz STEPS RESAMPLINGS JUMP THREADS
  *       wall time of one TS candidate by inpainting (oard_inpaint), as `oa_reactdiff ts`
+ *   bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B]
+ *       training steps (oard_train_loss with the gradient) on the train split of a
+ *       dataset: bench-train <name> threads=<n> reactions_per_s=<r> gflops=<rate> ...
+ *   bench train-table SMALL.bin FULL.bin DATA: the FMA peak, then both models at 1 and 2
+ *       threads, each line with peak_fraction (make bench-train)
  *   bench rss MODEL.bin ATOMS THREADS
  *       one denoiser call on a synthetic reaction of 3 x ATOMS atoms: the engine's memory
  *       estimate, the peak resident set size (getrusage) and the time
@@ -434,6 +439,232 @@ static void cmd_rss(char **argv) {
     oard_model_free(m);
 }
 
+/* ---- training steps on a dataset (bench train) ----
+ * The train split of DATA/index.tsv (columns id and split; DATA/reactions/<id>/{react,ts,
+ * prod}.xyz), every reaction as given and with reactant and product exchanged, in a fixed
+ * shuffled order, batches of B (default 14, as `oa_reactdiff train`); t uniform in 0..T.
+ * One call of oard_train_loss with the gradient is one step (the optimizer, a few ms at
+ * most, is not included). */
+typedef struct {
+    int n;
+    oard_real *xh[3]; /* (n, nf) centred positions, one-hot, Z */
+    double flops;     /* matrix-product operations of one training call on it */
+} train_item;
+
+/* Floating-point operations of the matrix products of one sample's training call
+ * (oard_train_loss with the gradient), as the training kernels run them: the forward pass
+ * of leftnet_train (every Linear on its rows; lin3 on unmasked edges and once for the
+ * masked ones; edge_out_trans of the last layer on unmasked edges only), then per Linear
+ * the weight gradient (as many as forward) and the input gradient (as many again, except
+ * for the layers fed by inputs: encoders' first layers, radial_lin first layer, rbf_proj,
+ * pos_expansion first layer). Unmasked edges: same-fragment pairs within the cutoff of the
+ * clean structure. Elementwise work (SiLU, LayerNorm, sums over edges) is not counted. */
+static double count_train_flops(const oard_config *c, int n, double Eu_frag) {
+    const double H = c->hidden_channels, R = c->num_radial, L = c->num_layers, I = c->in_hidden_channels;
+    const double EW = 3 * H + R, N = 3.0 * n, E = N * (N - 1), Eu = Eu_frag, Em = E - Eu;
+    const double F = c->node_nfs[0] - c->pos_dim, Eemb = I - c->condition_time - c->condition_nf;
+    double fw = 0, in_only = 0; /* MACs forward; MACs of layers whose input needs no gradient */
+    /* encoders (3 fragments of n rows): F -> 2F -> Eemb... as core.py MLP widths */
+    fw += N * (F * 2 * F + 2 * F * Eemb), in_only += N * F * 2 * F;
+    fw += E * (R * H + H * H), in_only += E * R * H;                     /* radial_lin */
+    fw += 2 * N * I * H;                                                   /* embedding, neighbor_emb */
+    fw += N * H * H;                                                       /* s2v_lin1 */
+    fw += (2 * Eu + (Em > 0)) * H * (3 * H / 4 + H / 4);                   /* edge lin3 */
+    fw += N * (3 * H / 2 + H / 2 * H), in_only += N * 3 * H / 2;          /* pos_expansion */
+    for (int l = 0; l < (int)L; l++) {
+        fw += 2 * N * H * H + E * EW * H + E * H * H + E * H;              /* edge_mlp, att_mlp */
+        fw += N * (2 * H * 2 * H + 2 * H * H);                             /* node_mlp (2H -> 2H -> H) */
+        fw += (l == (int)L - 1 ? Eu : E) * H * EW;                         /* edge_out_trans */
+        fw += N * (H * H + H * 3 * H);                                     /* x_proj */
+        fw += Eu * (EW * 3 * H + 9 * H * H + R * 3 * H), in_only += Eu * R * 3 * H; /* dir_proj, rbf_proj */
+        if (c->update)
+            fw += 3 * N * H * 2 * H + N * H * (3 * 48 + 48 * 8 + 8) + N * (2 * H * H + H * 3 * H);
+        if (c->pos_grad) fw += N * (H * H / 2 + H / 2 * 3);
+    }
+    /* the output block(s): vec1/vec2 projections on 3N rows, update_net on N rows */
+    if (c->single_layer_output)
+        fw += 3 * N * (H * H + H * 1) + N * (2 * H * H + H * 2);
+    else
+        fw += 3 * N * (H * H + H * H / 2) + N * (2 * H * H + H * H) + 3 * N * (H / 2 * H / 2 + H / 2) +
+              N * (H * H / 2 + H / 2 * 2);
+    return 2 * (3 * fw - in_only);
+}
+
+static char *read_line(FILE *f) {
+    static char buf[65536];
+    if (!fgets(buf, sizeof buf, f)) return NULL;
+    buf[strcspn(buf, "\r\n")] = 0;
+    return buf;
+}
+
+/* column index of name in a tab-separated header, or -1 */
+static int tsv_column(const char *header, const char *name) {
+    int col = 0;
+    for (const char *p = header; p; col++) {
+        const char *q = strchr(p, '\t');
+        size_t len = q ? (size_t)(q - p) : strlen(p);
+        if (len == strlen(name) && strncmp(p, name, len) == 0) return col;
+        p = q ? q + 1 : NULL;
+    }
+    return -1;
+}
+
+static void tsv_field(const char *line, int col, char *out, size_t cap) {
+    for (int k = 0; k < col && line; k++) line = strchr(line, '\t') ? strchr(line, '\t') + 1 : NULL;
+    size_t len = line ? strcspn(line, "\t") : 0;
+    if (len >= cap) len = cap - 1;
+    memcpy(out, line ? line : "", len);
+    out[len] = 0;
+}
+
+static train_item *read_train_items(const oard_config *c, const char *dir, int *count) {
+    char path[4096], id[512], split[64];
+    snprintf(path, sizeof path, "%s/index.tsv", dir);
+    FILE *f = fopen(path, "r");
+    char *line = f ? read_line(f) : NULL;
+    if (!line) die("cannot read DATA/index.tsv");
+    int cid = tsv_column(line, "id"), csp = tsv_column(line, "split"), n = 0, cap = 0;
+    if (cid < 0 || csp < 0) die("index.tsv: no id or split column");
+    train_item *items = NULL;
+    while ((line = read_line(f)) != NULL) {
+        tsv_field(line, cid, id, sizeof id);
+        tsv_field(line, csp, split, sizeof split);
+        if (strcmp(split, "train") != 0) continue;
+        const char *names[3] = {"react", "ts", "prod"};
+        int na[3], *el[3];
+        double *xyz[3];
+        for (int k = 0; k < 3; k++) {
+            snprintf(path, sizeof path, "%s/reactions/%s/%s.xyz", dir, id, names[k]);
+            read_xyz(path, c, &na[k], &el[k], &xyz[k]);
+        }
+        if (na[1] != na[0] || na[2] != na[0]) die("a reaction's three structures differ in atom count");
+        if (n + 2 > cap) cap = cap ? 2 * cap : 256, items = realloc(items, (size_t)cap * sizeof(train_item));
+        if (!items) die("out of memory");
+        const int nf = c->node_nfs[0], a = na[0];
+        double Eu = 0;
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < a; i++)
+                for (int j = 0; j < a; j++) {
+                    double d2 = 0;
+                    for (int q = 0; q < 3; q++) d2 += pow(xyz[k][3 * i + q] - xyz[k][3 * j + q], 2);
+                    Eu += i != j && sqrt(d2) < c->cutoff;
+                }
+        for (int dirn = 0; dirn < 2; dirn++) { /* as given, then reactant and product exchanged */
+            train_item *it = &items[n++];
+            it->n = a;
+            it->flops = count_train_flops(c, a, Eu);
+            for (int k = 0; k < 3; k++) {
+                const double *src = xyz[dirn && k != 1 ? 2 - k : k];
+                double mean[3] = {0, 0, 0};
+                for (int i = 0; i < a; i++)
+                    for (int q = 0; q < 3; q++) mean[q] += src[3 * i + q] / a;
+                it->xh[k] = xcalloc((size_t)a * nf, sizeof(oard_real));
+                for (int i = 0; i < a; i++) {
+                    oard_real *row = it->xh[k] + (size_t)i * nf;
+                    for (int q = 0; q < 3; q++) row[q] = (oard_real)(src[3 * i + q] - mean[q]);
+                    for (int e = 0; e < c->n_elements; e++) row[3 + e] = (oard_real)(e == el[0][i]);
+                    row[3 + c->n_elements] = (oard_real)c->element_z[el[0][i]];
+                }
+            }
+        }
+        for (int k = 0; k < 3; k++) free(el[k]), free(xyz[k]);
+    }
+    fclose(f);
+    if (n == 0) die("no train reactions in DATA/index.tsv");
+    *count = n;
+    return items;
+}
+
+/* one bench-train line: `steps` timed steps (after one warm-up) of batches of B; with
+ * peak > 0 (GFLOP/s) also the fraction of it reached */
+static void train_line(const char *path, const char *name, const char *data, int threads, int steps, int B,
+                       double peak) {
+    oard_model *m = load(path);
+    const oard_config *c = oard_model_config(m);
+    int n_items;
+    if (threads < 1 || steps < 1 || B < 1) die("bad THREADS, --steps or --batch");
+    train_item *items = read_train_items(c, data, &n_items);
+    int *order = xcalloc((size_t)n_items, sizeof(int));
+    uint64_t s = 2024;
+    for (int i = 0; i < n_items; i++) order[i] = i;
+    for (int i = n_items - 1; i > 0; i--) { /* Fisher-Yates with an LCG: a fixed order */
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        int j = (int)((s >> 33) % (uint64_t)(i + 1));
+        int tmp = order[i];
+        order[i] = order[j], order[j] = tmp;
+    }
+    const int nf = c->node_nfs[0];
+    oard_real *grad = xcalloc(oard_param_size(m), sizeof(oard_real));
+    double *ms = xcalloc((size_t)steps, sizeof(double)), flops = 0, cpu = 0;
+    oard_rng rng;
+    oard_rng_seed(&rng, 7);
+    char err[OARD_ERRLEN];
+    int at = 0;
+    for (int k = -1; k < steps; k++) { /* one warm-up step */
+        int sizes[256], t_int[256];
+        size_t rows = 0;
+        if (B > 256) die("--batch at most 256");
+        for (int b = 0; b < B; b++) rows += items[order[(at + b) % n_items]].n;
+        oard_real *xh[3];
+        for (int f = 0; f < 3; f++) xh[f] = xcalloc((size_t)rows * nf, sizeof(oard_real));
+        double fl = 0;
+        for (int b = 0, r = 0; b < B; b++) {
+            const train_item *it = &items[order[(at + b) % n_items]];
+            sizes[b] = it->n;
+            t_int[b] = (int)((uint64_t)(at + b) * 2654435761u % (uint64_t)(c->training_timesteps + 1));
+            for (int f = 0; f < 3; f++) memcpy(xh[f] + (size_t)r * nf, it->xh[f], (size_t)it->n * nf * sizeof(oard_real));
+            r += it->n;
+            fl += it->flops;
+        }
+        oard_batch batch = {B, sizes, threads};
+        const oard_real *cx[3] = {xh[0], xh[1], xh[2]};
+        double loss, t0 = now(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+        if (oard_train_loss(m, &batch, cx, NULL, t_int, &rng, &loss, NULL, grad, err)) die(err);
+        if (k >= 0) ms[k] = 1e3 * (now() - t0), cpu += 1e3 * (clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0), flops += fl;
+        for (int f = 0; f < 3; f++) free(xh[f]);
+        at += B;
+    }
+    double total = 0;
+    for (int k = 0; k < steps; k++) total += ms[k];
+    qsort(ms, (size_t)steps, sizeof(double), cmp_double);
+    /* rates over all timed steps (total time), the median step for reference */
+    double gflops = flops / (total * 1e-3) * 1e-9;
+    printf("bench-train %s threads=%d reactions_per_s=%.1f gflops=%.1f", name, threads, steps * B / (total * 1e-3),
+           gflops);
+    if (peak > 0) printf(" peak_fraction=%.2f", gflops / peak);
+    printf(" ms_per_step=%.1f median_ms=%.1f cpu_ms_per_step=%.1f steps=%d batch=%d\n", total / steps, ms[steps / 2],
+           cpu / steps, steps, B);
+    fflush(stdout);
+    for (int i = 0; i < n_items; i++)
+        for (int f = 0; f < 3; f++) free(items[i].xh[f]);
+    free(items), free(order), free(grad), free(ms);
+    oard_model_free(m);
+}
+
+/* bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B] */
+static void cmd_train(int argc, char **argv) {
+    int steps = 12, B = 14;
+    for (int i = 6; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
+        if (strcmp(argv[i], "--batch") == 0) B = atoi(argv[i + 1]);
+    }
+    train_line(argv[2], argv[3], argv[4], atoi(argv[5]), steps, B, 0);
+}
+
+/* bench train-table SMALL.bin FULL.bin DATA [--steps K] [--full-steps K]: the FMA peak at 1
+ * and 2 threads, then both models at 1 and 2 threads */
+static void cmd_train_table(int argc, char **argv) {
+    int steps = 12, full_steps = 3;
+    for (int i = 5; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--steps") == 0) steps = atoi(argv[i + 1]);
+        if (strcmp(argv[i], "--full-steps") == 0) full_steps = atoi(argv[i + 1]);
+    }
+    double peak[3] = {0, peak_gflops(1), peak_gflops(2)};
+    for (int nt = 1; nt <= 2; nt++) printf("bench peak float32 fma threads=%d gflops=%.1f\n", nt, peak[nt]);
+    for (int nt = 1; nt <= 2; nt++) train_line(argv[2], "small", argv[4], nt, steps, 14, peak[nt]);
+    for (int nt = 1; nt <= 2; nt++) train_line(argv[3], "full", argv[4], nt, full_steps, 14, peak[nt]);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     for (int i = 1; i < argc; i++) show_cpu |= strcmp(argv[i], "--cpu") == 0;
@@ -441,13 +672,17 @@ int main(int argc, char **argv) {
     else if (strcmp(mode, "one") == 0 && argc >= 8) cmd_one(argc, argv);
     else if (strcmp(mode, "ts") == 0 && argc >= 9) cmd_ts(argv);
     else if (strcmp(mode, "rss") == 0 && argc >= 5) cmd_rss(argv);
+    else if (strcmp(mode, "train") == 0 && argc >= 6) cmd_train(argc, argv);
+    else if (strcmp(mode, "train-table") == 0 && argc >= 5) cmd_train_table(argc, argv);
     else if (strcmp(mode, "bridge") == 0 && argc >= 7) cmd_bridge(argv);
     else {
         fprintf(stderr, "usage: bench table TINY.bin FULL.bin R.xyz P.xyz [--reps K]\n"
                         "       bench bridge NAME WEIGHTS.bin R.xyz P.xyz THREADS\n"
                         "       bench one MODEL.bin NAME R.xyz P.xyz rxn14|batch8 THREADS [--reps K]\n"
                         "       bench ts MODEL.bin R.xyz P.xyz STEPS RESAMPLINGS JUMP THREADS\n"
-                        "       bench rss MODEL.bin ATOMS THREADS\n");
+                        "       bench rss MODEL.bin ATOMS THREADS\n"
+                        "       bench train MODEL.bin NAME DATA THREADS [--steps K] [--batch B]\n"
+                        "       bench train-table SMALL.bin FULL.bin DATA [--steps K] [--full-steps K]\n");
         return 2;
     }
     return 0;

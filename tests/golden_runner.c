@@ -499,7 +499,7 @@ typedef struct {
     char name[96];
     size_t rows, cols;
     errstat e;
-    char note[160];   /* "no reference", "shape mismatch ...", "not dumped by the engine" */
+    char note[256];   /* "no reference", "shape mismatch ...", "not dumped by the engine" */
 } detail;
 
 typedef struct {
