@@ -66,7 +66,7 @@ endif
 ALL_CFLAGS = $(CFLAGS) $(OMP_FLAGS) -I.
 ENGINE = oa_reactdiff.c oa_reactdiff.h
 
-.PHONY: all runners test-programs check-golden check-dispatch test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay install clean bench bench-ts bench-rss bench-train
+.PHONY: all runners test-programs check-golden check-dispatch test test-core test-sanitize test-valgrind fuzz fuzz-run fuzz-replay fuzz-converter install clean bench bench-ts bench-rss bench-train
 
 all: oa_reactdiff oa_reactdiff64
 
@@ -157,6 +157,7 @@ test:
 		echo "SKIP libFuzzer runs ($(FUZZ_CC) with -fsanitize=fuzzer not available); replaying corpora"; \
 	fi; \
 	$(MAKE) --no-print-directory fuzz-replay || status=1; \
+	$(MAKE) --no-print-directory fuzz-converter FUZZ_TIME=$(CI_CONVERTER_FUZZ_TIME) || status=1; \
 	echo "== valgrind"; \
 	if command -v $(VALGRIND) >/dev/null 2>&1; then $(MAKE) --no-print-directory test-valgrind || status=1; \
 	else echo "SKIP valgrind not installed"; fi; \
@@ -167,6 +168,7 @@ test:
 	exit $$status
 
 CI_FUZZ_TIME ?= 60
+CI_CONVERTER_FUZZ_TIME ?= 60
 
 # Golden data and unit tests, in the build of this tree.
 # Every part runs even if an earlier one failed; the target fails if any part did.
@@ -196,16 +198,22 @@ test-core: all runners
 	exit $$status
 
 # ---- fuzzing (tests/fuzz): libFuzzer harnesses for the xyz reader, the reaction-list
-# reader and the weights loader. `make fuzz-run FUZZ_TIME=1800` fuzzes each for that many
-# seconds (new corpus entries in build/fuzz/corpus_*, crashes in build/fuzz/crash_*; keep a
+# reader, the weights loader, the checkpoint reader and --init-config (the last three
+# with structure-aware mutators, LLVMFuzzerCustomMutator). `make fuzz-run FUZZ_TIME=1800` fuzzes each for that many
+# seconds (new corpus entries in build/fuzz/corpus_*, crashes in build/fuzz/crash_*; the
+# weights and checkpoint mutators may lengthen a file: -max_len 1 MB for them; keep a
 # crash as tests/fuzz/regressions/<harness>/<name> once fixed). `make fuzz-replay` runs the
 # seed corpora and the regression inputs through the harnesses built with the C compiler
 # and ASan + UBSan, no clang needed.
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
-FUZZERS = xyz list weights checkpoint
-FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZERS = xyz list weights checkpoint init
+# clang's integer checks (signed overflow, shifts, division by zero, implicit conversions
+# that change a value); unsigned wrap-around stays allowed: CRC-32, FNV-1a, splitmix64 and
+# xoshiro256** are modular arithmetic on purpose.
+INT_SAN = -fsanitize=integer -fno-sanitize=unsigned-integer-overflow,unsigned-shift-base
+FUZZ_FLAGS = -g -O1 -std=c99 -fsanitize=fuzzer,address,undefined,float-cast-overflow $(INT_SAN) -fno-sanitize-recover=all
+REPLAY_FLAGS = -g -O1 -std=c99 -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(ENGINE)
 	@mkdir -p build/fuzz
@@ -221,7 +229,8 @@ fuzz-run: fuzz
 	@status=0; for h in $(FUZZERS); do \
 		mkdir -p build/fuzz/corpus_$$h tests/fuzz/regressions/$$h; \
 		echo "== fuzz_$$h for $(FUZZ_TIME) s"; \
-		./build/fuzz/fuzz_$$h build/fuzz/corpus_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h \
+		ml=; case $$h in weights|checkpoint) ml=-max_len=1048576;; esac; \
+		./build/fuzz/fuzz_$$h build/fuzz/corpus_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h $$ml \
 			-max_total_time=$(FUZZ_TIME) -timeout=60 -rss_limit_mb=2048 -print_final_stats=1 \
 			-artifact_prefix=build/fuzz/crash_$$h- 2>build/fuzz/log_$$h.txt || status=1; \
 		grep -E "stat::number_of_executed_units|stat::new_units_added" build/fuzz/log_$$h.txt; \
@@ -233,6 +242,11 @@ fuzz-replay: $(FUZZERS:%=build/fuzz/replay_%)
 		mkdir -p tests/fuzz/regressions/$$h; \
 		ASAN_OPTIONS=detect_leaks=1 ./build/fuzz/replay_$$h tests/fuzz/corpus/$$h tests/fuzz/regressions/$$h || status=1; \
 	done; exit $$status
+
+# The converter's fuzzer (tests/fuzz/fuzz_ckpt2bin.py: seeded mutations of pickle opcodes
+# and zip members, each input in a child with 1 GB of address space and 10 s): FUZZ_TIME s.
+fuzz-converter:
+	$(PYTHON) tests/fuzz/fuzz_ckpt2bin.py --seconds $(FUZZ_TIME)
 
 # ---- valgrind memcheck of CLI commands (serial build: no OpenMP thread pools), success
 # and error paths; any error or leak fails.
@@ -261,7 +275,8 @@ test-valgrind: build/valgrind/oa_reactdiff
 
 # The whole test suite again, built with AddressSanitizer and UndefinedBehaviorSanitizer
 # (any report fails the run), in a copy of the tree under build/sanitize.
-SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SAN_FLAGS ?= -O2 -g -std=c99 -Wall -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all -fno-omit-frame-pointer \
+	$(if $(findstring clang,$(CC)),$(INT_SAN))
 SAN_FILES = oa_reactdiff.c oa_reactdiff.h Makefile weights.bin weights_diffusion.bin tests tools examples docs data
 test-sanitize:
 	rm -rf build/sanitize && mkdir -p build/sanitize

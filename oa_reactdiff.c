@@ -24,6 +24,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -33,7 +34,10 @@
 #include <omp.h>
 #endif
 #if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h> /* sysconf: the physical memory, for the memory limit */
+#include <fcntl.h>    /* open: O_EXCL temporary files, O_NONBLOCK reads */
+#include <sys/stat.h> /* fstat: only regular files are read whole */
+#include <time.h>     /* clock_gettime: names of temporary files */
+#include <unistd.h>   /* sysconf: the physical memory, for the memory limit */
 #endif
 
 typedef oard_real real;
@@ -75,12 +79,40 @@ const char *oard_version(void) { return OARD_VERSION " (" OARD_REAL_NAME ")"; }
 /* ------------------------------------------------------------------------------------ */
 /* Errors                                                                                */
 
+/* src into dst (n bytes, NUL-terminated, cut if need be) with every byte a terminal could
+ * act on written as \xNN: control characters (newline and escape included), DEL, the C1
+ * controls (U+0080..U+009F) and bytes that are not UTF-8. Messages and `info` quote names
+ * and values from files this way, so a crafted file cannot end a message line early or
+ * drive the terminal. Idempotent: its output has nothing left to escape. */
+static void escape_text(char *dst, size_t n, const char *src) {
+    const unsigned char *s = (const unsigned char *)src;
+    size_t o = 0;
+    while (*s && o + 1 < n) {
+        int len = *s < 0x80 ? 1 : (*s & 0xE0) == 0xC0 ? 2 : (*s & 0xF0) == 0xE0 ? 3 : (*s & 0xF8) == 0xF0 ? 4 : 0;
+        for (int k = 1; k < len; k++)
+            if ((s[k] & 0xC0) != 0x80) len = 0;
+        if (len == 2 && (s[0] < 0xC2 || (s[0] == 0xC2 && s[1] < 0xA0))) len = 0; /* overlong, or a C1 control */
+        if (len == 1 && (*s < 0x20 || *s == 0x7F)) len = 0;
+        if (len == 0) {
+            if (o + 5 >= n) break;
+            snprintf(dst + o, n - o, "\\x%02x", *s++);
+            o += 4;
+        } else {
+            if (o + (size_t)len >= n) break;
+            memcpy(dst + o, s, (size_t)len), o += (size_t)len, s += len;
+        }
+    }
+    dst[o] = 0;
+}
+
 static int fail(char *err, int code, const char *fmt, ...) {
     if (err) {
+        char raw[OARD_ERRLEN];
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err, OARD_ERRLEN, fmt, ap);
+        vsnprintf(raw, sizeof(raw), fmt, ap);
         va_end(ap);
+        escape_text(err, OARD_ERRLEN, raw);
     }
     return code;
 }
@@ -238,6 +270,9 @@ static int parse_tensor_line(const wfile *w, const char *line, wtensor *t, char 
         if (end == p || v < 0 || v > (1LL << 40))
             return fail(err, OARD_ERR_FORMAT, "%s: tensor %s has a malformed shape", w->path, t->name);
         t->dims[d] = v;
+        /* a product past 2^64 would wrap and could match a small byte size */
+        if (v && numel > UINT64_MAX / 8 / (uint64_t)v)
+            return fail(err, OARD_ERR_FORMAT, "%s: tensor %s has a malformed shape", w->path, t->name);
         numel *= (uint64_t)v;
         p = end;
     }
@@ -249,32 +284,76 @@ static int parse_tensor_line(const wfile *w, const char *line, wtensor *t, char 
     return OARD_OK;
 }
 
+/* A weights file or a checkpoint (noun, for messages), read whole: both formats start
+ * with an 8-byte magic and keep the file size at byte 48. The file is opened without
+ * blocking (a FIFO would wait for a writer), must be a regular file, and its first 64
+ * bytes are checked before anything as large as the file is allocated. One byte more is
+ * allocated than the file holds (*size bytes). */
+static int read_binary_file(const char *path, const char *noun, const char *magic, unsigned char **buf, size_t *size,
+                            char *err) {
+    *buf = NULL, *size = 0;
+    unsigned char h[64];
+    size_t got = 0;
+    uint64_t fsize = 0;
+#if defined(__unix__) || defined(__APPLE__)
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) return fail(err, OARD_ERR_IO, "%s: cannot open %s: %s", path, noun, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        if (S_ISDIR(st.st_mode)) return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(EISDIR));
+        return fail(err, OARD_ERR_IO, "%s: not a regular file (a %s is expected)", path, noun);
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    }
+    fsize = (uint64_t)st.st_size;
+#else
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open %s: %s", path, noun, strerror(errno));
+    long sz = -1;
+    if (fseek(f, 0, SEEK_END) == 0) sz = ftell(f);
+    if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    }
+    fsize = (uint64_t)sz;
+#endif
+    got = fread(h, 1, sizeof(h), f);
+    int rc = OARD_OK;
+    if (got < sizeof(h) && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
+    else if (got < sizeof(h) || memcmp(h, magic, 8) != 0)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: not an oa_reactdiff %s (bad magic)", path, noun);
+    else if (rd_u64(h + 48) != fsize)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: truncated or padded: header says %llu bytes, file has %llu", path,
+                  (unsigned long long)rd_u64(h + 48), (unsigned long long)fsize);
+    else if (fsize >= SIZE_MAX || !(*buf = malloc((size_t)fsize + 1)))
+        rc = fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %llu bytes", path, (unsigned long long)fsize);
+    if (!rc) {
+        memcpy(*buf, h, sizeof(h));
+        got = sizeof(h) + fread(*buf + sizeof(h), 1, (size_t)fsize - sizeof(h), f);
+        if (got != fsize || getc(f) != EOF) /* changed while being read */
+            rc = fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, ferror(f) ? strerror(errno) : "the file changed size");
+    }
+    fclose(f);
+    if (rc) free(*buf), *buf = NULL;
+    else *size = (size_t)fsize;
+    return rc;
+}
+
 /* Reads the whole file into w->buf; wfile_parse checks and indexes it. */
 static int wfile_read(wfile *w, const char *path, char *err) {
     memset(w, 0, sizeof(*w));
     w->path = path;
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open weights file: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) {
-        fclose(f);
-        return fail(err, OARD_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
-    }
-    long sz = ftell(f);
-    rewind(f);
-    if (sz < 0) {
-        fclose(f);
-        return fail(err, OARD_ERR_IO, "%s: cannot determine size", path);
-    }
-    w->size = (size_t)sz;
-    w->buf = malloc(w->size ? w->size : 1);
-    if (!w->buf) {
-        fclose(f);
-        return fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, w->size);
-    }
-    size_t got = fread(w->buf, 1, w->size, f);
-    fclose(f);
-    if (got != w->size) return fail(err, OARD_ERR_IO, "%s: read error", path);
-    return OARD_OK;
+    return read_binary_file(path, "weights file", WFILE_MAGIC, &w->buf, &w->size, err);
 }
 
 /* The image in w->buf (w->size bytes; from a file, or built in memory), named w->path in
@@ -333,7 +412,7 @@ static int wfile_parse(wfile *w, char *err) {
                 wtensor *t = &w->t[w->n_t];
                 int rc = parse_tensor_line(w, sp + 1, t, err);
                 if (rc) return rc;
-                if (t->offset + t->nbytes > data_size)
+                if (t->offset > data_size || t->nbytes > data_size - t->offset) /* no wrap past 2^64 */
                     return fail(err, OARD_ERR_FORMAT, "%s: tensor %s lies outside the data section", path, t->name);
                 for (int k = 0; k < w->n_t; k++)
                     if (strcmp(w->t[k].name, t->name) == 0)
@@ -654,6 +733,18 @@ static int load_leftnet(loader *L, const oard_config *c) {
     return OARD_OK;
 }
 
+/* A schedule name the samplers cannot build is the file's fault, found when it is loaded:
+ * the name is tried on a one-step table. */
+static int check_schedule_name(const wfile *w, const char *key, const char *name, char *err) {
+    oard_schedule s;
+    char why[OARD_ERRLEN];
+    if (oard_schedule_init(&s, name, 1, 1e-5, why) == OARD_OK) {
+        oard_schedule_free(&s);
+        return OARD_OK;
+    }
+    return fail(err, OARD_ERR_FORMAT, "%s: metadata '%s': %s", w->path, key, why);
+}
+
 static int parse_config(const wfile *w, oard_config *c, char *err) {
     const char *s;
     int rc = 0;
@@ -686,7 +777,12 @@ static int parse_config(const wfile *w, oard_config *c, char *err) {
         return fail(err, OARD_ERR_MODEL, "%s: activation '%s' not supported (only swish)", w->path, s);
     double nfs[OARD_MAX_FRAG];
     TRY(meta_list(w, "node_nfs", 3, nfs, err));
-    for (int f = 0; f < 3; f++) c->node_nfs[f] = (int)nfs[f];
+    for (int f = 0; f < 3; f++) { /* checked before the conversion: out of int range it is undefined */
+        if (!(nfs[f] >= 1 && nfs[f] <= 1024 && nfs[f] == floor(nfs[f])))
+            return fail(err, OARD_ERR_FORMAT, "%s: metadata 'node_nfs' = '%s' is not a list of 3 integers in [1, 1024]",
+                        w->path, wfile_get(w, "node_nfs"));
+        c->node_nfs[f] = (int)nfs[f];
+    }
     /* element table "H:1,C:6,..." */
     TRY(meta_str(w, "elements", &s, err));
     for (const char *p = s; *p;) {
@@ -737,6 +833,8 @@ static int parse_config(const wfile *w, oard_config *c, char *err) {
         TRY(meta_int(w, "training_timesteps", 1, 1000000, &c->training_timesteps, err));
         TRY(meta_double(w, "training_precision", &c->training_precision, err));
         TRY(meta_list(w, "loss_scales", 3, c->loss_scales, err));
+        TRY(check_schedule_name(w, "sampling_schedule", c->sampling_schedule, err));
+        TRY(check_schedule_name(w, "training_schedule", c->training_schedule, err));
         if (c->for_conf) return fail(err, OARD_ERR_MODEL, "%s: a denoiser cannot have for_conf=1", w->path);
     } else if (!c->for_conf) {
         return fail(err, OARD_ERR_MODEL, "%s: a confidence model needs for_conf=1", w->path);
@@ -2646,33 +2744,36 @@ void oard_sigma_alpha_t_given_s(float gamma_t, float gamma_s, float *sigma2, flo
     *sigma = sqrtf(*sigma2);
 }
 
-/* get_repaint_schedule: how many denoising steps to take before each jump back */
+/* get_repaint_schedule: how many denoising steps to take before each jump back.
+ * Upstream builds the list back to front, then reverses it; here a first pass counts the
+ * entries, so the second can put entry i of that build at out[n - 1 - i] directly and
+ * nothing is allocated. Returns the number of entries (at most cap are written), or -1
+ * for settings out of range or a list longer than INT_MAX. */
 int oard_repaint_schedule(int resamplings, int jump_length, int timesteps, int *out, int cap) {
     if (resamplings < 1 || jump_length < 1 || timesteps < 1) return -1;
-    /* built back to front as upstream does, then reversed */
-    int n = 0, cur = 0;
-    long long need = (long long)timesteps / jump_length * resamplings + 2;
-    int *tmp = malloc((size_t)need * sizeof(int));
-    if (!tmp) return -1;
-    while (cur < timesteps) {
+    long long n = 0;
+    for (int cur = 0; cur < timesteps; cur = cur + jump_length < timesteps ? cur + jump_length : timesteps)
+        n += cur + jump_length < timesteps ? (n > 0 ? resamplings - 1 : resamplings) : (n > 0 ? 0 : 1);
+    if (n > INT_MAX) return -1;
+    if (!out) return (int)n;
+#define REPAINT_AT(i) (n - 1 - (i) < cap ? &out[n - 1 - (i)] : NULL) /* entry i of the back-to-front build */
+    long long k = 0;
+    int *e;
+    for (long long i = n - cap > 0 ? n - cap : 0; i < n; i++) out[n - 1 - i] = 0;
+    for (int cur = 0; cur < timesteps;) {
+        int step = cur + jump_length < timesteps ? jump_length : timesteps - cur;
+        if (k > 0 && (e = REPAINT_AT(k - 1))) *e += step;
         if (cur + jump_length < timesteps) {
-            if (n > 0) {
-                tmp[n - 1] += jump_length;
-                for (int k = 0; k < resamplings - 1; k++) tmp[n++] = jump_length;
-            } else {
-                for (int k = 0; k < resamplings; k++) tmp[n++] = jump_length;
-            }
-            cur += jump_length;
-        } else {
-            int residual = timesteps - cur;
-            if (n > 0) tmp[n - 1] += residual;
-            else tmp[n++] = residual;
-            cur += residual;
+            for (int r = k > 0 ? 1 : 0; r < resamplings; r++, k++)
+                if ((e = REPAINT_AT(k))) *e = jump_length;
+        } else if (k == 0) {
+            if ((e = REPAINT_AT(0))) *e = step;
+            k = 1;
         }
+        cur += step;
     }
-    for (int k = 0; k < n && k < cap; k++) out[k] = tmp[n - 1 - k];
-    free(tmp);
-    return n;
+#undef REPAINT_AT
+    return (int)n;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -2805,8 +2906,39 @@ static void sampler_free(Sampler *S) {
     oard_schedule_free(&S->sch);
 }
 
+/* Everything a sampler run allocates, checked against the memory limit before anything
+ * is: the denoiser's workspace, the sampler's rows (inpaint: also the RePaint copies and
+ * segment list), the schedule tables, plus extra bytes of the caller's (its inputs and
+ * outputs). The message is the workspace's "system too large". */
+static int sampler_check_memory(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o, int inpaint,
+                                double extra, char *err) {
+    long long N, E;
+    int rc = batch_shape(batch, &N, &E, err);
+    if (rc) return rc;
+    const oard_config *c = &m->cfg;
+    double T = (o && o->timesteps > 0) ? o->timesteps : c->sampling_timesteps, segs = 0;
+    double rows = (double)(N / 3) * c->node_nfs[0] * sizeof(real); /* one (NF, nf) array */
+    if (inpaint) {
+        int r = (o && o->resamplings > 0) ? o->resamplings : 1, j = (o && o->jump_length > 0) ? o->jump_length : 1;
+        segs = oard_repaint_schedule(r, j, (int)T, NULL, 0);
+        if (segs <= 0) return fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", r, j);
+    }
+    double need = (double)oard_memory_estimate(m, batch) + (10 + (inpaint ? 9 : 3)) * rows + segs * sizeof(int) +
+                  (T + 2) * (sizeof(float) + 3 * sizeof(double)) + (double)batch->n_samples * (sizeof(real) + sizeof(int)) + extra;
+    const char *what;
+    double limit = memory_limit(0, &what);
+    if (need > limit) {
+        char a[32], b[32];
+        format_bytes(need, a, sizeof a);
+        format_bytes(limit, b, sizeof b);
+        return fail(err, OARD_ERR_NOMEM, "system too large: %d samples of %lld nodes, %lld edges%s need about %s of work memory; the limit is %s (%s)",
+                    batch->n_samples, N, E, inpaint ? ", RePaint" : "", a, b, what);
+    }
+    return OARD_OK;
+}
+
 static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o,
-                        const real *cond, oard_rng *rng, char *err) {
+                        int inpaint, const real *cond, oard_rng *rng, char *err) {
     const oard_config *c = &m->cfg;
     memset(S, 0, sizeof(*S));
     if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "sampling needs a denoiser model");
@@ -2818,6 +2950,8 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
         if (c->norm_values[k] != 1 || c->norm_biases[k] != 0)
             return fail(err, OARD_ERR_MODEL, "model uses normalisation values other than 1 / biases other than 0: not supported");
     if (!batch || batch->n_samples <= 0) return fail(err, OARD_ERR_ARG, "sampler: no samples");
+    int rc = sampler_check_memory(m, batch, o, inpaint, 0, err);
+    if (rc) return rc;
     S->m = m, S->batch = batch, S->cond = cond, S->rng = rng, S->err = err;
     S->B = batch->n_samples;
     S->nf = c->node_nfs[0];
@@ -2934,7 +3068,7 @@ static int check_samples(Sampler *S, real *const z[3], const char *where) {
 int oard_sample(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o, const oard_real *cond,
                 oard_real *const xh[], oard_rng *rng, char *err) {
     Sampler S;
-    int rc = sampler_init(&S, m, batch, o, cond, rng, err);
+    int rc = sampler_init(&S, m, batch, o, 0, cond, rng, err);
     real *z[3] = {NULL, NULL, NULL};
     size_t n = (size_t)S.NF * S.nf;
     for (int f = 0; !rc && f < 3; f++) {
@@ -2960,7 +3094,7 @@ int oard_sample(const oard_model *m, const oard_batch *batch, const oard_sampler
 int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o, const oard_real *cond,
                  const oard_real *const xh_fixed[], oard_real *const out[], oard_rng *rng, char *err) {
     Sampler S;
-    int rc = sampler_init(&S, m, batch, o, cond, rng, err);
+    int rc = sampler_init(&S, m, batch, o, 1, cond, rng, err);
     real *z[3] = {NULL, NULL, NULL}, *known[3] = {NULL, NULL, NULL}, *x0[3] = {NULL, NULL, NULL};
     size_t n = (size_t)S.NF * S.nf;
     int resamplings = (o && o->resamplings > 0) ? o->resamplings : 1, jump = (o && o->jump_length > 0) ? o->jump_length : 1;
@@ -2974,8 +3108,10 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     if (!rc) {
         n_segs = oard_repaint_schedule(resamplings, jump, S.sch.T, NULL, 0);
         segs = n_segs > 0 ? xcalloc((size_t)n_segs, sizeof(int)) : NULL;
-        if (!segs) rc = fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
-        else oard_repaint_schedule(resamplings, jump, S.sch.T, segs, n_segs);
+        if (n_segs <= 0) rc = fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
+        else if (!segs) rc = fail(err, OARD_ERR_NOMEM, "out of memory (RePaint schedule of %d segments)", n_segs);
+        else if (oard_repaint_schedule(resamplings, jump, S.sch.T, segs, n_segs) != n_segs)
+            rc = fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
     }
     for (int f = 0; !rc && f < 3; f++) {
         if (!check_finite(xh_fixed[f], n)) rc = fail(err, OARD_ERR_NUMERIC, "inpaint input: fragment %d holds NaN or Inf", f);
@@ -2987,7 +3123,7 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     if (!rc) rc = combined_noise(&S, z);
     if (!rc) restore_features(&S, z);
     int s = S.sch.T - 1, done = 0, total = 0;
-    for (int i = 0; i < n_segs; i++) total += segs[i];
+    for (int i = 0; !rc && i < n_segs; i++) total += segs[i];
     for (int i = 0; !rc && i < n_segs; i++)
         for (int j = 0; !rc && j < segs[i]; j++) {
             /* the fixed fragments noised to level s (drawn for all three) */
@@ -4993,7 +5129,8 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
  *   - oard_optim_*: torch.optim.AdamW(amsgrad) with upstream's adaptive gradient clipping
  *     and an optional EMA of the weights;
  *   - oard_checkpoint_*: model, optimizer state and the caller's state in one file.
- * Files are written to PATH.tmp.<pid> and renamed, so a failure leaves no partial file.
+ * Files are written to a new temporary file beside the target (tmp_create) and renamed, so
+ * a failure leaves no partial file.
  */
 
 static void wr_u32(unsigned char *p, uint32_t v) {
@@ -5011,17 +5148,68 @@ typedef struct {
     size_t n;
 } Piece;
 
-/* The pieces, in order, into path via PATH.tmp.<pid> (flushed to disk, then renamed). */
+/* A new temporary file beside path for writing, named PATH.tmp.XXXXXX (six random
+ * characters; tmp receives the name, n >= strlen(path) + 12). It is created with
+ * O_CREAT | O_EXCL | O_NOFOLLOW, so a file or symbolic link planted at the name is never
+ * opened or followed (another name is tried), and with mode 0666 less the umask: the
+ * permissions the final file gets. NULL with errno set when it cannot be created. */
+static FILE *tmp_create(const char *path, char *tmp, size_t n) {
+#if defined(__unix__) || defined(__APPLE__)
+    static const char chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)getpid() << 40 ^ (uint64_t)(uintptr_t)tmp;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        uint64_t z = (x += 0x9E3779B97F4A7C15ull); /* splitmix64 */
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        char suffix[7];
+        for (int k = 0; k < 6; k++) suffix[k] = chars[(z >> (8 * k)) % 62];
+        suffix[6] = 0;
+        if (snprintf(tmp, n, "%s.tmp.%s", path, suffix) >= (int)n) return errno = ENAMETOOLONG, NULL;
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 && errno == EEXIST) continue;
+        if (fd < 0) return NULL;
+        FILE *f = fdopen(fd, "wb");
+        if (!f) {
+            int e = errno;
+            close(fd), unlink(tmp);
+            errno = e;
+        }
+        return f;
+    }
+    errno = EEXIST;
+    return NULL;
+#else
+    snprintf(tmp, n, "%s.tmp", path);
+    return fopen(tmp, "wb");
+#endif
+}
+
+/* What path is when it exists and is not a regular file (an output is never put in the
+ * place of a device, a directory or a symbolic link, say to /proc/self/fd/1); else NULL. */
+static const char *non_regular(const char *path) {
+#if defined(__unix__) || defined(__APPLE__)
+    struct stat st;
+    if (lstat(path, &st) != 0 || S_ISREG(st.st_mode)) return NULL;
+    return S_ISDIR(st.st_mode) ? "a directory" : S_ISLNK(st.st_mode) ? "a symbolic link" : S_ISFIFO(st.st_mode) ? "a FIFO"
+         : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : "a special file";
+#else
+    (void)path;
+    return NULL;
+#endif
+}
+
+/* The pieces, in order, into path via a temporary file beside it (tmp_create; flushed to
+ * disk, then renamed). */
 static int write_atomic(const char *path, const Piece *pc, int np, char *err) {
+    const char *what = non_regular(path);
+    if (what) return fail(err, OARD_ERR_IO, "%s: exists and is %s, not a regular file; not replaced", path, what);
     size_t len = strlen(path) + 32;
     char *tmp = malloc(len);
     if (!tmp) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-#if defined(__unix__) || defined(__APPLE__)
-    snprintf(tmp, len, "%s.tmp.%ld", path, (long)getpid());
-#else
-    snprintf(tmp, len, "%s.tmp", path);
-#endif
-    FILE *f = fopen(tmp, "wb");
+    FILE *f = tmp_create(path, tmp, len);
     if (!f) {
         int e = errno;
         free(tmp);
@@ -5061,6 +5249,18 @@ static size_t desc_numel(const TensorDesc *t) {
     return n;
 }
 
+/* The directory line "tensor NAME DTYPE OFFSET NBYTES NDIM D0 ..." and its newline: its
+ * length; written to out (no NUL) when out is not NULL and n leaves room for it. */
+static size_t tensor_line(char *out, size_t n, const TensorDesc *t, int f64, uint64_t off) {
+    char line[512], dims[4 * 22] = "";
+    for (int d = 0; d < t->ndim && d < 4; d++)
+        snprintf(dims + strlen(dims), sizeof(dims) - strlen(dims), " %lld", (long long)t->dims[d]);
+    int len = snprintf(line, sizeof(line), "tensor %s %s %llu %llu %d%s", t->name, f64 ? "f64" : "f32",
+                       (unsigned long long)off, (unsigned long long)(desc_numel(t) * (f64 ? 8 : 4)), t->ndim, dims);
+    if (out && (size_t)len + 1 <= n && (size_t)len < sizeof(line)) memcpy(out, line, (size_t)len), out[len] = '\n';
+    return (size_t)len + 1;
+}
+
 /* the values of tensor i in upstream's row-major order */
 typedef int (*tensor_fill_fn)(void *ctx, int i, double *out, char *err);
 
@@ -5082,11 +5282,7 @@ static int image_build(int kind, int n_meta, const char *const *keys, const char
         off[i] = pos;
         pos += numel * esz;
         data_size = pos;
-        char line[512];
-        int len = snprintf(line, sizeof(line), "tensor %s %s %llu %llu %d", t[i].name, f64 ? "f64" : "f32",
-                           (unsigned long long)off[i], (unsigned long long)(numel * esz), t[i].ndim);
-        for (int d = 0; d < t[i].ndim; d++) len += snprintf(NULL, 0, " %lld", (long long)t[i].dims[d]);
-        meta_size += (size_t)len + 1;
+        meta_size += tensor_line(NULL, 0, &t[i], f64, off[i]);
     }
     uint64_t data_offset = round64(WFILE_HEADER + meta_size), file_size = data_offset + data_size;
     unsigned char *b = calloc((size_t)file_size, 1);
@@ -5104,14 +5300,16 @@ static int image_build(int kind, int n_meta, const char *const *keys, const char
     wr_u64(b + 40, data_size);
     wr_u64(b + 48, file_size);
     wr_u32(b + 60, (uint32_t)n_t);
+    /* the text fills the metadata block exactly: no terminating NUL is written (sprintf's
+     * would land one byte past the image when the text ends where the data starts) */
     char *p = (char *)b + WFILE_HEADER;
-    for (int i = 0; i < n_meta; i++) p += sprintf(p, "%s %s\n", keys[i], vals[i]);
-    for (int i = 0; i < n_t; i++) {
-        p += sprintf(p, "tensor %s %s %llu %llu %d", t[i].name, f64 ? "f64" : "f32", (unsigned long long)off[i],
-                     (unsigned long long)(desc_numel(&t[i]) * esz), t[i].ndim);
-        for (int d = 0; d < t[i].ndim; d++) p += sprintf(p, " %lld", (long long)t[i].dims[d]);
-        *p++ = '\n';
+    for (int i = 0; i < n_meta; i++) {
+        size_t nk = strlen(keys[i]), nv = strlen(vals[i]);
+        memcpy(p, keys[i], nk), p[nk] = ' ';
+        memcpy(p + nk + 1, vals[i], nv), p[nk + 1 + nv] = '\n';
+        p += nk + nv + 2;
     }
+    for (int i = 0; i < n_t; i++) p += tensor_line(p, (size_t)(b + data_offset - (unsigned char *)p), &t[i], f64, off[i]);
     int rc = OARD_OK;
     for (int i = 0; !rc && i < n_t; i++) {
         size_t numel = desc_numel(&t[i]);
@@ -5988,33 +6186,6 @@ int oard_checkpoint_save(const char *path, const oard_model *m, const oard_real 
     return rc;
 }
 
-static int read_whole(const char *path, unsigned char **buf, size_t *size, char *err) {
-    *buf = NULL, *size = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    long sz = -1;
-    if (fseek(f, 0, SEEK_END) == 0) sz = ftell(f);
-    if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        int e = errno;
-        fclose(f);
-        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(e));
-    }
-    *buf = malloc((size_t)sz + 1);
-    if (!*buf) {
-        fclose(f);
-        return fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %ld bytes", path, sz);
-    }
-    size_t got = fread(*buf, 1, (size_t)sz, f);
-    int e = errno;
-    fclose(f);
-    if (got != (size_t)sz) {
-        free(*buf), *buf = NULL;
-        return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(e));
-    }
-    *size = (size_t)sz;
-    return OARD_OK;
-}
-
 /* value of key in the parsed text lines, or NULL */
 static const char *ck_get(char **keys, char **vals, int n, const char *key) {
     for (int i = 0; i < n; i++)
@@ -6050,7 +6221,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
     *mp = NULL, *op = NULL, *metap = NULL;
     unsigned char *b;
     size_t size;
-    int rc = read_whole(path, &b, &size, err);
+    int rc = read_binary_file(path, "checkpoint", CKPT_MAGIC, &b, &size, err);
     if (rc) return rc;
     char *text = NULL, **keys = NULL, **vals = NULL;
     oard_model *m = NULL;
@@ -6070,8 +6241,8 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
                   (unsigned long long)rd_u64(b + 48), size);
     if (!rc) {
         text_size = rd_u64(b + 16), model_off = rd_u64(b + 24), model_size = rd_u64(b + 32), arrays_off = rd_u64(b + 40);
-        if (text_size > size || model_off < 64 + text_size || model_off % 64 || model_size > size ||
-            model_off + model_size > arrays_off || arrays_off % 64 || arrays_off > size)
+        if (text_size > size || model_off < 64 + text_size || model_off % 64 || arrays_off % 64 || arrays_off > size ||
+            model_off > arrays_off || model_size > arrays_off - model_off) /* differences: no wrap past 2^64 */
             rc = fail(err, OARD_ERR_FORMAT, "%s: inconsistent checkpoint header", path);
     }
     if (!rc) {
@@ -6291,17 +6462,37 @@ static void mol_free(Molecule *m) {
  * extended XYZ, are ignored); a multi-frame file repeats that. Every problem is one line
  * naming the file and the line. read_xyz_frame reads one frame from f; at the end of the
  * file (only blank lines left) it returns OARD_OK with mol->n = 0. */
+enum { LINE_EOF, LINE_OK, LINE_LONG, LINE_NUL };
+
+/* One line into buf (size bytes; NUL-terminated, its newline kept, as fgets): LINE_OK, or
+ * LINE_EOF at the end of the file; LINE_LONG when it does not fit (the rest of the line
+ * is read and dropped, so the next call starts on the next line), LINE_NUL when it holds
+ * a NUL byte (a binary file, which fgets would cut silently). */
+static int read_line(FILE *f, char *buf, int size) {
+    int c = getc_unlocked(f), n = 0, st = LINE_OK;
+    if (c == EOF) return buf[0] = 0, LINE_EOF;
+    for (; c != EOF; c = getc_unlocked(f)) {
+        if (c == 0 && st == LINE_OK) st = LINE_NUL;
+        if (n < size - 1) buf[n++] = (char)c;
+        else if (st == LINE_OK) st = LINE_LONG;
+        if (c == '\n') break;
+    }
+    buf[n] = 0;
+    return st;
+}
+
 static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol, char *err) {
     memset(mol, 0, sizeof(*mol));
     mol->path = path;
     char line[4096], *end;
-    int rc = OARD_OK;
+    int rc = OARD_OK, st;
     for (;;) { /* the count line; blank lines before it are allowed only at the end */
-        if (!fgets(line, sizeof(line), f)) {
+        if ((st = read_line(f, line, sizeof(line))) == LINE_EOF) {
             if (ferror(f)) return fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
             return OARD_OK; /* end of file */
         }
         ++*lineno;
+        if (st == LINE_NUL) return fail(err, OARD_ERR_FORMAT, "%s:%d: NUL byte (not a text file?)", path, *lineno);
         char *q = line;
         while (*q && isspace((unsigned char)*q)) q++;
         if (*q) break;
@@ -6326,15 +6517,23 @@ static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol,
     mol->z = xcalloc((size_t)n, sizeof(int));
     mol->xyz = xcalloc((size_t)n * 3, sizeof(double));
     if (!mol->z || !mol->xyz) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-    if (!rc && !fgets(line, sizeof(line), f)) rc = fail(err, OARD_ERR_FORMAT, "%s: missing comment line after line %d", path, *lineno);
+    /* the comment line: any length (extended XYZ puts its metadata there) */
+    if (!rc && (st = read_line(f, line, sizeof(line))) == LINE_EOF)
+        rc = fail(err, OARD_ERR_FORMAT, "%s: missing comment line after line %d", path, *lineno);
     ++*lineno;
+    if (!rc && st == LINE_NUL) rc = fail(err, OARD_ERR_FORMAT, "%s:%d: NUL byte (not a text file?)", path, *lineno);
     for (int a = 0; !rc && a < n; a++) {
         ++*lineno;
-        if (!fgets(line, sizeof(line), f)) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s: atom count says %ld atoms, file ends after %d", path, n, a);
+        if ((st = read_line(f, line, sizeof(line))) == LINE_EOF) {
+            rc = ferror(f) ? fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, strerror(errno))
+                           : fail(err, OARD_ERR_FORMAT, "%s: atom count says %ld atoms, file ends after %d", path, n, a);
             break;
         }
-        if (!strchr(line, '\n') && !feof(f)) {
+        if (st == LINE_NUL) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: NUL byte (not a text file?)", path, *lineno);
+            break;
+        }
+        if (st == LINE_LONG) {
             rc = fail(err, OARD_ERR_FORMAT, "%s:%d: line longer than %d characters", path, *lineno, (int)sizeof(line) - 2);
             break;
         }
@@ -6518,10 +6717,23 @@ static void fill_rows(const oard_config *c, const Molecule *mol, const int *perm
  * SIGTERM at the time limit) ends the program: no partial output survives. */
 static char g_tmp_path[4200];
 
+/* While the library writes a file (a checkpoint, model.bin) under a name only it knows,
+ * a signal is held and acted on when the write is over (defer_signals). */
+static volatile sig_atomic_t g_deferring, g_deferred;
+
 static void on_signal(int sig) {
+    if (g_deferring) {
+        g_deferred = sig;
+        return;
+    }
     if (g_tmp_path[0]) unlink(g_tmp_path);
     signal(sig, SIG_DFL);
     raise(sig);
+}
+
+static void defer_signals(int on) {
+    g_deferring = on;
+    if (!on && g_deferred) raise(g_deferred);
 }
 
 typedef struct {
@@ -6532,13 +6744,11 @@ typedef struct {
 
 static int atomic_open(AtomicFile *a, const char *path, char *err) {
     a->path = path;
-    snprintf(a->tmp, sizeof(a->tmp), "%s.tmp.%ld", path, (long)getpid());
+    const char *what = non_regular(path);
+    if (what) return fail(err, OARD_ERR_IO, "%s: exists and is %s, not a regular file; not replaced", path, what);
+    a->f = tmp_create(path, a->tmp, sizeof(a->tmp));
+    if (!a->f) return fail(err, OARD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     memcpy(g_tmp_path, a->tmp, sizeof(g_tmp_path));
-    a->f = fopen(a->tmp, "w");
-    if (!a->f) {
-        g_tmp_path[0] = 0;
-        return fail(err, OARD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    }
     return OARD_OK;
 }
 
@@ -6559,6 +6769,15 @@ static int atomic_close(AtomicFile *a, int ok, char *err) {
     }
     g_tmp_path[0] = 0;
     return rc;
+}
+
+/* An output written later, checked before any work: the checks of atomic_open, and a
+ * temporary file is created beside it and removed (its directory exists and is writable,
+ * the names fit the file system). */
+static int check_output(const char *path, char *err) {
+    AtomicFile af;
+    int rc = atomic_open(&af, path, err);
+    return rc ? rc : atomic_close(&af, 0, err);
 }
 
 /* append key="value" (extended XYZ string, quotes and backslashes escaped) */
@@ -6781,10 +7000,15 @@ static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err
             else if (!strcmp(v, "hungarian")) a->method = OARD_RMSD_HUNGARIAN;
             else return fail(err, OARD_ERR_ARG, "--method: '%s' is not auto, exhaustive or hungarian", v);
         } else { /* --shard I/N, 0 <= I < N */
-            unsigned i0, n0;
-            char c;
-            if (sscanf(v, "%u/%u%c", &i0, &n0, &c) != 2 || n0 < 1 || i0 >= n0 || n0 > 1000000)
-                return fail(err, OARD_ERR_ARG, "--shard: '%s' is not I/N with 0 <= I < N", v);
+            unsigned long long i0 = 0, n0 = 0;
+            const char *slash = strchr(v, '/');
+            char ibuf[32];
+            int ok = slash && (size_t)(slash - v) < sizeof(ibuf);
+            if (ok) memcpy(ibuf, v, (size_t)(slash - v)), ibuf[slash - v] = 0;
+            /* each number on its own, checked for range before any conversion (no wrap) */
+            ok = ok && !parse_count(o, ibuf, 0, 999999, &i0, NULL) && !parse_count(o, slash + 1, 1, 1000000, &n0, NULL);
+            if (!ok || i0 >= n0)
+                return fail(err, OARD_ERR_ARG, "--shard: '%s' is not I/N with 0 <= I < N <= 1000000", v);
             a->shard_i = (int)i0, a->shard_n = (int)n0;
         }
     }
@@ -7009,29 +7233,37 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
     if (!rc) rc = check_model_elements(c, &R, err);
     int N = a->n, n = R.n, nf = c->node_nfs[0];
     real *xh[3] = {NULL, NULL, NULL}, *res[3] = {NULL, NULL, NULL}, *score = NULL;
-    int *pr = xcalloc((size_t)n, sizeof(int)), *pp = xcalloc((size_t)n, sizeof(int)), *inv = xcalloc((size_t)n, sizeof(int));
-    int *sizes = xcalloc((size_t)N, sizeof(int)), *order = xcalloc((size_t)N, sizeof(int));
-    for (int f = 0; f < 3; f++) {
+    int *pr = NULL, *pp = NULL, *inv = NULL, *order = NULL, *sizes = rc ? NULL : xcalloc((size_t)N, sizeof(int));
+    oard_sampler_opts o = {a->steps, NULL, 0, a->resamplings, a->jump, NULL, NULL};
+    oard_batch batch = {N, sizes, a->threads};
+    if (!rc && !sizes) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int b = 0; !rc && b < N; b++) sizes[b] = n;
+    if (!rc) /* the whole run, inputs and outputs included, before they are allocated */
+        rc = sampler_check_memory(T->model, &batch, &o, 1, 6.0 * N * n * nf * sizeof(real) + (3.0 * n + N) * sizeof(int), err);
+    if (!rc) {
+        pr = xcalloc((size_t)n, sizeof(int)), pp = xcalloc((size_t)n, sizeof(int)), inv = xcalloc((size_t)n, sizeof(int));
+        order = xcalloc((size_t)N, sizeof(int));
+    }
+    for (int f = 0; !rc && f < 3; f++) {
         xh[f] = xcalloc((size_t)N * n * nf, sizeof(real));
         res[f] = xcalloc((size_t)N * n * nf, sizeof(real));
         if (!xh[f] || !res[f]) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
     }
-    if (!pr || !pp || !inv || !sizes || !order) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!rc && (!pr || !pp || !inv || !order)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     if (!rc) {
         if (canonical_order(&R, pr) || canonical_order(&P, pp)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     }
     if (!rc) {
         for (int k = 0; k < n; k++) inv[pr[k]] = k;
         for (int b = 0; b < N; b++) {
-            sizes[b] = n, order[b] = b;
+            order[b] = b;
             fill_rows(c, &R, pr, 0, xh[0] + (size_t)b * n * nf, nf);
             fill_rows(c, &R, pr, 0, xh[1] + (size_t)b * n * nf, nf); /* TS: the reactant's atoms */
             fill_rows(c, &P, pp, 0, xh[2] + (size_t)b * n * nf, nf);
         }
-        oard_batch batch = {N, sizes, a->threads};
         Progress prog = {name ? name : "ts", {0, 0}};
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
-        oard_sampler_opts o = {a->steps, NULL, 0, a->resamplings, a->jump, isatty(2) ? progress_report : NULL, &prog};
+        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
         oard_rng rng;
         oard_rng_seed(&rng, seed);
         const real *fixed[3] = {xh[0], xh[1], xh[2]};
@@ -7098,6 +7330,31 @@ static char *path_join(const char *dir, const char *p) {
     return s;
 }
 
+static int cmp_list_name(const void *a, const void *b) {
+    const ListEntry *x = *(const ListEntry *const *)a, *y = *(const ListEntry *const *)b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* Every name once, checked by sorting (O(n log n)): the repeat reported is the one on the
+ * earliest line, naming the line where the name was first used. */
+static int unique_names(const char *path, ListEntry *L, int n, char *err) {
+    const ListEntry **s = xcalloc((size_t)n, sizeof(*s));
+    if (!s) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) s[i] = &L[i];
+    qsort(s, (size_t)n, sizeof(*s), cmp_list_name);
+    const ListEntry *dup = NULL, *first = NULL;
+    for (int i = 1, g = 0; i < n; i++) {
+        if (strcmp(s[i]->name, s[g]->name)) g = i;
+        else if (!dup || s[i]->line < dup->line) dup = s[i], first = s[g];
+    }
+    free(s);
+    if (dup)
+        return fail(err, OARD_ERR_FORMAT, "%s:%d: name '%.200s' is already used on line %d", path, dup->line, dup->name,
+                    first->line);
+    return OARD_OK;
+}
+
 /* List file: one reaction per line, "REACTANT.xyz PRODUCT.xyz [NAME]"; '#' starts a comment;
  * relative paths are relative to the list file's directory; NAME defaults to the reactant
  * file's name without .xyz, and must be unique (it names the output DIR/NAME.xyz). */
@@ -7128,22 +7385,21 @@ static int read_list_stream(FILE *f, const char *path, ListEntry **out, int *cou
             rc = fail(err, OARD_ERR_FORMAT, "%s:%d: expected 'REACTANT.xyz PRODUCT.xyz [NAME]'", path, lineno);
             break;
         }
-        char name[256];
-        if (nt == 3) snprintf(name, sizeof(name), "%s", tok[2]);
-        else {
+        const char *name = tok[2]; /* whole, never cut: uniqueness and the length limit see all of it */
+        size_t ln;
+        if (nt == 2) {
             const char *b = strrchr(tok[0], '/');
-            snprintf(name, sizeof(name), "%s", b ? b + 1 : tok[0]);
-            size_t ln = strlen(name);
-            if (ln > 4 && !strcmp(name + ln - 4, ".xyz")) name[ln - 4] = 0;
+            name = b ? b + 1 : tok[0];
         }
-        for (const char *q = name; *q && !rc; q++)
-            if (!isalnum((unsigned char)*q) && *q != '_' && *q != '-' && *q != '.')
-                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%s' may only use letters, digits, '_', '-', '.'", path, lineno, name);
-        if (!rc && (!name[0] || name[0] == '.'))
-            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%s' must not be empty or start with '.'", path, lineno, name);
-        for (int k = 0; !rc && k < *count; k++)
-            if (!strcmp(L[k].name, name))
-                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%s' is already used on line %d", path, lineno, name, L[k].line);
+        ln = strlen(name);
+        if (nt == 2 && ln > 4 && !strcmp(name + ln - 4, ".xyz")) ln -= 4;
+        for (size_t q = 0; q < ln && !rc; q++)
+            if (!isalnum((unsigned char)name[q]) && name[q] != '_' && name[q] != '-' && name[q] != '.')
+                rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%.*s' may only use letters, digits, '_', '-', '.'", path, lineno,
+                          (int)(ln < 200 ? ln : 200), name);
+        if (!rc && (!ln || name[0] == '.'))
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%.*s' must not be empty or start with '.'", path, lineno,
+                      (int)(ln < 200 ? ln : 200), name);
         if (rc) break;
         if (*count == cap) {
             cap = cap ? 2 * cap : 64;
@@ -7155,12 +7411,14 @@ static int read_list_stream(FILE *f, const char *path, ListEntry **out, int *cou
             L = nl;
         }
         ListEntry *e = &L[(*count)++];
-        e->react = path_join(dir, tok[0]), e->prod = path_join(dir, tok[1]), e->name = strdup(name), e->line = lineno;
+        e->react = path_join(dir, tok[0]), e->prod = path_join(dir, tok[1]), e->name = malloc(ln + 1), e->line = lineno;
         if (!e->react || !e->prod || !e->name) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        else memcpy(e->name, name, ln), e->name[ln] = 0;
     }
     if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: read error", path);
     if (!rc && *count == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: no reactions in the list", path);
     *out = L;
+    if (!rc) rc = unique_names(path, L, *count, err);
     return rc;
 }
 
@@ -7179,13 +7437,49 @@ static int read_list(const char *path, ListEntry **out, int *count, char *err) {
     return rc;
 }
 
+/* Before any reaction is computed: --outdir is (made) a writable directory, and every
+ * output of this shard, DIR/NAME.xyz, is a name the file system takes, with room for its
+ * temporary file's suffix, and is not something other than a regular file. */
+static int check_outdir(const Args *a, const ListEntry *L, int n, char *err) {
+    struct stat st;
+    if (mkdir(a->outdir, 0777) != 0 && errno != EEXIST)
+        return fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", a->outdir, strerror(errno));
+    if (stat(a->outdir, &st) != 0) return fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", a->outdir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return fail(err, OARD_ERR_IO, "%s: not a directory (--outdir)", a->outdir);
+    long name_max = pathconf(a->outdir, _PC_NAME_MAX);
+    if (name_max <= 0) name_max = 255;
+    const long room = name_max - (long)strlen(".xyz.tmp.XXXXXX"); /* the temporary file's name is the longest */
+    int rc = OARD_OK, first = -1;
+    for (int k = 0; !rc && k < n; k++) {
+        if (k % a->shard_n != a->shard_i) continue;
+        size_t len = strlen(L[k].name);
+        if ((long)len > room) {
+            rc = fail(err, OARD_ERR_FORMAT, "%s:%d: name '%.40s...' has %zu characters; %s takes at most %ld (%ld for the file name with .xyz and its temporary suffix)",
+                      a->list, L[k].line, L[k].name, len, a->outdir, room, name_max);
+            break;
+        }
+        char *out = malloc(strlen(a->outdir) + len + 8);
+        if (!out) return fail(err, OARD_ERR_NOMEM, "out of memory");
+        sprintf(out, "%s/%s.xyz", a->outdir, L[k].name);
+        const char *what = non_regular(out);
+        if (what) rc = fail(err, OARD_ERR_IO, "%s: exists and is %s, not a regular file; not replaced", out, what);
+        else if (first < 0 && access(out, F_OK) != 0) first = k, rc = check_output(out, err); /* writable? */
+        free(out);
+    }
+    return rc;
+}
+
 static int ts_batch(const TsSetup *T, char *err) {
     const Args *a = T->a;
     if (!a->outdir) return fail(err, OARD_ERR_ARG, "ts --list needs --outdir DIR");
     ListEntry *L;
     int n, rc = read_list(a->list, &L, &n, err);
     if (rc) return rc;
-    if (mkdir(a->outdir, 0777) != 0 && errno != EEXIST) rc = fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", a->outdir, strerror(errno));
+    rc = check_outdir(a, L, n, err);
+    if (rc) {
+        list_free(L, n);
+        return rc;
+    }
     int done = 0, skipped = 0, failed = 0, mine = 0;
     for (int k = 0; !rc && k < n; k++) {
         if (k % a->shard_n != a->shard_i) continue;
@@ -7230,7 +7524,8 @@ static int cmd_ts(const Args *a, char *err) {
         return fail(err, OARD_ERR_ARG, a->list ? "ts --list takes no REACTANT/PRODUCT arguments" : "ts needs REACTANT.xyz and PRODUCT.xyz (or --list FILE)");
     if (!a->list && (a->outdir || a->shard_n > 1)) return fail(err, OARD_ERR_ARG, "--outdir and --shard apply to ts --list");
     if (a->list && a->out) return fail(err, OARD_ERR_ARG, "ts --list writes DIR/NAME.xyz; use --outdir, not -o");
-    int rc = find_weights(a->weights, wbuf, sizeof(wbuf), &T.wpath, err);
+    int rc = a->list ? OARD_OK : check_output(a->out ? a->out : "ts.xyz", err); /* before any work */
+    if (!rc) rc = find_weights(a->weights, wbuf, sizeof(wbuf), &T.wpath, err);
     if (!rc) rc = load_model(T.wpath, OARD_KIND_DENOISER, &T.model, err);
     if (!rc && a->confidence) {
         rc = load_model(a->confidence, OARD_KIND_CONFIDENCE, &T.conf, err);
@@ -7320,8 +7615,20 @@ static int cmd_sample(const Args *a, char *err) {
     if (!rc) rc = check_model_elements(c, &mol, err);
     int N = a->n, n = mol.n, nf = c ? c->node_nfs[0] : 0;
     real *xh[3] = {NULL, NULL, NULL};
-    int *sizes = xcalloc((size_t)N, sizeof(int)), *ident = xcalloc((size_t)n, sizeof(int));
-    if (!sizes || !ident) rc = rc ? rc : fail(err, OARD_ERR_NOMEM, "out of memory");
+    const char *prefix = a->out ? a->out : "sample", *names[3] = {"react", "ts", "prod"};
+    int width = 1;
+    for (int x = N - 1; x >= 10; x /= 10) width++;
+    char path[4200];
+    if (!rc && snprintf(path, sizeof(path), "%s_%0*d_%s.xyz", prefix, width, 0, names[0]) >= (int)sizeof(path))
+        rc = fail(err, OARD_ERR_ARG, "-o: prefix too long");
+    if (!rc) rc = check_output(path, err); /* the first output, before any work */
+    int *ident = NULL, *sizes = rc ? NULL : xcalloc((size_t)N, sizeof(int));
+    oard_sampler_opts o = {a->steps, NULL, 0, 1, 1, NULL, NULL};
+    oard_batch batch = {N, sizes, a->threads};
+    if (!rc && !sizes) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+    for (int b = 0; !rc && b < N; b++) sizes[b] = n;
+    if (!rc) rc = sampler_check_memory(m, &batch, &o, 0, 3.0 * N * n * nf * sizeof(real) + (double)n * sizeof(int), err);
+    if (!rc && !(ident = xcalloc((size_t)n, sizeof(int)))) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     for (int i = 0; !rc && i < n; i++) ident[i] = i;
     for (int f = 0; !rc && f < 3; f++) {
         xh[f] = xcalloc((size_t)N * n * nf, sizeof(real));
@@ -7329,22 +7636,17 @@ static int cmd_sample(const Args *a, char *err) {
         for (int b = 0; !rc && b < N; b++) fill_rows(c, &mol, ident, 0, xh[f] + (size_t)b * n * nf, nf);
     }
     if (!rc) {
-        for (int b = 0; b < N; b++) sizes[b] = n;
-        oard_batch batch = {N, sizes, a->threads};
         Progress prog = {"sample", {0, 0}};
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
-        oard_sampler_opts o = {a->steps, NULL, 0, 1, 1, isatty(2) ? progress_report : NULL, &prog};
+        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
         oard_rng rng;
         oard_rng_seed(&rng, a->seed);
         rc = oard_sample(m, &batch, &o, NULL, xh, &rng, err);
     }
-    const char *prefix = a->out ? a->out : "sample", *names[3] = {"react", "ts", "prod"};
-    int width = 1;
-    for (int x = N - 1; x >= 10; x /= 10) width++;
     double zero[3] = {0, 0, 0};
     for (int b = 0; !rc && b < N; b++)
         for (int f = 0; !rc && f < 3; f++) {
-            char path[4200], cm[8192] = "";
+            char cm[8192] = "";
             if (snprintf(path, sizeof(path), "%s_%0*d_%s.xyz", prefix, width, b, names[f]) >= (int)sizeof(path)) {
                 rc = fail(err, OARD_ERR_ARG, "-o: prefix too long");
                 break;
@@ -7418,17 +7720,26 @@ static int cmd_score(const Args *a, char *err) {
 }
 
 /* ---- info ---- */
+/* a metadata value of a weights file as `info` prints it: escaped (escape_text), "?" if absent */
+static const char *info_text(char buf[][1100], int *k, const char *v) {
+    escape_text(buf[*k], sizeof(buf[0]), v ? v : "?");
+    return buf[(*k)++];
+}
+
 static int cmd_info(const Args *a, char *err) {
     if (a->npos != 1) return fail(err, OARD_ERR_ARG, "info needs one weights file");
     oard_model *m;
     int rc = load_weights(a->pos[0], 0, &m, err);
     if (rc) return rc;
     const oard_config *c = oard_model_config(m);
-    char list[128];
+    char list[128], e[16][1100];
+    int k = 0;
+#define INFO_TEXT(v) info_text(e, &k, (v))
+#define INFO_META(key) INFO_TEXT(oard_model_meta(m, key))
     element_list(c, list, sizeof(list));
-    printf("file                %s\nkind                %s\nchecksum            crc32 %08x, verified\n", a->pos[0],
+    printf("file                %s\nkind                %s\nchecksum            crc32 %08x, verified\n", INFO_TEXT(a->pos[0]),
            c->kind == OARD_KIND_DENOISER ? "denoiser" : "confidence (recommender)", (unsigned)c->crc32);
-    printf("format version      %s\n", oard_model_meta(m, "format_version") ? oard_model_meta(m, "format_version") : "1");
+    printf("format version      %s\n", oard_model_meta(m, "format_version") ? INFO_META("format_version") : "1");
     printf("LEFTNet             %d layers, hidden %d, %d radial, cutoff %g, in_hidden %d\n", c->num_layers,
            c->hidden_channels, c->num_radial, c->cutoff, c->in_hidden_channels);
     printf("flags               object_aware=%d legacy=%d reflect_equiv=%d update=%d pos_grad=%d single_layer_output=%d for_conf=%d\n",
@@ -7443,22 +7754,19 @@ static int cmd_info(const Args *a, char *err) {
     else if (c->kind == OARD_KIND_DENOISER)
         printf("objective           diffusion (OA-ReactDiff: ts inpaints the TS with RePaint)\n");
     if (c->kind == OARD_KIND_DENOISER && c->sampling_timesteps > 0)
-        printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)%s\n", c->sampling_schedule,
-               c->sampling_timesteps, c->sampling_precision, c->training_schedule, c->training_timesteps,
+        printf("sampling schedule   %s, T=%d, precision %g (training: %s, T=%d)%s\n", INFO_TEXT(c->sampling_schedule),
+               c->sampling_timesteps, c->sampling_precision, INFO_TEXT(c->training_schedule), c->training_timesteps,
                c->objective == OARD_OBJECTIVE_BRIDGE ? " (diffusion tables kept from the model it started from; unused)" : "");
     printf("trained             %s\nsource              %s\nsource sha256       %s\ndescription         %s\n",
-           c->trained ? "yes" : "NO (untrained weights: generated structures are not meaningful)", c->source_file,
-           c->source_sha256, c->description);
-    const char *ts = oard_model_meta(m, "train_steps"); /* written by oa_reactdiff train */
-    if (ts)
+           c->trained ? "yes" : "NO (untrained weights: generated structures are not meaningful)", INFO_TEXT(c->source_file),
+           INFO_TEXT(c->source_sha256), INFO_TEXT(c->description));
+    if (oard_model_meta(m, "train_steps")) /* written by oa_reactdiff train */
         printf("training            %s steps on %s (%s reactions, split crc32 %s), val loss %s\n"
                "training config     %s\ntraining start      %s\n",
-               ts, oard_model_meta(m, "train_data") ? oard_model_meta(m, "train_data") : "?",
-               oard_model_meta(m, "train_reactions") ? oard_model_meta(m, "train_reactions") : "?",
-               oard_model_meta(m, "train_split_crc32") ? oard_model_meta(m, "train_split_crc32") : "?",
-               oard_model_meta(m, "val_loss") ? oard_model_meta(m, "val_loss") : "?",
-               oard_model_meta(m, "train_config") ? oard_model_meta(m, "train_config") : "?",
-               oard_model_meta(m, "train_init") ? oard_model_meta(m, "train_init") : "?");
+               INFO_META("train_steps"), INFO_META("train_data"), INFO_META("train_reactions"), INFO_META("train_split_crc32"),
+               INFO_META("val_loss"), INFO_META("train_config"), INFO_META("train_init"));
+#undef INFO_META
+#undef INFO_TEXT
     oard_model_free(m);
     return OARD_OK;
 }
@@ -7547,21 +7855,21 @@ static int read_dataset(const char *dir, const oard_config *c, TrainSplit *train
             break;
         }
         line[strcspn(line, "\r\n")] = 0;
-        char *field[64];
+        const char *id = "", *split = "";
         int nfld = 0;
-        for (char *p = line;; p++) { /* split on tabs, empty fields kept */
-            if (nfld < 64) field[nfld] = p;
-            nfld++;
+        for (char *p = line;; p++) { /* split on tabs, empty fields kept; any number of columns */
+            char *field = p;
             p = strchr(p, '\t');
+            if (p) *p = 0;
+            if (lineno == 1 && !strcmp(field, "id")) col_id = nfld;
+            if (lineno == 1 && !strcmp(field, "split")) col_split = nfld;
+            if (nfld == col_id) id = field;
+            if (nfld == col_split) split = field;
+            nfld++;
             if (!p) break;
-            *p = 0;
         }
         if (lineno == 1) {
             ncol = nfld;
-            for (int k = 0; k < nfld && k < 64; k++) {
-                if (!strcmp(field[k], "id")) col_id = k;
-                if (!strcmp(field[k], "split")) col_split = k;
-            }
             if (col_id < 0 || col_split < 0)
                 rc = fail(err, OARD_ERR_FORMAT, "%s:1: the header names no '%s' column (tab-separated: id ... split ...)", path,
                           col_id < 0 ? "id" : "split");
@@ -7572,7 +7880,6 @@ static int read_dataset(const char *dir, const oard_config *c, TrainSplit *train
             rc = fail(err, OARD_ERR_FORMAT, "%s:%d: %d tab-separated fields, the header has %d", path, lineno, nfld, ncol);
             break;
         }
-        const char *id = field[col_id], *split = field[col_split];
         int which = !strcmp(split, "train") ? 0 : !strcmp(split, "val") ? 1 : !strcmp(split, "test") ? 2 : -1;
         if (which < 0) {
             rc = fail(err, OARD_ERR_FORMAT, "%s:%d: split '%.40s' is not train, val or test", path, lineno, split);
@@ -7769,10 +8076,12 @@ static const char *train_path(const Trainer *T, const char *name, char *buf, siz
     return buf;
 }
 
-/* set the signal handler's temporary file to the one the library writes (PATH.tmp.<pid>) */
-static void expect_tmp(const char *path) {
-    int n = path ? snprintf(g_tmp_path, sizeof(g_tmp_path), "%s.tmp.%ld", path, (long)getpid()) : -1;
-    if (n < 0 || n >= (int)sizeof(g_tmp_path)) g_tmp_path[0] = 0;
+/* a log for appending; a symbolic link put in its place is not followed */
+static FILE *append_open(const char *path) {
+    int fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "a");
+    if (fd >= 0 && !f) close(fd);
+    return f;
 }
 
 static int write_checkpoint(Trainer *T, char *err) {
@@ -7805,9 +8114,9 @@ static int write_checkpoint(Trainer *T, char *err) {
     meta[k++] = "train.rng_noise", meta[k++] = rn;
     meta[k] = NULL;
     train_path(T, "checkpoint.bin", path, sizeof(path));
-    expect_tmp(path);
+    defer_signals(1);
     int rc = oard_checkpoint_save(path, T->m, oard_param_data(T->m), T->opt, meta, err);
-    expect_tmp(NULL);
+    defer_signals(0);
     return rc;
 }
 
@@ -7920,9 +8229,9 @@ static int write_final_model(Trainer *T, char *err) {
                           "train_program", "oa_reactdiff " OARD_VERSION " (" OARD_REAL_NAME ")", NULL};
     const real *w = oard_optim_ema(T->opt) ? oard_optim_ema(T->opt) : oard_param_data(T->m);
     train_path(T, "model.bin", path, sizeof(path));
-    expect_tmp(path);
+    defer_signals(1);
     int rc = oard_model_save(T->m, w, meta, sizeof(real) == 8, path, err);
-    expect_tmp(NULL);
+    defer_signals(0);
     if (rc == OARD_ERR_ARG) rc = OARD_ERR_FORMAT; /* e.g. a --description the format cannot hold */
     return rc;
 }
@@ -7947,15 +8256,16 @@ static int cmd_train(const Args *a, char *err) {
     T.steps = a->steps ? a->steps : 1000, T.val_every = a->val_every ? a->val_every : 100;
     T.ckpt_every = a->ckpt_every ? a->ckpt_every : T.val_every;
     T.description = a->description;
-    if (a->init) { /* the file and its checksum (header bytes 56..59) */
+    if (a->init) { /* the file and its checksum (header bytes 56..59; 0 if it cannot be read) */
         char cwd[2048] = "";
-        unsigned char h[64];
+        unsigned char *h = NULL;
+        size_t hn = 0;
+        char e2[OARD_ERRLEN];
         if (a->init[0] != '/' && !getcwd(cwd, sizeof(cwd))) cwd[0] = 0;
-        FILE *f = fopen(a->init, "rb");
-        int got = f && fread(h, 1, 64, f) == 64;
-        if (f) fclose(f);
+        int got = read_binary_file(a->init, "weights file", WFILE_MAGIC, &h, &hn, e2) == OARD_OK; /* no FIFO wait */
         snprintf(T.init_desc, sizeof(T.init_desc), "weights %s%s%s (crc32 %08x)", cwd, cwd[0] ? "/" : "", a->init,
                  got ? (unsigned)rd_u32(h + 56) : 0u);
+        free(h);
     } else if (a->init_config) {
         snprintf(T.init_desc, sizeof(T.init_desc), "config %s seed %llu", a->init_config, (unsigned long long)a->seed);
     }
@@ -8038,7 +8348,7 @@ static int cmd_train(const Args *a, char *err) {
     if (!rc && !a->resume) rc = write_checkpoint(&T, err); /* step 0: a resume point from the start */
     FILE *tlog = NULL, *vlog = NULL;
     if (!rc) {
-        tlog = fopen(logpath, "a"), vlog = fopen(valpath, "a");
+        tlog = append_open(logpath), vlog = append_open(valpath);
         if (!tlog || !vlog) rc = fail(err, OARD_ERR_IO, "%s: cannot write: %s", !tlog ? logpath : valpath, strerror(errno));
     }
     if (!rc)

@@ -168,7 +168,8 @@ void oard_sigma_alpha_t_given_s(float gamma_t, float gamma_s, float *sigma2_t_gi
                                 float *sigma_t_given_s, float *alpha_t_given_s);
 
 /* RePaint segment list (upstream get_repaint_schedule). Writes at most cap entries into
- * out and returns the number of entries (which may exceed cap), or -1 on bad arguments. */
+ * out (out may be NULL to count them) and returns the number of entries (which may exceed
+ * cap), or -1 on bad arguments or a list longer than INT_MAX. Allocates nothing. */
 int oard_repaint_schedule(int resamplings, int jump_length, int timesteps, int *out, int cap);
 
 /* ---- randomness ----

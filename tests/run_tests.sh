@@ -16,6 +16,8 @@
 #   test_loader.sh     the loader refuses corrupted weights files with one clear line
 #   test_cli.sh        every command, its errors, batch runs (shards, interruption, resume)
 #   test_errors.sh     one test per row of the README's failure table
+#   test_hostile.sh    deliberate input (issue 20): one test per defect D1-D12, peak memory
+#                      of each refusal under 100 MB (/usr/bin/time -v)
 #   test_train.sh      model save/init, the optimizer against a Python reference,
 #                      checkpoints, the train command (resume bit-identical, its errors)
 #   test_bridge.sh     React-OT through the command line: upstream's deployed result
@@ -106,6 +108,7 @@ run "SiLU on every float" build/test_silu
 run "loader" bash tests/test_loader.sh ./oa_reactdiff build/tiny.bin build/conf_tiny.bin
 run "command line" bash tests/test_cli.sh ./oa_reactdiff build/conf_tiny.bin
 run "failure table" bash tests/test_errors.sh ./oa_reactdiff build/conf_tiny.bin
+run "hostile input" bash tests/test_hostile.sh ./oa_reactdiff build/conf_tiny.bin build/tiny.bin
 run "React-OT bridge" bash tests/test_bridge.sh ./oa_reactdiff build/ot_tiny.bin
 run "evaluation tool" bash tests/test_evaluate.sh ./oa_reactdiff build/conf_tiny.bin
 run "TS refinement" bash tests/test_refine.sh ./oa_reactdiff build/conf_tiny.bin

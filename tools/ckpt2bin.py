@@ -114,6 +114,18 @@ STORAGE_TYPES = {
 }
 WRITABLE_DTYPES = {"f32": "f", "f64": "d"}  # dtype tag -> array typecode
 
+# Bounds checked before anything of that size is allocated (a checkpoint is untrusted):
+# data.pkl holds only the object tree (35-55 kB for upstream's and our checkpoints);
+# the tensors read may not exceed the file many times over (torch.save stores them
+# uncompressed; a deflated archive shrinks float32 data by a few per cent), so a zip bomb
+# is refused from the declared sizes; the configuration is bounded as oa_reactdiff.c's
+# loader bounds it, so no table or tensor list is built for an absurd one.
+MAX_PICKLE_BYTES = 4 << 20
+MAX_EXPANSION = 16
+MAX_LAYERS = 32
+MAX_CHANNELS = 8192
+MAX_TIMESTEPS = 1000000
+
 
 class ConvertError(Exception):
     """A conversion failure; the message is printed after '<file>: '."""
@@ -244,6 +256,16 @@ def _safe_reconstructor(cls, base, state=None):
     raise pickle.UnpicklingError("unsupported copyreg._reconstructor(%r)" % (cls,))
 
 
+def _safe_bytearray(source=b"", encoding=None, errors="strict"):
+    # builtins.bytearray as pickles of protocols 0-2 use it: from bytes or a str of the
+    # pickle itself. bytearray(n) would allocate n bytes from a number in a small file.
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    if isinstance(source, str) and encoding in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        return bytearray(source, encoding, errors)
+    raise pickle.UnpicklingError("unexpected bytearray(%s)" % type(source).__name__)
+
+
 class NumpyDType(StandIn):
     """Stand-in for numpy.dtype, enough to decode numpy scalars."""
 
@@ -289,14 +311,18 @@ _ALLOWED = {
 }
 for _mod in ("builtins", "__builtin__"):
     for _name, _obj in (("set", set), ("frozenset", frozenset), ("complex", complex),
-                        ("bytearray", bytearray), ("slice", slice), ("object", object),
+                        ("bytearray", None), ("slice", slice), ("object", object),
                         ("list", list), ("dict", dict), ("tuple", tuple)):
-        _ALLOWED[(_mod, _name)] = _obj
+        _ALLOWED[(_mod, _name)] = _obj if _obj is not None else _safe_bytearray
 _ALLOWED.update(_TORCH_REBUILDS)
 
 
-class CheckpointUnpickler(pickle.Unpickler):
-    """Unpickler that never imports anything and resolves storages lazily."""
+class CheckpointUnpickler(pickle._Unpickler):
+    """Unpickler that never imports anything and resolves storages lazily.
+
+    The Python implementation, not the C one: the C unpickler sizes its memo table by the
+    largest index a BINPUT names (LONG_BINPUT 2^25 in an 18 kB pickle: 256 MB), where
+    this one keeps a dict."""
 
     def find_class(self, module, name):
         hit = _ALLOWED.get((module, name))
@@ -346,6 +372,8 @@ class Checkpoint:
             raise ConvertError("not a PyTorch checkpoint (not a zip archive)")
         except OSError as e:
             raise ConvertError("cannot read (%s)" % (e.strerror or e))
+        except (ValueError, EOFError, NotImplementedError) as e:  # e.g. a member name that is not UTF-8
+            raise ConvertError("not a PyTorch checkpoint (corrupt zip directory: %s)" % _short(str(e)))
         names = [n for n in self.zip.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
         names = [n for n in names if n.count("/") <= 1]
         if not names:
@@ -353,11 +381,17 @@ class Checkpoint:
         if len(names) > 1:
             raise ConvertError("not a PyTorch checkpoint (several data.pkl records: %s)" % ", ".join(names[:4]))
         self.prefix = names[0][: -len("data.pkl")]
+        size = self.zip.getinfo(names[0]).file_size
+        if size > MAX_PICKLE_BYTES:
+            raise ConvertError("not a PyTorch checkpoint (%s declares %d bytes; an object tree of a checkpoint "
+                               "needs far less, at most %d are read)" % (names[0], size, MAX_PICKLE_BYTES))
         try:
-            raw = self.zip.read(names[0])
+            raw = self._read_member(names[0], 0, size)
             bo = self.prefix + "byteorder"
             if bo in self.zip.namelist():
-                order = self.zip.read(bo).strip()
+                if self.zip.getinfo(bo).file_size > 64:
+                    raise ConvertError("not a PyTorch checkpoint (%s declares %d bytes)" % (bo, self.zip.getinfo(bo).file_size))
+                order = self._read_member(bo, 0, self.zip.getinfo(bo).file_size).strip()
                 if order not in (b"little", b"big"):
                     raise ConvertError("not a PyTorch checkpoint (unknown byteorder %r)" % order[:16])
                 self.big_endian = order == b"big"
@@ -375,31 +409,49 @@ class Checkpoint:
         if self.zip is not None:
             self.zip.close()
 
-    def storage_bytes(self, st, what):
-        data = self._cache.get(st.key)
-        if data is None:
-            name = self.prefix + "data/" + st.key
-            try:
-                data = self.zip.read(name)
-            except KeyError:
-                raise ConvertError("corrupt checkpoint (storage record %s of %s is missing)" % (name, what))
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-                raise ConvertError("corrupt checkpoint (storage record %s of %s: %s)" % (name, what, e))
-            if len(data) < st.numel * st.itemsize:
-                raise ConvertError("corrupt checkpoint (storage record %s of %s has %d bytes, needs %d)"
-                                   % (name, what, len(data), st.numel * st.itemsize))
-            if self.big_endian and st.itemsize > 1:
-                if st.dtype not in WRITABLE_DTYPES:
-                    raise ConvertError("big-endian storage of dtype %s (%s) is not supported" % (st.dtype, what))
-                a = array.array(WRITABLE_DTYPES[st.dtype])
-                a.frombytes(data[: st.numel * st.itemsize])
-                a.byteswap()
-                data = a.tobytes()
-            self._cache[st.key] = data
+    def _read_member(self, name, start, count):
+        """Bytes start .. start + count of a zip member, decompressed as a stream in 1 MB
+        pieces: only those bytes are kept. The rest is read and dropped, so that zipfile
+        checks the member's CRC-32 at its end."""
+        with self.zip.open(name) as f:
+            while start > 0:
+                skipped = len(f.read(min(start, 1 << 20)))
+                if skipped == 0:
+                    raise EOFError("member ends before byte %d" % start)
+                start -= skipped
+            data = f.read(count)
+            while f.read(1 << 20):
+                pass
+        if len(data) != count:
+            raise EOFError("member ends %d bytes short" % (count - len(data)))
         return data
 
-    def tensor_bytes(self, name, t):
-        """Row-major bytes of tensor t (gathers non-contiguous strides)."""
+    def storage_bytes(self, st, what, first, count):
+        """Elements first .. first + count of storage st, read as a stream from its zip
+        member (never the whole member, and nothing kept after the call), native order."""
+        name = self.prefix + "data/" + st.key
+        try:
+            info = self.zip.getinfo(name)
+        except KeyError:
+            raise ConvertError("corrupt checkpoint (storage record %s of %s is missing)" % (name, what))
+        if info.file_size < st.numel * st.itemsize:
+            raise ConvertError("corrupt checkpoint (storage record %s of %s has %d bytes, needs %d)"
+                               % (name, what, info.file_size, st.numel * st.itemsize))
+        try:
+            data = self._read_member(name, first * st.itemsize, count * st.itemsize)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+            raise ConvertError("corrupt checkpoint (storage record %s of %s: %s)" % (name, what, e))
+        if self.big_endian and st.itemsize > 1:
+            if st.dtype not in WRITABLE_DTYPES:
+                raise ConvertError("big-endian storage of dtype %s (%s) is not supported" % (st.dtype, what))
+            a = array.array(WRITABLE_DTYPES[st.dtype])
+            a.frombytes(data)
+            a.byteswap()
+            data = a.tobytes()
+        return data
+
+    def tensor_span(self, name, t):
+        """(first element, last element + 1, elements) of tensor t in its storage, checked."""
         st = t.storage
         if not isinstance(st, LazyStorage):
             raise ConvertError("tensor %s has no storage" % name)
@@ -408,15 +460,24 @@ class Checkpoint:
                 and all(isinstance(v, int) and v >= 0 for v in size + stride)
                 and isinstance(off, int) and off >= 0):
             raise ConvertError("tensor %s has a malformed size/stride/offset" % name)
-        isz = st.itemsize
         n = _prod(size)
         if n == 0:
-            return b""
+            return off, off, 0
         last = off + sum((s - 1) * d for s, d in zip(size, stride))
         if last >= st.numel:
             raise ConvertError("tensor %s reaches element %d of a storage of %d elements"
                                % (name, last, st.numel))
-        raw = self.storage_bytes(st, "tensor " + name)
+        return off, last + 1, n
+
+    def tensor_bytes(self, name, t):
+        """Row-major bytes of tensor t (gathers non-contiguous strides)."""
+        first, end, n = self.tensor_span(name, t)
+        if n == 0:
+            return b""
+        st, size, stride = t.storage, t.size, t.stride
+        isz = st.itemsize
+        raw = self.storage_bytes(st, "tensor " + name, first, end - first)
+        off = 0  # from here on, element offsets are relative to the span read
         contiguous = True
         expect = 1
         for s, d in zip(reversed(size), reversed(stride)):
@@ -430,7 +491,7 @@ class Checkpoint:
         fmt = {1: "B", 2: "H", 4: "I", 8: "Q"}.get(isz)
         if fmt is None:
             raise ConvertError("tensor %s: cannot gather elements of %d bytes" % (name, isz))
-        el = memoryview(raw)[: st.numel * isz].cast(fmt)
+        el = memoryview(raw).cast(fmt)
         if not size:
             return el[off:off + 1].tobytes()
         out = bytearray()
@@ -718,10 +779,14 @@ def build_config(kind, hp, state_dict, path, bridge=False):
         if k not in mc:
             raise ConvertError("hyper_parameters: model_config has no %s" % k)
         c[k] = _as_int(mc[k], "model_config." + k)
-        if c[k] <= 0:
-            raise ConvertError("hyper_parameters: model_config.%s is %d" % (k, c[k]))
+        top = MAX_LAYERS if k == "num_layers" else MAX_CHANNELS
+        if not 0 < c[k] <= top:
+            raise ConvertError("hyper_parameters: model_config.%s is %d (1 to %d supported)" % (k, c[k], top))
     c["in_hidden_channels"] = _as_int(mc.get("in_hidden_channels", LEFTNET_DEFAULTS["in_hidden_channels"]),
                                       "model_config.in_hidden_channels")
+    if not 0 < c["in_hidden_channels"] <= MAX_CHANNELS:
+        raise ConvertError("hyper_parameters: model_config.in_hidden_channels is %d (1 to %d supported)"
+                           % (c["in_hidden_channels"], MAX_CHANNELS))
     c["cutoff"] = _as_float(mc.get("cutoff", LEFTNET_DEFAULTS["cutoff"]), "model_config.cutoff")
     if c["cutoff"] <= 0:
         raise ConvertError("hyper_parameters: model_config.cutoff is %r" % c["cutoff"])
@@ -786,13 +851,17 @@ def build_config(kind, hp, state_dict, path, bridge=False):
             raise ConvertError("hyper_parameters: noise_schedule is %r" % (sched,))
         c["training_schedule"] = sched
         c["training_timesteps"] = _as_int(hp.get("timesteps", DDPM_DEFAULTS["timesteps"]), "timesteps")
+        if not 0 < c["training_timesteps"] <= MAX_TIMESTEPS:
+            raise ConvertError("hyper_parameters: timesteps is %d (1 to %d supported)"
+                               % (c["training_timesteps"], MAX_TIMESTEPS))
         c["training_precision"] = _as_float(hp.get("precision", DDPM_DEFAULTS["precision"]), "precision")
         c["loss_scales"] = [_as_float(v, "scales")
                             for v in _as_list(hp.get("scales", DDPM_DEFAULTS["scales"]), "scales", len(names))]
         c["sampling_schedule"] = SAMPLING_SCHEDULE
         c["sampling_precision"] = SAMPLING_PRECISION
         g = state_dict.get(SAMPLING_GAMMA)
-        if not isinstance(g, TensorRef) or len(g.size) != 1 or g.size[0] < 2:
+        if (not isinstance(g, TensorRef) or not isinstance(g.size, tuple) or len(g.size) != 1
+                or not isinstance(g.size[0], int) or not 2 <= g.size[0] <= MAX_TIMESTEPS + 1):
             raise ConvertError("state_dict has no usable %s" % SAMPLING_GAMMA)
         c["sampling_timesteps"] = g.size[0] - 1
         c["loss_type"] = hp.get("loss_type")
@@ -916,9 +985,16 @@ def metadata_lines(kind, c, prov):
 _WARNED = []
 
 
+def printable(s):
+    """s with every character a terminal could act on (newline, escape, other controls)
+    written as a backslash escape: names and values from a checkpoint appear in messages."""
+    return "".join(ch if ch.isprintable() else ("\\x%02x" % ord(ch) if ord(ch) < 256 else "\\u%04x" % ord(ch)
+                                                 if ord(ch) < 0x10000 else "\\U%08x" % ord(ch)) for ch in str(s))
+
+
 def warn(path, msg):
     _WARNED.append(msg)
-    print("%s: warning: %s" % (path, msg), file=sys.stderr)
+    print(printable("%s: warning: %s" % (path, msg)), file=sys.stderr)
 
 
 def _file_sha256(path):
@@ -1016,6 +1092,7 @@ def _convert(ck, path, trained, description, ema=False):
             raise ConvertError("state_dict key %r cannot be stored (whitespace)" % k)
         if not isinstance(sd[k], TensorRef):
             raise ConvertError("state_dict entry %s is a %s, not a tensor" % (k, type(sd[k]).__name__))
+        ck.tensor_span(k, sd[k])  # a storage, sizes, strides and offset of the right types
         st = sd[k].storage
         if isinstance(st, LazyStorage) and st.dtype not in WRITABLE_DTYPES:
             raise ConvertError("state_dict tensor %s has dtype %s (only float32/float64 are supported)"
@@ -1044,7 +1121,13 @@ def _convert(ck, path, trained, description, ema=False):
         warn(path, "%d state_dict tensor(s) the configuration does not use, kept anyway: %s"
              % (len(extra), _key_sample(extra)))
 
-    # tensor data
+    # tensor data: its size from the directory first, bounded by the file's
+    total = sum(ck.tensor_span(name, sd[name])[2] * sd[name].storage.itemsize for name in keys)
+    limit = MAX_EXPANSION * os.path.getsize(path) + (1 << 20)
+    if total > limit:
+        raise ConvertError("the state_dict's tensors hold %d bytes, more than %d times the file's %d "
+                           "(a zip bomb or broadcast tensors?); refused before reading them"
+                           % (total, MAX_EXPANSION, os.path.getsize(path)))
     tensors = []
     for name in keys:
         t = sd[name]
@@ -1268,7 +1351,7 @@ def main(argv=None):
                          _human(size), size, crc), file=sys.stderr)
         return 0
     except ConvertError as e:
-        print("%s: %s" % (src, e), file=sys.stderr)
+        print(printable("%s: %s" % (src, e)), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("%s: interrupted" % src, file=sys.stderr)
@@ -1277,7 +1360,7 @@ def main(argv=None):
         print("%s: out of memory" % src, file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - keep the one-line contract
-        print("%s: internal error (%s: %s)" % (src, type(e).__name__, _short(str(e))), file=sys.stderr)
+        print(printable("%s: internal error (%s: %s)" % (src, type(e).__name__, _short(str(e)))), file=sys.stderr)
         return 1
 
 
