@@ -2956,7 +2956,7 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
     S->B = batch->n_samples;
     S->nf = c->node_nfs[0];
     S->F = S->nf - c->pos_dim;
-    int rc = batch_offsets(batch, "sampler", &S->frag_off, err);
+    rc = batch_offsets(batch, "sampler", &S->frag_off, err);
     if (rc) return rc;
     S->NF = S->frag_off[S->B];
     const char *name = (o && o->schedule) ? o->schedule : c->sampling_schedule;
