@@ -745,6 +745,13 @@ static int check_schedule_name(const wfile *w, const char *key, const char *name
     return fail(err, OARD_ERR_FORMAT, "%s: metadata '%s': %s", w->path, key, why);
 }
 
+/* SBSchedule's arguments the bridge supports: even T in 2..1e6, positive bounded numbers
+ * (the loader and oard_sb_schedule_init both ask) */
+static int sb_params_ok(int T, double beta_max, double power, double inv_power) {
+    return T >= 2 && T % 2 == 0 && T <= 1000000 && beta_max > 0 && beta_max < 1e6 && power > 0 && power < 100 &&
+           inv_power > 0 && inv_power < 100;
+}
+
 static int parse_config(const wfile *w, oard_config *c, char *err) {
     const char *s;
     int rc = 0;
@@ -817,8 +824,7 @@ static int parse_config(const wfile *w, oard_config *c, char *err) {
             TRY(meta_double(w, "sb_beta_max", &c->sb_beta_max, err));
             TRY(meta_double(w, "sb_power", &c->sb_power, err));
             TRY(meta_double(w, "sb_inv_power", &c->sb_inv_power, err));
-            if (c->sb_timesteps % 2 || !(c->sb_beta_max > 0 && c->sb_beta_max < 1e6) || !(c->sb_power > 0 && c->sb_power < 100) ||
-                !(c->sb_inv_power > 0 && c->sb_inv_power < 100))
+            if (!sb_params_ok(c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power))
                 return fail(err, OARD_ERR_FORMAT, "%s: bridge schedule sb_timesteps %d, sb_beta_max %g, sb_power %g, sb_inv_power %g "
                             "(even timesteps and positive values needed)", w->path, c->sb_timesteps, c->sb_beta_max,
                             c->sb_power, c->sb_inv_power);
@@ -3189,11 +3195,9 @@ static void torch_linspace(double start, double end, int n, double *y) {
  * coefficients of the bridge, stored as float32 tensors as upstream does. */
 int oard_sb_schedule_init(oard_sb_schedule *s, int T, double beta_max, double power, double inv_power, char *err) {
     memset(s, 0, sizeof(*s));
-    if (T < 2 || T % 2 || T > 1000000)
-        return fail(err, OARD_ERR_ARG, "bridge schedule: timesteps %d (an even number 2..1000000 is needed)", T);
-    if (!(beta_max > 0 && beta_max < 1e6) || !(power > 0 && power < 100) || !(inv_power > 0 && inv_power < 100))
-        return fail(err, OARD_ERR_ARG, "bridge schedule: beta_max %g, power %g, inv_power %g (positive values needed)",
-                    beta_max, power, inv_power);
+    if (!sb_params_ok(T, beta_max, power, inv_power))
+        return fail(err, OARD_ERR_ARG, "bridge schedule: timesteps %d, beta_max %g, power %g, inv_power %g (an even number "
+                    "2..1000000 of timesteps and positive values needed)", T, beta_max, power, inv_power);
     s->T = T, s->beta_max = beta_max, s->power = power, s->inv_power = inv_power;
     double **d[7] = {&s->f64_b, &s->f64_betas, &s->f64_std_fwd, &s->f64_std_bwd, &s->f64_mu_x0, &s->f64_mu_x1, &s->f64_var};
     float **f[6] = {&s->betas, &s->std_fwd, &s->std_bwd, &s->std_sb, &s->mu_x0, &s->mu_x1};
