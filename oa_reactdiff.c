@@ -99,7 +99,7 @@ static void escape_text(char *dst, size_t n, const char *src) {
             o += 4;
         } else {
             if (o + (size_t)len >= n) break;
-            memcpy(dst + o, s, (size_t)len), o += (size_t)len, s += len;
+            memcpy(dst + o, s, (size_t)len); o += (size_t)len; s += len;
         }
     }
     dst[o] = 0;
@@ -291,7 +291,7 @@ static int parse_tensor_line(const wfile *w, const char *line, wtensor *t, char 
  * allocated than the file holds (*size bytes). */
 static int read_binary_file(const char *path, const char *noun, const char *magic, unsigned char **buf, size_t *size,
                             char *err) {
-    *buf = NULL, *size = 0;
+    *buf = NULL; *size = 0;
     unsigned char h[64];
     size_t got = 0;
     uint64_t fsize = 0;
@@ -344,7 +344,7 @@ static int read_binary_file(const char *path, const char *noun, const char *magi
             rc = fail(err, OARD_ERR_IO, "%s: cannot read: %s", path, ferror(f) ? strerror(errno) : "the file changed size");
     }
     fclose(f);
-    if (rc) free(*buf), *buf = NULL;
+    if (rc) { free(*buf); *buf = NULL; }
     else *size = (size_t)fsize;
     return rc;
 }
@@ -1631,9 +1631,9 @@ static void edge_frame(const Ctx *x) {
         cross3(pf + 3 * i, pf + 3 * j, cr);
         real dn = dist + eps, cn = norm3(cr) + eps;
         real *d = w->d + 3 * e, *cc = w->c + 3 * e, *v = w->v + 3 * e;
-        for (int k = 0; k < 3; k++) d[k] = diff[k] / dn, cc[k] = cr[k] / cn;
+        for (int k = 0; k < 3; k++) { d[k] = diff[k] / dn; cc[k] = cr[k] / cn; }
         cross3(d, cc, v);
-        for (int k = 0; k < 3; k++) d[k] *= mask, cc[k] *= mask, v[k] *= mask;
+        for (int k = 0; k < 3; k++) { d[k] *= mask; cc[k] *= mask; v[k] *= mask; }
         dist *= mask;
         w->mask[e] = mask;
         w->dist[e] = dist;
@@ -1833,7 +1833,7 @@ static void node_frame(const Ctx *x) {
                 int found = 0;
                 for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
                     if (w->mask[e] != 1) continue;
-                    if (!found || w->dist[e] < best) best = w->dist[e], nn = g->dst[e], found = 1;
+                    if (!found || w->dist[e] < best) { best = w->dist[e]; nn = g->dst[e]; found = 1; }
                 }
                 partner[nn] = n;
             } else {
@@ -1853,7 +1853,7 @@ static void node_frame(const Ctx *x) {
         for (int k = 0; k < 3; k++) y1[k] /= ny;
         cross3(x1, y1, z1);
         real *fr = w->frame + 9 * n;
-        for (int k = 0; k < 3; k++) fr[3 * k + 0] = x1[k], fr[3 * k + 1] = y1[k], fr[3 * k + 2] = z1[k];
+        for (int k = 0; k < 3; k++) { fr[3 * k + 0] = x1[k]; fr[3 * k + 1] = y1[k]; fr[3 * k + 2] = z1[k]; }
         for (int k = 0; k < 3; k++)
             w->pos_prjt[3 * n + k] = a[0] * fr[0 + k] + a[1] * fr[3 + k] + a[2] * fr[6 + k];
     }
@@ -1912,8 +1912,10 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_lay
                     real *r = m1 + (size_t)k * H;
                     if (w->mask[e0 + k] == 0)
                         for (int h = 0; h < H; h++) r[h] += w->edge_const[h];
-                    else
-                        memcpy(de + (size_t)nu * EW, w->ew + (size_t)(e0 + k) * EW, EW * sizeof(real)), rows[nu++] = k;
+                    else {
+                        memcpy(de + (size_t)nu * EW, w->ew + (size_t)(e0 + k) * EW, EW * sizeof(real));
+                        rows[nu++] = k;
+                    }
                 }
                 matmul(m2, (size_t)H, de, (size_t)EW, We, ld0, NULL, EW, H, (size_t)nu, 0);
                 for (int k = 0; k < nu; k++)
@@ -1924,7 +1926,7 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_lay
             linear_forward(&P->att_mlp.l[0], m2, (size_t)nb, att, 1);
             for (int k = 0; k < nb; k++) {
                 real *r = m2 + (size_t)k * H, *ag = agg + (size_t)g->src[e0 + k] * H;
-                for (int h = 0; h < H; h++) r[h] *= att[k], ag[h] += r[h];
+                for (int h = 0; h < H; h++) { r[h] *= att[k]; ag[h] += r[h]; }
             }
             /* edgeweight += SiLU(edge_out_trans(m)), on the rows that are read again */
             int nk = 0;
@@ -2179,7 +2181,7 @@ static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *
     for (int k = 0; k < p->n_out; k++) {
         real *xk = (k == 0) ? xo : w->Bn, *vk = (k == 0) ? vo : w->dvec;
         gated_output(&p->out[k], N, xin, vin, xk, vk, w->nodetmp);
-        xin = xk, vin = vk;
+        xin = xk; vin = vk;
     }
     dump(x, "out_pos.out0", xin, (size_t)N, 1);
     dump(x, "out_pos.out1", vin, (size_t)N, 3);
@@ -2476,7 +2478,7 @@ static int schedule_alphas2(const char *name, int T, double precision, double *a
         int steps = T + 2;
         double *x = malloc((size_t)steps * sizeof(double)), *ac = malloc((size_t)steps * sizeof(double));
         if (!x || !ac) {
-            free(x), free(ac);
+            free(x); free(ac);
             return fail(err, OARD_ERR_NOMEM, "out of memory");
         }
         linspace(0, steps, steps, x);
@@ -2491,7 +2493,7 @@ static int schedule_alphas2(const char *name, int T, double precision, double *a
             cum *= 1.0 - beta;
             a2[k] = power != 1 ? pow(cum, power) : cum;
         }
-        free(x), free(ac);
+        free(x); free(ac);
     } else if (strncmp(name, "polynomial_", 11) == 0) { /* polynomial_schedule(T, s=precision, power) */
         char *end;
         double power = strtod(name + 11, &end);
@@ -2542,7 +2544,7 @@ int oard_schedule_init(oard_schedule *s, const char *name, int T, double precisi
     double *a2 = malloc((size_t)(T + 2) * sizeof(double));
     s->gamma = malloc((size_t)(T + 1) * sizeof(float));
     if (!a2 || !s->gamma) {
-        free(a2), free(s->gamma);
+        free(a2); free(s->gamma);
         s->gamma = NULL;
         return fail(err, OARD_ERR_NOMEM, "out of memory");
     }
@@ -2827,7 +2829,7 @@ NO_FMA_FN static double portable_log(double x) {
     NO_FMA_BEGIN
     int k;
     double m = frexp(x, &k); /* x = m 2^k, m in [0.5, 1) */
-    if (m < 0.70710678118654752440) m *= 2, k -= 1;
+    if (m < 0.70710678118654752440) { m *= 2; k -= 1; }
     double z = (m - 1) / (m + 1), z2 = z * z, p = 0;
     for (int i = 12; i >= 1; i--) p = (p + 1.0 / (2 * i + 1)) * z2; /* sum z2^i / (2i+1) */
     return (double)k * 6.93147180369123816490e-01 + ((double)k * 1.90821492927058770002e-10 + 2 * z * (1 + p));
@@ -2906,8 +2908,8 @@ static int batch_offsets(const oard_batch *batch, const char *what, int **off_ou
 }
 
 static void sampler_free(Sampler *S) {
-    for (int f = 0; f < 3; f++) free(S->eps[f]), free(S->noise[f]), free(S->h0[f]);
-    free(S->tmp), free(S->t), free(S->frag_off);
+    for (int f = 0; f < 3; f++) { free(S->eps[f]); free(S->noise[f]); free(S->h0[f]); }
+    free(S->tmp); free(S->t); free(S->frag_off);
     oard_workspace_free(S->ws);
     oard_schedule_free(&S->sch);
 }
@@ -2958,7 +2960,7 @@ static int sampler_init(Sampler *S, const oard_model *m, const oard_batch *batch
     if (!batch || batch->n_samples <= 0) return fail(err, OARD_ERR_ARG, "sampler: no samples");
     int rc = sampler_check_memory(m, batch, o, inpaint, 0, err);
     if (rc) return rc;
-    S->m = m, S->batch = batch, S->cond = cond, S->rng = rng, S->err = err;
+    S->m = m; S->batch = batch; S->cond = cond; S->rng = rng; S->err = err;
     S->B = batch->n_samples;
     S->nf = c->node_nfs[0];
     S->F = S->nf - c->pos_dim;
@@ -3166,7 +3168,7 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
         }
     if (!rc) rc = p_xh_given_z0(&S, z, out);
     if (!rc) rc = check_samples(&S, out, "final step");
-    for (int f = 0; f < 3; f++) free(z[f]), free(known[f]), free(x0[f]);
+    for (int f = 0; f < 3; f++) { free(z[f]); free(known[f]); free(x0[f]); }
     free(segs);
     sampler_free(&S);
     return rc;
@@ -3198,7 +3200,7 @@ int oard_sb_schedule_init(oard_sb_schedule *s, int T, double beta_max, double po
     if (!sb_params_ok(T, beta_max, power, inv_power))
         return fail(err, OARD_ERR_ARG, "bridge schedule: timesteps %d, beta_max %g, power %g, inv_power %g (an even number "
                     "2..1000000 of timesteps and positive values needed)", T, beta_max, power, inv_power);
-    s->T = T, s->beta_max = beta_max, s->power = power, s->inv_power = inv_power;
+    s->T = T; s->beta_max = beta_max; s->power = power; s->inv_power = inv_power;
     double **d[7] = {&s->f64_b, &s->f64_betas, &s->f64_std_fwd, &s->f64_std_bwd, &s->f64_mu_x0, &s->f64_mu_x1, &s->f64_var};
     float **f[6] = {&s->betas, &s->std_fwd, &s->std_bwd, &s->std_sb, &s->mu_x0, &s->mu_x1};
     for (int k = 0; k < 7; k++)
@@ -3220,15 +3222,15 @@ int oard_sb_schedule_init(oard_sb_schedule *s, int T, double beta_max, double po
     double scale = beta_max / T / maxb, fwd = 0, bwd = 0;
     for (int i = 0; i < T; i++) s->f64_betas[i] = scale * s->f64_betas[i] * 0.5;
     for (int i = 0; i < T; i++) { /* cumulative sums from the start and from the end */
-        fwd += s->f64_betas[i], bwd += s->f64_betas[T - 1 - i];
-        s->f64_std_fwd[i] = sqrt(fwd), s->f64_std_bwd[T - 1 - i] = sqrt(bwd);
+        fwd += s->f64_betas[i]; bwd += s->f64_betas[T - 1 - i];
+        s->f64_std_fwd[i] = sqrt(fwd); s->f64_std_bwd[T - 1 - i] = sqrt(bwd);
     }
     for (int i = 0; i < T; i++) { /* compute_gaussian_product_coef(std_fwd, std_bwd) */
         double f2 = s->f64_std_fwd[i] * s->f64_std_fwd[i], b2 = s->f64_std_bwd[i] * s->f64_std_bwd[i], den = f2 + b2;
-        s->f64_mu_x0[i] = b2 / den, s->f64_mu_x1[i] = f2 / den, s->f64_var[i] = f2 * b2 / den;
-        s->betas[i] = (float)s->f64_betas[i], s->std_fwd[i] = (float)s->f64_std_fwd[i];
-        s->std_bwd[i] = (float)s->f64_std_bwd[i], s->std_sb[i] = (float)sqrt(s->f64_var[i]);
-        s->mu_x0[i] = (float)s->f64_mu_x0[i], s->mu_x1[i] = (float)s->f64_mu_x1[i];
+        s->f64_mu_x0[i] = b2 / den; s->f64_mu_x1[i] = f2 / den; s->f64_var[i] = f2 * b2 / den;
+        s->betas[i] = (float)s->f64_betas[i]; s->std_fwd[i] = (float)s->f64_std_fwd[i];
+        s->std_bwd[i] = (float)s->f64_std_bwd[i]; s->std_sb[i] = (float)sqrt(s->f64_var[i]);
+        s->mu_x0[i] = (float)s->f64_mu_x0[i]; s->mu_x1[i] = (float)s->f64_mu_x1[i];
     }
     return OARD_OK;
 }
@@ -3289,7 +3291,7 @@ int oard_bridge_n_logged(const oard_bridge_opts *o, int T) {
  * std_delta)) for the step from n to nprev, as upstream forms them on its float32 table */
 NO_FMA_FN static void sb_posterior_coef(float std_n, float std_prev, float *mu_x0, float *mu_xn) {
     float sd = sqrtf(std_n * std_n - std_prev * std_prev), sd2 = sd * sd, sp2 = std_prev * std_prev, den = sp2 + sd2;
-    *mu_x0 = sd2 / den, *mu_xn = sp2 / den;
+    *mu_x0 = sd2 / den; *mu_xn = sp2 / den;
 }
 
 typedef struct {
@@ -3307,8 +3309,8 @@ typedef struct {
 } Bridge;
 
 static void bridge_free(Bridge *S) {
-    for (int f = 0; f < 3; f++) free(S->z[f]), free(S->eps[f]);
-    free(S->t), free(S->out), free(S->xmid), free(S->pred), free(S->fv), free(S->fv_prev), free(S->frag_off);
+    for (int f = 0; f < 3; f++) { free(S->z[f]); free(S->eps[f]); }
+    free(S->t); free(S->out); free(S->xmid); free(S->pred); free(S->fv); free(S->fv_prev); free(S->frag_off);
     oard_workspace_free(S->ws);
     oard_sb_schedule_free(&S->sch);
 }
@@ -3320,7 +3322,7 @@ static int bridge_init(Bridge *S, const oard_model *m, const oard_batch *batch, 
     if (c->kind != OARD_KIND_DENOISER || c->objective != OARD_OBJECTIVE_BRIDGE)
         return fail(err, OARD_ERR_MODEL, "the bridge sampler needs a bridge (React-OT) model");
     if (!batch || batch->n_samples <= 0 || !batch->sizes) return fail(err, OARD_ERR_ARG, "bridge: no samples");
-    S->m = m, S->cond = cond, S->err = err, S->B = batch->n_samples, S->nf = c->node_nfs[0];
+    S->m = m; S->cond = cond; S->err = err; S->B = batch->n_samples; S->nf = c->node_nfs[0];
     int rc = batch_offsets(batch, "bridge", &S->frag_off, err);
     if (rc) return rc;
     S->NF = S->frag_off[S->B];
@@ -3427,7 +3429,7 @@ static int bridge_ode_step(Bridge *S, int method, int prev, int step, real *xt) 
 static void ei_grid(int nfe, int i, double *t, double *dt) {
     double step = -1.0 / nfe; /* numpy linspace: k * step + start */
     double s0 = i * step + 1, s1 = i + 1 == nfe ? 0 : (i + 1) * step + 1;
-    *t = s0, *dt = s0 - s1;
+    *t = s0; *dt = s0 - s1;
 }
 
 static int bridge_ei_step(Bridge *S, int nfe, int idx, real *xt, int *step_out) {
@@ -3441,7 +3443,7 @@ static int bridge_ei_step(Bridge *S, int nfe, int idx, real *xt, int *step_out) 
     if (idx > 0) {
         ei_grid(nfe, idx - 1, &tp, &dtp);
         double h = tp - t;
-        c0 = -dt - dt * dt / (2 * h), c1 = dt * dt / (2 * h);
+        c0 = -dt - dt * dt / (2 * h); c1 = dt * dt / (2 * h);
     }
     for (size_t j = 0; j < (size_t)S->NF * 3; j++) {
         real f = (xt[j] - S->pred[j]) / (real)t;
@@ -3516,7 +3518,7 @@ int oard_bridge_sample(const oard_model *m, const oard_batch *batch, const oard_
         if (!rc && o && o->progress) o->progress(o->progress_ctx, k + 1, nfe);
     }
     if (!rc) memcpy(ts_pos, xt, (size_t)S.NF * 3 * sizeof(real));
-    free(steps), free(xt);
+    free(steps); free(xt);
     bridge_free(&S);
     return rc;
 }
@@ -3577,12 +3579,12 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
     int cnt = 0;
     size_t total = 0;
     for (int i = 0; i < m->file.n_t; i++)
-        if (m->file.t[i].ld) cnt++, total += (size_t)m->file.t[i].dims[0] * round_up((size_t)m->file.t[i].dims[1], TILE_N) + TILE_N;
+        if (m->file.t[i].ld) { cnt++; total += (size_t)m->file.t[i].dims[0] * round_up((size_t)m->file.t[i].dims[1], TILE_N) + TILE_N; }
     /* rows of ldb values: whole column tiles, except narrow inputs (< VW), which matmul reads unpadded */
     BackW *bw = xcalloc((size_t)cnt + 1, sizeof(BackW));
     real *wb = aligned_calloc(total + 1, sizeof(real));
     if (!bw || !wb) {
-        free(bw), aligned_free(wb);
+        free(bw); aligned_free(wb);
         return NULL;
     }
     int k = 0;
@@ -3595,14 +3597,14 @@ static BackW *back_weights(const oard_model *m, int *n, real **block) {
         real *dst = wb + pos;
         for (size_t o = 0; o < out; o++)
             for (size_t c = 0; c < in; c++) dst[o * ldb + c] = w[c * (size_t)t->ld + o];
-        bw[k].off = t->arena_off, bw[k].len = in * (size_t)t->ld, bw[k].ld = t->ld, bw[k].ldb = (int)ldb, bw[k].wb = dst;
+        bw[k].off = t->arena_off; bw[k].len = in * (size_t)t->ld; bw[k].ld = t->ld; bw[k].ldb = (int)ldb; bw[k].wb = dst;
         k++;
         pos += out * ldb + TILE_N;
     }
     for (int a = 1; a < k; a++) /* by arena offset (insertion sort: a few hundred entries) */
         for (int b = a; b > 0 && bw[b - 1].off > bw[b].off; b--) {
             BackW tmp = bw[b];
-            bw[b] = bw[b - 1], bw[b - 1] = tmp;
+            bw[b] = bw[b - 1]; bw[b - 1] = tmp;
         }
     *n = k;
     *block = wb;
@@ -3742,7 +3744,7 @@ static void layernorm_backward(const Grad *T, const real *dy, const real *xhat, 
             double gi = w ? (double)dr[i] * w[i] : dr[i];
             mg += gi;
             mgh += gi * hr[i];
-            if (w) gw[i] += dr[i] * hr[i], gb[i] += dr[i];
+            if (w) { gw[i] += dr[i] * hr[i]; gb[i] += dr[i]; }
         }
         mg /= n;
         mgh /= n;
@@ -3810,7 +3812,7 @@ static void lin3_train(const Linear *l, int n_layers, const real *q, int H, real
                 silu_train(NULL, zj, aj, (size_t)H);
             }
         }
-        if (!last) in = a + off, off += (size_t)L->out * Hs;
+        if (!last) { in = a + off; off += (size_t)L->out * Hs; }
     }
 }
 
@@ -4134,7 +4136,7 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
     take_n(&t->g_lin3, base, &off, (12 + 4 * lin3_rows(c)) * Hs);
     take_n(&t->g_lin3acc, base, &off, lin3_acc_rows(c) * Hs);
     take_n(&t->g_upd, base, &off, c->update ? N * 64 * Hs : 0);
-    t->N = (int)N, t->E = (int)E, t->U = (int)U, t->NF = (int)NF;
+    t->N = (int)N; t->E = (int)E; t->U = (int)U; t->NF = (int)NF;
     return off;
 }
 
@@ -4190,7 +4192,7 @@ static void neighbor_emb_backward(const Ctx *x, Tape *t, const Grad *T, const re
         const real *f = ew + (size_t)e * EW + 2 * H, *un = t->nb_un + (size_t)g->src[e] * H;
         const real *ds = ds0 + (size_t)g->dst[e] * H;
         real *du = dun + (size_t)g->src[e] * H, *dfe = df + (size_t)e * H;
-        for (int h = 0; h < H; h++) du[h] += f[h] * ds[h], dfe[h] += un[h] * ds[h];
+        for (int h = 0; h < H; h++) { du[h] += f[h] * ds[h]; dfe[h] += un[h] * ds[h]; }
     }
     layernorm_backward(T, dun, t->nb_un, t->nb_rstd, (size_t)N, H, NULL, NULL, dun);
     linear_backward(T, &p->neighbor_emb, t->h, dun, (size_t)N, t->g_h, 1);
@@ -4357,7 +4359,7 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
     for (int e = 0; e < E; e++) {
         real att = silu(t->att_pre[e]), *m = t->m + (size_t)e * H, *ag = agg + (size_t)g->src[e] * 2 * H + H;
         const real *m2 = t->m2 + (size_t)e * H;
-        for (int h = 0; h < H; h++) m[h] = m2[h] * att, ag[h] += m[h];
+        for (int h = 0; h < H; h++) { m[h] = m2[h] * att; ag[h] += m[h]; }
     }
     for (int n = 0; n < N; n++) {
         int cnt = g->out_start[n + 1] - g->out_start[n];
@@ -4422,7 +4424,7 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
         real att = silu(t->att_pre[e]), sum = 0;
         const real *d = dm + (size_t)e * H, *m2 = t->m2 + (size_t)e * H;
         real *d2 = dm2 + (size_t)e * H;
-        for (int h = 0; h < H; h++) d2[h] = d[h] * att, sum += d[h] * m2[h];
+        for (int h = 0; h < H; h++) { d2[h] = d[h] * att; sum += d[h] * m2[h]; }
         datt[e] = sum * dsilu(t->att_pre[e]);
     }
     linear_backward(T, &P->att_mlp.l[0], t->m2, datt, (size_t)E, dm2, 1);
@@ -4434,7 +4436,7 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
     for (int e = 0; e < E; e++) {
         const real *d = dm1 + (size_t)e * H;
         real *di = Di + (size_t)g->src[e] * H, *dj = Dj + (size_t)g->dst[e] * H;
-        for (int h = 0; h < H; h++) di[h] += d[h], dj[h] += d[h];
+        for (int h = 0; h < H; h++) { di[h] += d[h]; dj[h] += d[h]; }
     }
     linear_backward(T, &Li, t->xh, Di, (size_t)N, dxh, 1);
     linear_backward(T, &Lj, t->xh, Dj, (size_t)N, dxh, 1);
@@ -4519,15 +4521,15 @@ static void equi_message_backward(const Ctx *x, Tape *tp, const TapeMsg *t, cons
                 dvm[q * H + h] += gq[q] * a;
             }
             real dSx = dxs * wx, dSa = da * wa * inv_sqrt_3, dSb = db * wb;
-            dxm[h] += dSx, dxn[h] += dSx;
-            dxm[H + h] += dSa, dxn[H + h] += dSa;
-            dxm[2 * H + h] += dSb, dxn[2 * H + h] += dSb;
-            dwu[h] = dxs * Sx, dwu[H + h] = da * Sa * inv_sqrt_3, dwu[2 * H + h] = db * Sb;
+            dxm[h] += dSx; dxn[h] += dSx;
+            dxm[H + h] += dSa; dxn[H + h] += dSa;
+            dxm[2 * H + h] += dSb; dxn[2 * H + h] += dSb;
+            dwu[h] = dxs * Sx; dwu[H + h] = da * Sa * inv_sqrt_3; dwu[2 * H + h] = db * Sb;
         }
     }
     memcpy(dvec, dvin, (size_t)N * 3 * H * sizeof(real));
     /* w = rbf_proj(rbf) * dir_proj(edgeweight) */
-    for (size_t i = 0; i < (size_t)U * 3 * H; i++) d2[i] = dw[i] * t->dp[i], dw[i] *= t->rp[i];
+    for (size_t i = 0; i < (size_t)U * 3 * H; i++) { d2[i] = dw[i] * t->dp[i]; dw[i] *= t->rp[i]; }
     linear_backward(T, &P->rbf_proj, t->rbfu, d2, (size_t)U, NULL, 0);
     linear_backward(T, &P->dir_proj2, t->dp_act, dw, (size_t)U, d2, 0);
     silu_backward(t->dp_pre, d2, (size_t)U * 3 * H);
@@ -4606,7 +4608,7 @@ static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const
         real *dXn = dX + (size_t)n * 3 * H, *dVn = dV + (size_t)n * 6 * H;
         for (int h = 0; h < H; h++) {
             real gx = ds[(size_t)n * H + h] * inv_sqrt_2, dg = 0;
-            dXn[h] = gx, dXn[H + h] = gx;
+            dXn[h] = gx; dXn[H + h] = gx;
             for (int q = 0; q < 3; q++) {
                 real gv = dvec[((size_t)n * 3 + q) * H + h], v1 = V[q * 2 * H + h], v2 = V[q * 2 * H + H + h];
                 dg += gv * v2;
@@ -4760,7 +4762,7 @@ static void leftnet_train(const Ctx *x, Tape *t) {
         int last = k == p->n_out - 1;
         real *xk = x->w->A, *vk = last ? t->dpos : x->w->dx;
         gated_output_train(&p->out[k], &t->out[k], N, xin, vin, xk, vk);
-        xin = xk, vin = vk;
+        xin = xk; vin = vk;
     }
 }
 
@@ -4973,13 +4975,13 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
                 double lc, lq;
                 l0x += 0.5 * err2 * c->loss_scales[f] / (3.0 * n);
                 log_p_features(c, n, nf, zt[f], xh[f], sigma, &lc, &lq);
-                l0c -= lc, l0q -= lq;
+                l0c -= lc; l0q -= lq;
             } else {
                 lt += err2 * c->loss_scales[f] / (3.0 * n);
             }
         }
-        terms[OARD_TERM_LOSS_T] = lt, terms[OARD_TERM_LOSS_0_X] = l0x;
-        terms[OARD_TERM_LOSS_0_CAT] = l0c, terms[OARD_TERM_LOSS_0_CHARGE] = l0q;
+        terms[OARD_TERM_LOSS_T] = lt; terms[OARD_TERM_LOSS_0_X] = l0x;
+        terms[OARD_TERM_LOSS_0_CAT] = l0c; terms[OARD_TERM_LOSS_0_CHARGE] = l0q;
         terms[OARD_TERM_NLL] = lt + l0x + l0c + l0q;
         if (!rc && G) {
             for (int f = 0; f < 3; f++) centre_fragment(d + (size_t)3 * f * n, 3, frag_off, 1); /* centring is symmetric */
@@ -5023,7 +5025,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
     const int bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
     oard_schedule sch;
     oard_sb_schedule sb;
-    memset(&sch, 0, sizeof(sch)), memset(&sb, 0, sizeof(sb));
+    memset(&sch, 0, sizeof(sch)); memset(&sb, 0, sizeof(sb));
     int rc = bridge ? oard_sb_schedule_init(&sb, c->sb_timesteps, c->sb_beta_max, c->sb_power, c->sb_inv_power, err)
                     : oard_schedule_init(&sch, c->training_schedule, c->training_timesteps, c->training_precision, err);
     if (rc) return rc;
@@ -5081,7 +5083,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
         for (int a = 1; a < B; a++)
             for (int k = a; k > 0 && batch->sizes[order[k - 1]] < batch->sizes[order[k]]; k--) {
                 int tmp_b = order[k];
-                order[k] = order[k - 1], order[k - 1] = tmp_b;
+                order[k] = order[k - 1]; order[k - 1] = tmp_b;
             }
 #pragma omp parallel num_threads(nt)
         {
@@ -5090,7 +5092,7 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
             for (int k = 0; k < B; k++) {
                 const int b = order[k];
                 const real *xs[3], *ns[3];
-                for (int f = 0; f < 3; f++) xs[f] = x[f] + (size_t)off[b] * nf, ns[f] = noise[f] + (size_t)off[b] * nf;
+                for (int f = 0; f < 3; f++) { xs[f] = x[f] + (size_t)off[b] * nf; ns[f] = noise[f] + (size_t)off[b] * nf; }
                 rcs[b] = train_sample(m, bw, n_bw, batch->sizes[b], xs, ns, t_int[b], &obj,
                                       cond ? cond + (size_t)b * c->condition_nf : NULL, G ? G + (size_t)b * P : NULL,
                                       tm + (size_t)b * OARD_N_TERMS, &tb, errs + (size_t)b * OARD_ERRLEN);
@@ -5114,8 +5116,8 @@ int oard_train_loss(const oard_model *m, const oard_batch *batch, const oard_rea
                 grad[k] = bridge ? s : s / (real)B;
             }
     }
-    for (int f = 0; f < 3; f++) free(x[f]), free(noise[f]);
-    free(tmp), free(tm), free(off), free(errs), free(rcs), free(bw), free(order);
+    for (int f = 0; f < 3; f++) { free(x[f]); free(noise[f]); }
+    free(tmp); free(tm); free(off); free(errs); free(rcs); free(bw); free(order);
     aligned_free(G);
     aligned_free(bw_block);
     oard_schedule_free(&sch);
@@ -5171,14 +5173,14 @@ static FILE *tmp_create(const char *path, char *tmp, size_t n) {
         char suffix[7];
         for (int k = 0; k < 6; k++) suffix[k] = chars[(z >> (8 * k)) % 62];
         suffix[6] = 0;
-        if (snprintf(tmp, n, "%s.tmp.%s", path, suffix) >= (int)n) return errno = ENAMETOOLONG, NULL;
+        if (snprintf(tmp, n, "%s.tmp.%s", path, suffix) >= (int)n) { errno = ENAMETOOLONG; return NULL; }
         int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
         if (fd < 0 && errno == EEXIST) continue;
         if (fd < 0) return NULL;
         FILE *f = fdopen(fd, "wb");
         if (!f) {
             int e = errno;
-            close(fd), unlink(tmp);
+            close(fd); unlink(tmp);
             errno = e;
         }
         return f;
@@ -5221,12 +5223,12 @@ static int write_atomic(const char *path, const Piece *pc, int np, char *err) {
     }
     int bad = 0, e = 0;
     for (int i = 0; i < np && !bad; i++)
-        if (pc[i].n && fwrite(pc[i].p, 1, pc[i].n, f) != pc[i].n) bad = 1, e = errno;
-    if (!bad && fflush(f) != 0) bad = 1, e = errno;
+        if (pc[i].n && fwrite(pc[i].p, 1, pc[i].n, f) != pc[i].n) { bad = 1; e = errno; }
+    if (!bad && fflush(f) != 0) { bad = 1; e = errno; }
 #if defined(__unix__) || defined(__APPLE__)
-    if (!bad && fsync(fileno(f)) != 0 && errno != EINVAL && errno != EROFS) bad = 1, e = errno;
+    if (!bad && fsync(fileno(f)) != 0 && errno != EINVAL && errno != EROFS) { bad = 1; e = errno; }
 #endif
-    if (fclose(f) != 0 && !bad) bad = 1, e = errno;
+    if (fclose(f) != 0 && !bad) { bad = 1; e = errno; }
     int rc = OARD_OK;
     if (bad) {
         remove(tmp);
@@ -5261,7 +5263,7 @@ static size_t tensor_line(char *out, size_t n, const TensorDesc *t, int f64, uin
         snprintf(dims + strlen(dims), sizeof(dims) - strlen(dims), " %lld", (long long)t->dims[d]);
     int len = snprintf(line, sizeof(line), "tensor %s %s %llu %llu %d%s", t->name, f64 ? "f64" : "f32",
                        (unsigned long long)off, (unsigned long long)(desc_numel(t) * (f64 ? 8 : 4)), t->ndim, dims);
-    if (out && (size_t)len + 1 <= n && (size_t)len < sizeof(line)) memcpy(out, line, (size_t)len), out[len] = '\n';
+    if (out && (size_t)len + 1 <= n && (size_t)len < sizeof(line)) { memcpy(out, line, (size_t)len); out[len] = '\n'; }
     return (size_t)len + 1;
 }
 
@@ -5274,7 +5276,7 @@ typedef int (*tensor_fill_fn)(void *ctx, int i, double *out, char *err);
 static int image_build(int kind, int n_meta, const char *const *keys, const char *const *vals, int n_t,
                        const TensorDesc *t, int f64, tensor_fill_fn fill, void *ctx, const char *what,
                        unsigned char **out, size_t *out_size, char *err) {
-    *out = NULL, *out_size = 0;
+    *out = NULL; *out_size = 0;
     size_t esz = f64 ? 8 : 4, meta_size = 0, max_numel = 0;
     uint64_t *off = xcalloc((size_t)n_t + 1, sizeof(uint64_t)), pos = 0, data_size = 0;
     if (!off) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", what);
@@ -5292,7 +5294,7 @@ static int image_build(int kind, int n_meta, const char *const *keys, const char
     unsigned char *b = calloc((size_t)file_size, 1);
     double *vals_buf = xcalloc(max_numel ? max_numel : 1, sizeof(double));
     if (!b || !vals_buf) {
-        free(off), free(b), free(vals_buf);
+        free(off); free(b); free(vals_buf);
         return fail(err, OARD_ERR_NOMEM, "%s: cannot allocate %llu bytes", what, (unsigned long long)file_size);
     }
     memcpy(b, WFILE_MAGIC, 8); /* "OARDIFF" and its NUL */
@@ -5309,8 +5311,8 @@ static int image_build(int kind, int n_meta, const char *const *keys, const char
     char *p = (char *)b + WFILE_HEADER;
     for (int i = 0; i < n_meta; i++) {
         size_t nk = strlen(keys[i]), nv = strlen(vals[i]);
-        memcpy(p, keys[i], nk), p[nk] = ' ';
-        memcpy(p + nk + 1, vals[i], nv), p[nk + 1 + nv] = '\n';
+        memcpy(p, keys[i], nk); p[nk] = ' ';
+        memcpy(p + nk + 1, vals[i], nv); p[nk + 1 + nv] = '\n';
         p += nk + nv + 2;
     }
     for (int i = 0; i < n_t; i++) p += tensor_line(p, (size_t)(b + data_offset - (unsigned char *)p), &t[i], f64, off[i]);
@@ -5331,14 +5333,14 @@ static int image_build(int kind, int n_meta, const char *const *keys, const char
             else memcpy(dst + 4 * k, &f, 4);
         }
     }
-    free(off), free(vals_buf);
+    free(off); free(vals_buf);
     if (rc) {
         free(b);
         return rc;
     }
     uint32_t c = oard_crc32(0, b, 56);
     wr_u32(b + 56, oard_crc32(c, b + 60, (size_t)file_size - 60));
-    *out = b, *out_size = (size_t)file_size;
+    *out = b; *out_size = (size_t)file_size;
     return OARD_OK;
 }
 
@@ -5346,7 +5348,7 @@ static int image_build(int kind, int n_meta, const char *const *keys, const char
 static int image_config(const char *what, unsigned char *buf, size_t size, oard_config *c, char *err) {
     wfile w;
     memset(&w, 0, sizeof(w));
-    w.path = what, w.buf = buf, w.size = size;
+    w.path = what; w.buf = buf; w.size = size;
     int rc = wfile_parse(&w, err);
     if (!rc) rc = parse_config(&w, c, err);
     w.buf = NULL; /* the caller's */
@@ -5403,7 +5405,7 @@ static int same_architecture(const oard_config *a, const oard_config *b) {
  * additions; checked to describe the same architecture. */
 static int model_image(const oard_model *m, const real *params, const char *const *meta, int f64, const char *what,
                        unsigned char **out, size_t *size, char *err) {
-    *out = NULL, *size = 0;
+    *out = NULL; *size = 0;
     int n_over = 0, rc = OARD_OK;
     while (meta && meta[2 * n_over]) {
         rc = check_meta_item(what, meta[2 * n_over], meta[2 * n_over + 1], err);
@@ -5416,7 +5418,7 @@ static int model_image(const oard_model *m, const real *params, const char *cons
     TensorDesc *td = xcalloc((size_t)w->n_t + 1, sizeof(TensorDesc));
     if (!keys || !vals || !td) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", what);
     int n = 0;
-    for (int i = 0; !rc && i < w->n_meta; i++) keys[n] = w->keys[i], vals[n++] = w->vals[i];
+    for (int i = 0; !rc && i < w->n_meta; i++) { keys[n] = w->keys[i]; vals[n++] = w->vals[i]; }
     for (int k = 0; !rc && k < n_over; k++) {
         int j = 0;
         while (j < n && strcmp(keys[j], meta[2 * k])) j++;
@@ -5424,19 +5426,19 @@ static int model_image(const oard_model *m, const real *params, const char *cons
         vals[j] = meta[2 * k + 1];
     }
     for (int i = 0; !rc && i < w->n_t; i++) {
-        td[i].name = w->t[i].name, td[i].ndim = w->t[i].ndim;
+        td[i].name = w->t[i].name; td[i].ndim = w->t[i].ndim;
         memcpy(td[i].dims, w->t[i].dims, sizeof(td[i].dims));
     }
     ArenaFill af = {m, params ? params : m->params};
     if (!rc) rc = image_build(m->cfg.kind, n, keys, vals, w->n_t, td, f64, fill_from_arena, &af, what, out, size, err);
-    free(keys), free(vals), free(td);
+    free(keys); free(vals); free(td);
     if (!rc) {
         oard_config c;
         rc = image_config(what, *out, *size, &c, err);
         if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the metadata given is at fault */
         if (!rc && !same_architecture(&c, &m->cfg))
             rc = fail(err, OARD_ERR_ARG, "%s: the metadata given changes the model's architecture; refused", what);
-        if (rc) free(*out), *out = NULL, *size = 0;
+        if (rc) { free(*out); *out = NULL; *size = 0; }
     }
     return rc;
 }
@@ -5479,8 +5481,8 @@ int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double pow
     if (m->cfg.kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "a bridge model needs a denoiser");
     const wfile *w = &m->file;
     char sv[4][40];
-    snprintf(sv[0], sizeof(sv[0]), "%d", T), snprintf(sv[1], sizeof(sv[1]), "%.17g", beta_max);
-    snprintf(sv[2], sizeof(sv[2]), "%.17g", power), snprintf(sv[3], sizeof(sv[3]), "%.17g", inv_power);
+    snprintf(sv[0], sizeof(sv[0]), "%d", T); snprintf(sv[1], sizeof(sv[1]), "%.17g", beta_max);
+    snprintf(sv[2], sizeof(sv[2]), "%.17g", power); snprintf(sv[3], sizeof(sv[3]), "%.17g", inv_power);
     const char *add[5][2] = {{"objective", "bridge"}, {"sb_timesteps", sv[0]}, {"sb_beta_max", sv[1]}, {"sb_power", sv[2]},
                              {"sb_inv_power", sv[3]}};
     const char **keys = xcalloc((size_t)w->n_meta + 6, sizeof(char *)), **vals = xcalloc((size_t)w->n_meta + 6, sizeof(char *));
@@ -5490,12 +5492,12 @@ int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double pow
     for (int i = 0; !rc && i < w->n_meta; i++) {
         int drop = 0;
         for (size_t k = 0; k < sizeof(dropped) / sizeof(dropped[0]); k++) drop |= !strcmp(w->keys[i], dropped[k]);
-        if (!drop) keys[nk] = w->keys[i], vals[nk++] = w->vals[i];
+        if (!drop) { keys[nk] = w->keys[i]; vals[nk++] = w->vals[i]; }
     }
-    for (int k = 0; !rc && k < 5; k++) keys[nk] = add[k][0], vals[nk++] = add[k][1];
+    for (int k = 0; !rc && k < 5; k++) { keys[nk] = add[k][0]; vals[nk++] = add[k][1]; }
     for (int i = 0; !rc && i < w->n_t; i++) {
         if (strstr(w->t[i].name, "gamma_module.gamma")) continue;
-        td[nt].name = w->t[i].name, td[nt].ndim = w->t[i].ndim;
+        td[nt].name = w->t[i].name; td[nt].ndim = w->t[i].ndim;
         memcpy(td[nt].dims, w->t[i].dims, sizeof(td[nt].dims));
         index[nt++] = i;
     }
@@ -5504,7 +5506,7 @@ int oard_model_to_bridge(const oard_model *m, int T, double beta_max, double pow
     BridgeFill bf = {m, index};
     if (!rc) rc = image_build(OARD_KIND_DENOISER, nk, keys, vals, nt, td, sizeof(real) == 8, fill_kept, &bf, "bridge model",
                               &img, &size, err);
-    free(keys), free(vals), free(td), free(index);
+    free(keys); free(vals); free(td); free(index);
     if (!rc) rc = model_load_image("bridge model", img, size, OARD_KIND_DENOISER, mp, err);
     return rc;
 }
@@ -5543,15 +5545,15 @@ static int tl_add(TensorList *L, const char *name, int how, int fan, int ndim, i
     if (!L->names[L->n]) return OARD_ERR_NOMEM;
     TensorDesc *t = &L->t[L->n];
     memset(t, 0, sizeof(*t));
-    t->name = L->names[L->n], t->ndim = ndim, t->dims[0] = d0, t->dims[1] = d1;
-    L->how[L->n] = how, L->fan[L->n] = fan;
+    t->name = L->names[L->n]; t->ndim = ndim; t->dims[0] = d0; t->dims[1] = d1;
+    L->how[L->n] = how; L->fan[L->n] = fan;
     L->n++;
     return OARD_OK;
 }
 
 static void tl_free(TensorList *L) {
     for (int i = 0; i < L->n; i++) free(L->names[i]);
-    free(L->t), free(L->how), free(L->fan), free(L->names);
+    free(L->t); free(L->how); free(L->fan); free(L->names);
     memset(L, 0, sizeof(*L));
 }
 
@@ -5735,7 +5737,7 @@ int oard_model_init(const char *config, uint64_t seed, oard_model **out, char *e
     char *spec = strdup(config), vals_buf[N_INIT_DEFAULTS][64], desc[600], seed_s[32];
     const char *keys[N_INIT_DEFAULTS], *vals[N_INIT_DEFAULTS];
     if (!spec) return fail(err, OARD_ERR_NOMEM, "out of memory");
-    for (int k = 0; k < N_INIT_DEFAULTS; k++) keys[k] = INIT_DEFAULTS[k][0], vals[k] = INIT_DEFAULTS[k][1];
+    for (int k = 0; k < N_INIT_DEFAULTS; k++) { keys[k] = INIT_DEFAULTS[k][0]; vals[k] = INIT_DEFAULTS[k][1]; }
     int rc = OARD_OK;
     for (char *item = strtok(spec, ","); item && !rc; item = strtok(NULL, ",")) {
         char *eq = strchr(item, '=');
@@ -5757,7 +5759,7 @@ int oard_model_init(const char *config, uint64_t seed, oard_model **out, char *e
             if (isspace((unsigned char)*q) || !isprint((unsigned char)*q))
                 rc = fail(err, OARD_ERR_ARG, "%s: value of '%s' has a space or control character", what, item);
         for (int k = 0; !rc && k < N_INIT_DEFAULTS; k++)
-            if (!strcmp(keys[k], key)) snprintf(vals_buf[k], sizeof(vals_buf[k]), "%s", eq + 1), vals[k] = vals_buf[k];
+            if (!strcmp(keys[k], key)) { snprintf(vals_buf[k], sizeof(vals_buf[k]), "%s", eq + 1); vals[k] = vals_buf[k]; }
     }
     free(spec);
     if (rc) return rc;
@@ -5785,7 +5787,7 @@ int oard_model_init(const char *config, uint64_t seed, oard_model **out, char *e
     memset(&L, 0, sizeof(L));
     InitFill F;
     memset(&F, 0, sizeof(F));
-    F.L = &L, F.c = &c;
+    F.L = &L; F.c = &c;
     oard_rng_seed(&F.rng, seed);
     rc = denoiser_tensors(&c, &L);
     if (rc) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", what);
@@ -5820,14 +5822,14 @@ struct oard_optim {
 
 void oard_optim_defaults(oard_optim_opts *o) {
     memset(o, 0, sizeof(*o));
-    o->lr = 2.5e-4, o->beta1 = 0.9, o->beta2 = 0.999, o->eps = 1e-8, o->weight_decay = 0;
-    o->amsgrad = 1, o->clip = 1, o->ema_decay = 0;
+    o->lr = 2.5e-4; o->beta1 = 0.9; o->beta2 = 0.999; o->eps = 1e-8; o->weight_decay = 0;
+    o->amsgrad = 1; o->clip = 1; o->ema_decay = 0;
 }
 
 void oard_optim_free(oard_optim *o) {
     if (!o) return;
-    free(o->tensor_index), free(o->span0), free(o->span_off), free(o->span_len), free(o->tstep);
-    aligned_free(o->m), aligned_free(o->v), aligned_free(o->vmax), aligned_free(o->ema);
+    free(o->tensor_index); free(o->span0); free(o->span_off); free(o->span_len); free(o->tstep);
+    aligned_free(o->m); aligned_free(o->v); aligned_free(o->vmax); aligned_free(o->ema);
     free(o);
 }
 
@@ -5859,7 +5861,7 @@ int oard_optim_new(const oard_model *m, size_t n, const oard_real *params, const
     if (!n || !params) return fail(err, OARD_ERR_ARG, "optimizer: no parameters");
     oard_optim *o = xcalloc(1, sizeof(*o));
     if (!o) return fail(err, OARD_ERR_NOMEM, "out of memory");
-    o->o = *opts, o->model = m, o->n = n;
+    o->o = *opts; o->model = m; o->n = n;
     int nt = m ? oard_tensor_count(m) : 1;
     size_t n_spans = 0;
     for (int i = 0; m && i < nt; i++) {
@@ -5884,7 +5886,7 @@ int oard_optim_new(const oard_model *m, size_t n, const oard_real *params, const
     }
     size_t s = 0;
     if (!m) {
-        o->n_tensors = 1, o->span0[1] = 1, o->span_off[0] = 0, o->span_len[0] = n;
+        o->n_tensors = 1; o->span0[1] = 1; o->span_off[0] = 0; o->span_len[0] = n;
     } else {
         for (int i = 0; i < nt; i++) {
             oard_tensor t;
@@ -5896,16 +5898,16 @@ int oard_optim_new(const oard_model *m, size_t n, const oard_real *params, const
             o->span0[o->n_tensors] = (int)s;
             if (t.ld) { /* (in, ld) rows, the first dims[0] values of each */
                 size_t rows = (size_t)t.dims[0], cols = numel / rows;
-                for (size_t k = 0; k < cols; k++) o->span_off[s] = t.offset + k * (size_t)t.ld, o->span_len[s++] = rows;
+                for (size_t k = 0; k < cols; k++) { o->span_off[s] = t.offset + k * (size_t)t.ld; o->span_len[s++] = rows; }
             } else {
-                o->span_off[s] = t.offset, o->span_len[s++] = numel;
+                o->span_off[s] = t.offset; o->span_len[s++] = numel;
             }
             o->n_tensors++;
         }
         o->span0[o->n_tensors] = (int)s;
     }
     if (o->ema) memcpy(o->ema, params, n * sizeof(real));
-    o->queue[0] = CLIP_QUEUE_START, o->qn = 1;
+    o->queue[0] = CLIP_QUEUE_START; o->qn = 1;
     *out = o;
     return OARD_OK;
 }
@@ -5938,7 +5940,7 @@ static double clip_limit(const oard_optim *o) {
     double d[CLIP_QUEUE_LEN];
     int n = o->qn;
     double mean = np_pairwise_sum(o->queue, n) / n;
-    for (int i = 0; i < n; i++) d[i] = o->queue[i] - mean, d[i] = d[i] * d[i];
+    for (int i = 0; i < n; i++) { d[i] = o->queue[i] - mean; d[i] = d[i] * d[i]; }
     double sd = sqrt(np_pairwise_sum(d, n) / n);
     return 1.5 * mean + 3 * sd;
 }
@@ -6029,7 +6031,7 @@ NO_FMA_FN int oard_optim_step(oard_optim *o, oard_real *params, oard_real *grad,
             for (size_t j = 0; j < o->span_len[s]; j++) e[j] = e[j] * d + r1d * p[j];
         }
     }
-    if (info) info->step = o->step, info->grad_norm = norm, info->clip_limit = limit, info->clipped = clipped;
+    if (info) { info->step = o->step; info->grad_norm = norm; info->clip_limit = limit; info->clipped = clipped; }
     return OARD_OK;
 }
 
@@ -6096,7 +6098,7 @@ static void sb_printf(StrBuf *b, const char *fmt, ...) {
             b->oom = 1;
             return;
         }
-        b->s = s, b->cap = cap;
+        b->s = s; b->cap = cap;
     }
     va_start(ap, fmt);
     vsnprintf(b->s + b->n, b->cap - b->n, fmt, ap);
@@ -6131,7 +6133,7 @@ int oard_checkpoint_save(const char *path, const oard_model *m, const oard_real 
         if (!src[k]) continue;
         arr[k] = malloc(abytes ? abytes : 1);
         if (!arr[k]) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-        else flat_copy(m, src[k], arr[k], 1), na++;
+        else { flat_copy(m, src[k], arr[k], 1); na++; }
     }
     if (!rc) {
         const oard_optim_opts *op = &o->o;
@@ -6146,7 +6148,7 @@ int oard_checkpoint_save(const char *path, const oard_model *m, const oard_real 
         sb_printf(&tb, "\n");
         uint64_t aoff = 0;
         for (int k = 0; k < 4; k++)
-            if (arr[k]) sb_printf(&tb, "array %s %llu %llu\n", names[k], (unsigned long long)aoff, (unsigned long long)abytes), aoff = round64(aoff + abytes);
+            if (arr[k]) { sb_printf(&tb, "array %s %llu %llu\n", names[k], (unsigned long long)aoff, (unsigned long long)abytes); aoff = round64(aoff + abytes); }
         for (int k = 0; meta && meta[2 * k]; k++) sb_printf(&tb, "%s %s\n", meta[2 * k], meta[2 * k + 1]);
         if (tb.oom) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
     }
@@ -6185,7 +6187,7 @@ int oard_checkpoint_save(const char *path, const oard_model *m, const oard_real 
         wr_u32(header + 56, c);
         rc = write_atomic(path, pc, np, err);
     }
-    free(img), free(tb.s);
+    free(img); free(tb.s);
     for (int k = 0; k < 4; k++) free(arr[k]);
     return rc;
 }
@@ -6222,7 +6224,7 @@ static int ck_list(const char *path, char **keys, char **vals, int nk, const cha
 }
 
 int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, char ***metap, char *err) {
-    *mp = NULL, *op = NULL, *metap = NULL;
+    *mp = NULL; *op = NULL; *metap = NULL;
     unsigned char *b;
     size_t size;
     int rc = read_binary_file(path, "checkpoint", CKPT_MAGIC, &b, &size, err);
@@ -6244,7 +6246,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
         rc = fail(err, OARD_ERR_FORMAT, "%s: truncated or padded: header says %llu bytes, file has %zu", path,
                   (unsigned long long)rd_u64(b + 48), size);
     if (!rc) {
-        text_size = rd_u64(b + 16), model_off = rd_u64(b + 24), model_size = rd_u64(b + 32), arrays_off = rd_u64(b + 40);
+        text_size = rd_u64(b + 16); model_off = rd_u64(b + 24); model_size = rd_u64(b + 32); arrays_off = rd_u64(b + 40);
         if (text_size > size || model_off < 64 + text_size || model_off % 64 || arrays_off % 64 || arrays_off > size ||
             model_off > arrays_off || model_size > arrays_off - model_off) /* differences: no wrap past 2^64 */
             rc = fail(err, OARD_ERR_FORMAT, "%s: inconsistent checkpoint header", path);
@@ -6269,7 +6271,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
             if (nl) *nl = 0;
             char *sp = strchr(line, ' ');
             if (!sp) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed checkpoint line '%.60s'", path, line);
-            else *sp = 0, keys[nk] = line, vals[nk++] = sp + 1;
+            else { *sp = 0; keys[nk] = line; vals[nk++] = sp + 1; }
             line = nl ? nl + 1 : NULL;
         }
     }
@@ -6291,7 +6293,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.weight_decay", &opts.weight_decay, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.ema_decay", &opts.ema_decay, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.amsgrad", &x, err);
-    if (!rc) opts.amsgrad = x != 0, rc = ck_double(path, keys, vals, nk, "optim.clip", &x, err);
+    if (!rc) { opts.amsgrad = x != 0; rc = ck_double(path, keys, vals, nk, "optim.clip", &x, err); }
     if (!rc) opts.clip = x != 0;
     if (!rc) rc = oard_optim_new(m, 0, m->params, &opts, &o, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.step", &x, err);
@@ -6307,7 +6309,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
         tmp = xcalloc((size_t)o->n_tensors + CLIP_QUEUE_LEN + 1, sizeof(double));
         if (!tmp) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
         else if (!q || qn > CLIP_QUEUE_LEN) rc = fail(err, OARD_ERR_FORMAT, "%s: checkpoint entry 'optim.queue' is missing or malformed", path);
-        else if (!(rc = ck_list(path, keys, vals, nk, "optim.queue", qn, tmp, err))) memcpy(o->queue, tmp, (size_t)qn * sizeof(double)), o->qn = qn;
+        else if (!(rc = ck_list(path, keys, vals, nk, "optim.queue", qn, tmp, err))) { memcpy(o->queue, tmp, (size_t)qn * sizeof(double)); o->qn = qn; }
     }
     if (!rc) rc = ck_list(path, keys, vals, nk, "optim.tensor_steps", o->n_tensors, tmp, err);
     for (int k = 0; !rc && k < o->n_tensors; k++) {
@@ -6338,7 +6340,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
             flat_copy(m, dst[k], flat, 0);
             free(flat);
         }
-        seen[k] = 1, n_arrays++;
+        seen[k] = 1; n_arrays++;
     }
     for (int k = 0; !rc && k < 4; k++)
         if (dst[k] && !seen[k]) rc = fail(err, OARD_ERR_FORMAT, "%s: the optimizer's '%s' array is missing", path, names[k]);
@@ -6356,7 +6358,7 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
         size_t bytes = 0;
         int nu = 0;
         for (int i = 0; i < nk; i++)
-            if (!reserved_ckpt_key(keys[i])) nu++, bytes += strlen(keys[i]) + strlen(vals[i]) + 2;
+            if (!reserved_ckpt_key(keys[i])) { nu++; bytes += strlen(keys[i]) + strlen(vals[i]) + 2; }
         char **list = malloc((size_t)(2 * nu + 1) * sizeof(char *) + bytes);
         if (!list) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
         else {
@@ -6364,20 +6366,20 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
             int j = 0;
             for (int i = 0; i < nk; i++) {
                 if (reserved_ckpt_key(keys[i])) continue;
-                list[j++] = strcpy(s, keys[i]), s += strlen(keys[i]) + 1;
-                list[j++] = strcpy(s, vals[i]), s += strlen(vals[i]) + 1;
+                list[j++] = strcpy(s, keys[i]); s += strlen(keys[i]) + 1;
+                list[j++] = strcpy(s, vals[i]); s += strlen(vals[i]) + 1;
             }
             list[j] = NULL;
             *metap = list;
         }
     }
-    free(b), free(text), free(keys), free(vals), free(tmp);
+    free(b); free(text); free(keys); free(vals); free(tmp);
     if (rc) {
         oard_optim_free(o);
         oard_model_free(m);
         return rc;
     }
-    *mp = m, *op = o;
+    *mp = m; *op = o;
     return OARD_OK;
 }
 
@@ -6429,7 +6431,7 @@ static int atomic_number(const char *sym) {
     if (end != sym && !*end) return z >= 1 && z <= MAX_Z ? (int)z : 0;
     for (int i = 1; i <= MAX_Z; i++) {
         const char *a = ELEMENT_SYMBOLS[i], *b = sym;
-        while (*a && *b && tolower((unsigned char)*a) == tolower((unsigned char)*b)) a++, b++;
+        while (*a && *b && tolower((unsigned char)*a) == tolower((unsigned char)*b)) { a++; b++; }
         if (!*a && !*b) return i;
     }
     return 0;
@@ -6474,7 +6476,7 @@ enum { LINE_EOF, LINE_OK, LINE_LONG, LINE_NUL };
  * a NUL byte (a binary file, which fgets would cut silently). */
 static int read_line(FILE *f, char *buf, int size) {
     int c = getc_unlocked(f), n = 0, st = LINE_OK;
-    if (c == EOF) return buf[0] = 0, LINE_EOF;
+    if (c == EOF) { buf[0] = 0; return LINE_EOF; }
     for (; c != EOF; c = getc_unlocked(f)) {
         if (c == 0 && st == LINE_OK) st = LINE_NUL;
         if (n < size - 1) buf[n++] = (char)c;
@@ -6574,7 +6576,7 @@ static int read_xyz_frame(FILE *f, const char *path, int *lineno, Molecule *mol,
 /* Every frame of an open stream (path names it in messages); *frames is an array of
  * *count molecules. */
 static int read_xyz_stream(FILE *f, const char *path, Molecule **frames, int *count, char *err) {
-    *frames = NULL, *count = 0;
+    *frames = NULL; *count = 0;
     int rc = OARD_OK, lineno = 0, cap = 0;
     for (;;) {
         Molecule m;
@@ -6596,13 +6598,13 @@ static int read_xyz_stream(FILE *f, const char *path, Molecule **frames, int *co
     if (rc) {
         for (int i = 0; i < *count; i++) mol_free(&(*frames)[i]);
         free(*frames);
-        *frames = NULL, *count = 0;
+        *frames = NULL; *count = 0;
     }
     return rc;
 }
 
 static int read_xyz_frames(const char *path, Molecule **frames, int *count, char *err) {
-    *frames = NULL, *count = 0;
+    *frames = NULL; *count = 0;
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     int rc = read_xyz_stream(f, path, frames, count, err);
@@ -6682,7 +6684,7 @@ static int canonical_order(const Molecule *m, int *perm) {
     AtomKey *k = malloc((size_t)n * sizeof(AtomKey));
     if (!k) return OARD_ERR_NOMEM;
     for (int i = 0; i < n; i++) {
-        k[i].z = m->z[i], k[i].idx = i, k[i].d2 = 0;
+        k[i].z = m->z[i]; k[i].idx = i; k[i].d2 = 0;
         memcpy(k[i].x, m->xyz + 3 * i, sizeof(k[i].x));
     }
     qsort(k, (size_t)n, sizeof(*k), cmp_coords); /* the centroid, summed in coordinate order */
@@ -6761,7 +6763,7 @@ static int atomic_open(AtomicFile *a, const char *path, char *err) {
 static int atomic_close(AtomicFile *a, int ok, char *err) {
     int bad = ferror(a->f) || fflush(a->f) != 0;
     int saved = errno;
-    if (fclose(a->f) != 0) bad = 1, saved = errno;
+    if (fclose(a->f) != 0) { bad = 1; saved = errno; }
     int rc = OARD_OK;
     if (!ok || bad) {
         remove(a->tmp);
@@ -6792,7 +6794,7 @@ static void kv_string(char *buf, size_t n, const char *key, const char *value) {
         if (*p == '"' || *p == '\\') buf[len++] = '\\';
         buf[len++] = (*p == '\n' || *p == '\r') ? ' ' : *p;
     }
-    if (len + 2 < n) buf[len++] = '"', buf[len] = 0;
+    if (len + 2 < n) { buf[len++] = '"'; buf[len] = 0; }
 }
 
 static void kv_format(char *buf, size_t n, const char *fmt, ...) {
@@ -6843,7 +6845,7 @@ static void progress_report(void *ctx, int done, int total) {
  * since it needs a diffusion model and the bundled weights.bin may be a bridge model. */
 static int locate_weights(const char *env_name, const char *name, char *buf, size_t n, const char **out, char *err) {
     const char *env = getenv(env_name);
-    if (env && *env) return *out = env, OARD_OK;
+    if (env && *env) { *out = env; return OARD_OK; }
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (len <= 0) return fail(err, OARD_ERR_ARG, "cannot locate the executable to find %s; use --weights FILE", name);
@@ -6851,20 +6853,20 @@ static int locate_weights(const char *env_name, const char *name, char *buf, siz
     char *slash = strrchr(exe, '/');
     if (slash) *slash = 0;
     snprintf(buf, n, "%s/%s", exe, name);
-    if (access(buf, F_OK) == 0) return *out = buf, OARD_OK;
+    if (access(buf, F_OK) == 0) { *out = buf; return OARD_OK; }
     char alt[4200];
     snprintf(alt, sizeof(alt), "%s/../share/oa_reactdiff/%s", exe, name);
-    if (access(alt, F_OK) == 0) return snprintf(buf, n, "%s", alt), *out = buf, OARD_OK;
+    if (access(alt, F_OK) == 0) { snprintf(buf, n, "%s", alt); *out = buf; return OARD_OK; }
     return fail(err, OARD_ERR_IO, "no weights: neither %s nor %s exists (use --weights FILE or $%s)", buf, alt, env_name);
 }
 
 static int find_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
-    if (given) return *out = given, OARD_OK;
+    if (given) { *out = given; return OARD_OK; }
     return locate_weights("OA_REACTDIFF_WEIGHTS", "weights.bin", buf, n, out, err);
 }
 
 static int find_diffusion_weights(const char *given, char *buf, size_t n, const char **out, char *err) {
-    if (given) return *out = given, OARD_OK;
+    if (given) { *out = given; return OARD_OK; }
     if (!locate_weights("OA_REACTDIFF_DIFFUSION_WEIGHTS", "weights_diffusion.bin", buf, n, out, err)) return OARD_OK;
     return find_weights(NULL, buf, n, out, err);
 }
@@ -6989,7 +6991,7 @@ static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err
             *(int *)(base + s->off) = (int)x;
         } else if (s->type == OPT_SEED) {
             if (parse_count(o, v, 0, UINT64_MAX, &x, err)) return OARD_ERR_ARG;
-            a->seed = x, a->seed_set = 1;
+            a->seed = x; a->seed_set = 1;
         } else if (s->type == OPT_REAL) {
             char *end;
             double d = strtod(v, &end);
@@ -7008,12 +7010,12 @@ static int parse_args(const char *cmd, int argc, char **argv, Args *a, char *err
             const char *slash = strchr(v, '/');
             char ibuf[32];
             int ok = slash && (size_t)(slash - v) < sizeof(ibuf);
-            if (ok) memcpy(ibuf, v, (size_t)(slash - v)), ibuf[slash - v] = 0;
+            if (ok) { memcpy(ibuf, v, (size_t)(slash - v)); ibuf[slash - v] = 0; }
             /* each number on its own, checked for range before any conversion (no wrap) */
             ok = ok && !parse_count(o, ibuf, 0, 999999, &i0, NULL) && !parse_count(o, slash + 1, 1, 1000000, &n0, NULL);
             if (!ok || i0 >= n0)
                 return fail(err, OARD_ERR_ARG, "--shard: '%s' is not I/N with 0 <= I < N <= 1000000", v);
-            a->shard_i = (int)i0, a->shard_n = (int)n0;
+            a->shard_i = (int)i0; a->shard_n = (int)n0;
         }
     }
     return OARD_OK;
@@ -7151,8 +7153,8 @@ static int bridge_pretreat(const oard_config *c, Molecule *R, Molecule *P, const
     if (fit_onto(n, P->xyz, R->xyz)) return OARD_ERR_NOMEM;
     for (int i = 0; i < 3 * n; i++) { /* the %.6f round trip */
         char b[64];
-        snprintf(b, sizeof(b), "%.6f", R->xyz[i]), R->xyz[i] = strtod(b, NULL);
-        snprintf(b, sizeof(b), "%.6f", P->xyz[i]), P->xyz[i] = strtod(b, NULL);
+        snprintf(b, sizeof(b), "%.6f", R->xyz[i]); R->xyz[i] = strtod(b, NULL);
+        snprintf(b, sizeof(b), "%.6f", P->xyz[i]); P->xyz[i] = strtod(b, NULL);
     }
     fill_rows(c, R, ident, 0, xh[0], nf);
     fill_rows(c, R, ident, 0, xh[1], nf); /* the TS: the reactant's atoms; its positions are not read */
@@ -7190,7 +7192,7 @@ static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char 
         oard_batch batch = {1, &n, a->threads};
         Progress prog = {name ? name : "ts", {0, 0}};
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
-        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
+        o.progress = isatty(2) ? progress_report : NULL; o.progress_ctx = &prog;
         rc = oard_bridge_sample(T->model, &batch, &o, NULL, (const real *const *)xh, pos, NULL, NULL, err);
         if (rc && name) {
             char tmp[OARD_ERRLEN];
@@ -7206,7 +7208,7 @@ static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char 
         rc = write_ts_file(T, &r, out, name, 0, err);
     }
     for (int f = 0; f < 3; f++) free(xh[f]);
-    free(ts), free(pos), free(ident);
+    free(ts); free(pos); free(ident);
     return rc;
 }
 
@@ -7222,7 +7224,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
         rc = read_xyz(ppath, &P, err);
         if (!rc) rc = check_model_elements(c, &R, err);
         if (!rc) rc = ts_bridge_one(T, &R, &P, ppath, out, name, err);
-        mol_free(&R), mol_free(&P);
+        mol_free(&R); mol_free(&P);
         return rc;
     }
     Molecule R, P;
@@ -7245,7 +7247,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
     if (!rc) /* the whole run, inputs and outputs included, before they are allocated */
         rc = sampler_check_memory(T->model, &batch, &o, 1, 6.0 * N * n * nf * sizeof(real) + (3.0 * n + N) * sizeof(int), err);
     if (!rc) {
-        pr = xcalloc((size_t)n, sizeof(int)), pp = xcalloc((size_t)n, sizeof(int)), inv = xcalloc((size_t)n, sizeof(int));
+        pr = xcalloc((size_t)n, sizeof(int)); pp = xcalloc((size_t)n, sizeof(int)); inv = xcalloc((size_t)n, sizeof(int));
         order = xcalloc((size_t)N, sizeof(int));
     }
     for (int f = 0; !rc && f < 3; f++) {
@@ -7267,7 +7269,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
         }
         Progress prog = {name ? name : "ts", {0, 0}};
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
-        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
+        o.progress = isatty(2) ? progress_report : NULL; o.progress_ctx = &prog;
         oard_rng rng;
         oard_rng_seed(&rng, seed);
         const real *fixed[3] = {xh[0], xh[1], xh[2]};
@@ -7291,7 +7293,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
             for (int i = 1; !rc && i < N; i++)
                 for (int j = i; j > 0 && cmp_score_desc(score, order[j - 1], order[j]); j--) {
                     int t = order[j];
-                    order[j] = order[j - 1], order[j - 1] = t;
+                    order[j] = order[j - 1]; order[j - 1] = t;
                 }
         }
         if (!rc) {
@@ -7299,9 +7301,9 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
             rc = write_ts_file(T, &r, out, name, seed, err);
         }
     }
-    for (int f = 0; f < 3; f++) free(xh[f]), free(res[f]);
-    free(pr), free(pp), free(inv), free(sizes), free(order), free(score);
-    mol_free(&R), mol_free(&P);
+    for (int f = 0; f < 3; f++) { free(xh[f]); free(res[f]); }
+    free(pr); free(pp); free(inv); free(sizes); free(order); free(score);
+    mol_free(&R); mol_free(&P);
     return rc;
 }
 
@@ -7350,7 +7352,7 @@ static int unique_names(const char *path, ListEntry *L, int n, char *err) {
     const ListEntry *dup = NULL, *first = NULL;
     for (int i = 1, g = 0; i < n; i++) {
         if (strcmp(s[i]->name, s[g]->name)) g = i;
-        else if (!dup || s[i]->line < dup->line) dup = s[i], first = s[g];
+        else if (!dup || s[i]->line < dup->line) { dup = s[i]; first = s[g]; }
     }
     free(s);
     if (dup)
@@ -7363,7 +7365,7 @@ static int unique_names(const char *path, ListEntry *L, int n, char *err) {
  * relative paths are relative to the list file's directory; NAME defaults to the reactant
  * file's name without .xyz, and must be unique (it names the output DIR/NAME.xyz). */
 static int read_list_stream(FILE *f, const char *path, ListEntry **out, int *count, char *err) {
-    *out = NULL, *count = 0;
+    *out = NULL; *count = 0;
     char dir[4096], line[8192];
     snprintf(dir, sizeof(dir), "%s", path);
     char *slash = strrchr(dir, '/');
@@ -7415,9 +7417,9 @@ static int read_list_stream(FILE *f, const char *path, ListEntry **out, int *cou
             L = nl;
         }
         ListEntry *e = &L[(*count)++];
-        e->react = path_join(dir, tok[0]), e->prod = path_join(dir, tok[1]), e->name = malloc(ln + 1), e->line = lineno;
+        e->react = path_join(dir, tok[0]); e->prod = path_join(dir, tok[1]); e->name = malloc(ln + 1); e->line = lineno;
         if (!e->react || !e->prod || !e->name) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        else memcpy(e->name, name, ln), e->name[ln] = 0;
+        else { memcpy(e->name, name, ln); e->name[ln] = 0; }
     }
     if (!rc && ferror(f)) rc = fail(err, OARD_ERR_IO, "%s: read error", path);
     if (!rc && *count == 0) rc = fail(err, OARD_ERR_FORMAT, "%s: no reactions in the list", path);
@@ -7427,17 +7429,17 @@ static int read_list_stream(FILE *f, const char *path, ListEntry **out, int *cou
 }
 
 static void list_free(ListEntry *L, int n) {
-    for (int i = 0; i < n; i++) free(L[i].react), free(L[i].prod), free(L[i].name);
+    for (int i = 0; i < n; i++) { free(L[i].react); free(L[i].prod); free(L[i].name); }
     free(L);
 }
 
 static int read_list(const char *path, ListEntry **out, int *count, char *err) {
-    *out = NULL, *count = 0;
+    *out = NULL; *count = 0;
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     int rc = read_list_stream(f, path, out, count, err);
     fclose(f);
-    if (rc) list_free(*out, *count), *out = NULL, *count = 0;
+    if (rc) { list_free(*out, *count); *out = NULL; *count = 0; }
     return rc;
 }
 
@@ -7467,7 +7469,7 @@ static int check_outdir(const Args *a, const ListEntry *L, int n, char *err) {
         sprintf(out, "%s/%s.xyz", a->outdir, L[k].name);
         const char *what = non_regular(out);
         if (what) rc = fail(err, OARD_ERR_IO, "%s: exists and is %s, not a regular file; not replaced", out, what);
-        else if (first < 0 && access(out, F_OK) != 0) first = k, rc = check_output(out, err); /* writable? */
+        else if (first < 0 && access(out, F_OK) != 0) { first = k; rc = check_output(out, err); } /* writable? */
         free(out);
     }
     return rc;
@@ -7574,7 +7576,7 @@ static int parse_atoms(const char *s, Molecule *mol, char *err) {
             continue;
         }
         char sym[4] = {0};
-        if (!isalpha((unsigned char)*p)) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: unexpected '%c' in '%s'", *p, s);
+        if (!isalpha((unsigned char)*p)) { mol_free(mol); return fail(err, OARD_ERR_ARG, "--atoms: unexpected '%c' in '%s'", *p, s); }
         sym[0] = *p++;
         if (islower((unsigned char)*p)) sym[1] = *p++;
         long cnt = 1;
@@ -7582,23 +7584,23 @@ static int parse_atoms(const char *s, Molecule *mol, char *err) {
             char *end;
             cnt = strtol(p, &end, 10);
             p = end;
-            if (cnt < 1 || cnt > 10000) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: bad count for %s", sym);
+            if (cnt < 1 || cnt > 10000) { mol_free(mol); return fail(err, OARD_ERR_ARG, "--atoms: bad count for %s", sym); }
         }
         int z = atomic_number(sym);
-        if (!z || isdigit((unsigned char)sym[0])) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: unknown element '%s'", sym);
+        if (!z || isdigit((unsigned char)sym[0])) { mol_free(mol); return fail(err, OARD_ERR_ARG, "--atoms: unknown element '%s'", sym); }
         for (long k = 0; k < cnt; k++) {
             if (mol->n == cap) {
                 cap = cap ? 2 * cap : 16;
                 int *nz = realloc(mol->z, (size_t)cap * sizeof(int));
-                if (!nz) return mol_free(mol), fail(err, OARD_ERR_NOMEM, "out of memory");
+                if (!nz) { mol_free(mol); return fail(err, OARD_ERR_NOMEM, "out of memory"); }
                 mol->z = nz;
             }
             mol->z[mol->n++] = z;
         }
     }
-    if (mol->n == 0) return mol_free(mol), fail(err, OARD_ERR_ARG, "--atoms: no atoms");
+    if (mol->n == 0) { mol_free(mol); return fail(err, OARD_ERR_ARG, "--atoms: no atoms"); }
     mol->xyz = xcalloc((size_t)mol->n * 3, sizeof(double));
-    if (!mol->xyz) return mol_free(mol), fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!mol->xyz) { mol_free(mol); return fail(err, OARD_ERR_NOMEM, "out of memory"); }
     return OARD_OK;
 }
 
@@ -7642,7 +7644,7 @@ static int cmd_sample(const Args *a, char *err) {
     if (!rc) {
         Progress prog = {"sample", {0, 0}};
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
-        o.progress = isatty(2) ? progress_report : NULL, o.progress_ctx = &prog;
+        o.progress = isatty(2) ? progress_report : NULL; o.progress_ctx = &prog;
         oard_rng rng;
         oard_rng_seed(&rng, a->seed);
         rc = oard_sample(m, &batch, &o, NULL, xh, &rng, err);
@@ -7668,7 +7670,7 @@ static int cmd_sample(const Args *a, char *err) {
         }
     if (!rc) fprintf(stderr, "oa_reactdiff: wrote %d reaction%s to %s_*_{react,ts,prod}.xyz\n", N, N > 1 ? "s" : "", prefix);
     for (int f = 0; f < 3; f++) free(xh[f]);
-    free(sizes), free(ident);
+    free(sizes); free(ident);
     mol_free(&mol);
     oard_model_free(m);
     return rc;
@@ -7697,7 +7699,7 @@ static int cmd_rmsd(const Args *a, char *err) {
     }
     for (int i = 0; !rc && i < nA; i++) printf("%.8f\n", r[i]); /* all or nothing */
     for (int i = 0; i < nA; i++) mol_free(&A[i]);
-    free(A), free(r);
+    free(A); free(r);
     mol_free(&B);
     return rc;
 }
@@ -7846,7 +7848,7 @@ static int read_reaction(const char *dir, const oard_config *c, TrainRxn *r, cha
  * used): the train and val reactions, each sorted by id. */
 static int read_dataset(const char *dir, const oard_config *c, TrainSplit *train, TrainSplit *val, char *err) {
     char path[4200], line[16384];
-    memset(train, 0, sizeof(*train)), memset(val, 0, sizeof(*val));
+    memset(train, 0, sizeof(*train)); memset(val, 0, sizeof(*val));
     snprintf(path, sizeof(path), "%s/index.tsv", dir);
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, OARD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -7926,7 +7928,7 @@ static int read_dataset(const char *dir, const oard_config *c, TrainSplit *train
             s->crc = oard_crc32(s->crc, "\n", 1);
         }
     }
-    if (rc) split_free(train), split_free(val);
+    if (rc) { split_free(train); split_free(val); }
     return rc;
 }
 
@@ -7952,7 +7954,7 @@ static int rng_parse(const char *s, oard_rng *r) {
     if (!s || sscanf(s, "%llx %llx %llx %llx %d %la%n", &x[0], &x[1], &x[2], &x[3], &spare, &v, &pos) != 6 || s[pos])
         return 0;
     for (int k = 0; k < 4; k++) r->s[k] = x[k];
-    r->has_spare = spare != 0, r->spare = v;
+    r->has_spare = spare != 0; r->spare = v;
     return 1;
 }
 
@@ -7984,7 +7986,7 @@ static void epoch_order(Trainer *T) {
     for (int k = 0; k < T->n_items; k++) T->perm[k] = k;
     for (int k = T->n_items - 1; k > 0; k--) { /* Fisher-Yates */
         int j = (int)rng_below(&r, (uint64_t)k + 1), t = T->perm[k];
-        T->perm[k] = T->perm[j], T->perm[j] = t;
+        T->perm[k] = T->perm[j]; T->perm[j] = t;
     }
 }
 
@@ -8054,14 +8056,14 @@ static int validate(Trainer *T, double *out, char *err) {
     if (!rc && ema) {
         saved = malloc(np * sizeof(real));
         if (!saved) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-        else memcpy(saved, params, np * sizeof(real)), memcpy(params, ema, np * sizeof(real));
+        else { memcpy(saved, params, np * sizeof(real)); memcpy(params, ema, np * sizeof(real)); }
     }
     oard_rng rv;
     oard_rng_seed(&rv, reaction_seed(T->seed, "train:val"));
     double sum = 0;
     for (int k0 = 0; !rc && k0 < n_items; k0 += B) {
         int nb = n_items - k0 < B ? n_items - k0 : B;
-        for (int b = 0; b < nb; b++) items[b] = k0 + b, t[b] = (int)rng_below(&rv, (uint64_t)T->T + !T->bridge);
+        for (int b = 0; b < nb; b++) { items[b] = k0 + b; t[b] = (int)rng_below(&rv, (uint64_t)T->T + !T->bridge); }
         rc = assemble_batch(T, &T->val, items, nb, sizes, xh, err);
         double loss = 0;
         oard_batch batch = {nb, sizes, T->a->threads};
@@ -8071,7 +8073,7 @@ static int validate(Trainer *T, double *out, char *err) {
     if (saved) memcpy(params, saved, np * sizeof(real));
     *out = n_items ? sum / n_items : NAN;
     for (int f = 0; f < 3; f++) free(xh[f]);
-    free(items), free(sizes), free(t), free(saved);
+    free(items); free(sizes); free(t); free(saved);
     return rc;
 }
 
@@ -8093,8 +8095,8 @@ static int write_checkpoint(Trainer *T, char *err) {
     const char *meta[48];
     int k = 0, nv = 0;
 #define KV(key, ...) (snprintf(v[nv], sizeof(v[0]), __VA_ARGS__), meta[k++] = key, meta[k++] = v[nv++])
-    meta[k++] = "train.data", meta[k++] = T->data;
-    meta[k++] = "train.init", meta[k++] = T->init_desc;
+    meta[k++] = "train.data"; meta[k++] = T->data;
+    meta[k++] = "train.init"; meta[k++] = T->init_desc;
     KV("train.train_crc32", "%08x", (unsigned)T->train.crc);
     KV("train.val_crc32", "%08x", (unsigned)T->val.crc);
     KV("train.n_train", "%d", T->train.n);
@@ -8111,11 +8113,11 @@ static int write_checkpoint(Trainer *T, char *err) {
     KV("train.val_every", "%d", T->val_every);
     KV("train.checkpoint_every", "%d", T->ckpt_every);
 #undef KV
-    if (T->description) meta[k++] = "train.description", meta[k++] = T->description;
+    if (T->description) { meta[k++] = "train.description"; meta[k++] = T->description; }
     rng_format(&T->rng_t, rt, sizeof(rt));
     rng_format(&T->rng_noise, rn, sizeof(rn));
-    meta[k++] = "train.rng_t", meta[k++] = rt;
-    meta[k++] = "train.rng_noise", meta[k++] = rn;
+    meta[k++] = "train.rng_t"; meta[k++] = rt;
+    meta[k++] = "train.rng_noise"; meta[k++] = rn;
     meta[k] = NULL;
     train_path(T, "checkpoint.bin", path, sizeof(path));
     defer_signals(1);
@@ -8162,10 +8164,12 @@ static int resume_checkpoint(Trainer *T, const char *path, char **meta, char *er
         else snprintf(T->init_desc, sizeof(T->init_desc), "%s", v);
     }
     if (!rc) rc = NEED("train.train_crc32");
-    if (!rc && (snprintf(buf, sizeof(buf), "%08x", (unsigned)T->train.crc), strcmp(v, buf)))
+    if (!rc) snprintf(buf, sizeof(buf), "%08x", (unsigned)T->train.crc);
+    if (!rc && strcmp(v, buf))
         rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the train split (crc32 %s of its ids) is not the checkpoint's (%s)", T->data, buf, v);
     if (!rc) rc = NEED("train.val_crc32");
-    if (!rc && (snprintf(buf, sizeof(buf), "%08x", (unsigned)T->val.crc), strcmp(v, buf)))
+    if (!rc) snprintf(buf, sizeof(buf), "%08x", (unsigned)T->val.crc);
+    if (!rc && strcmp(v, buf))
         rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the val split (crc32 %s of its ids) is not the checkpoint's (%s)", T->data, buf, v);
     if (!rc) rc = NEED("train.epoch");
     if (!rc) T->epoch = strtoll(v, NULL, 10);
@@ -8254,10 +8258,10 @@ static int cmd_train(const Args *a, char *err) {
     const int want_bridge = a->objective && !strcmp(a->objective, "bridge");
     Trainer T;
     memset(&T, 0, sizeof(T));
-    T.a = a, T.dir = a->train_out, T.data = a->data ? a->data : "data";
+    T.a = a; T.dir = a->train_out; T.data = a->data ? a->data : "data";
     T.batch = a->batch ? a->batch : 14; /* upstream's bz */
-    T.swap = !a->no_swap, T.seed = a->seed, T.val_loss = NAN, T.val_step = -1;
-    T.steps = a->steps ? a->steps : 1000, T.val_every = a->val_every ? a->val_every : 100;
+    T.swap = !a->no_swap; T.seed = a->seed; T.val_loss = NAN; T.val_step = -1;
+    T.steps = a->steps ? a->steps : 1000; T.val_every = a->val_every ? a->val_every : 100;
     T.ckpt_every = a->ckpt_every ? a->ckpt_every : T.val_every;
     T.description = a->description;
     if (a->init) { /* the file and its checksum (header bytes 56..59; 0 if it cannot be read) */
@@ -8352,7 +8356,7 @@ static int cmd_train(const Args *a, char *err) {
     if (!rc && !a->resume) rc = write_checkpoint(&T, err); /* step 0: a resume point from the start */
     FILE *tlog = NULL, *vlog = NULL;
     if (!rc) {
-        tlog = append_open(logpath), vlog = append_open(valpath);
+        tlog = append_open(logpath); vlog = append_open(valpath);
         if (!tlog || !vlog) rc = fail(err, OARD_ERR_IO, "%s: cannot write: %s", !tlog ? logpath : valpath, strerror(errno));
     }
     if (!rc)
@@ -8367,7 +8371,7 @@ static int cmd_train(const Args *a, char *err) {
     for (long long step = done + 1; !rc && step <= steps; step++) {
         clock_gettime(CLOCK_MONOTONIC, &t0);
         for (int b = 0; b < B; b++) {
-            if (T.pos == T.n_items) T.epoch++, T.pos = 0, epoch_order(&T);
+            if (T.pos == T.n_items) { T.epoch++; T.pos = 0; epoch_order(&T); }
             items[b] = T.perm[T.pos++];
         }
         for (int b = 0; b < B; b++) /* diffusion: torch.randint(0, T + 1); bridge: randint(0, T) */
@@ -8413,9 +8417,9 @@ static int cmd_train(const Args *a, char *err) {
     if (tlog && fclose(tlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", logpath);
     if (vlog && fclose(vlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", valpath);
     for (int f = 0; f < 3; f++) free(xh[f]);
-    free(items), free(sizes), free(tt), free(T.perm);
+    free(items); free(sizes); free(tt); free(T.perm);
     aligned_free(grad);
-    split_free(&T.train), split_free(&T.val);
+    split_free(&T.train); split_free(&T.val);
     oard_optim_free(T.opt);
     oard_model_free(T.m);
     free(meta);
@@ -8581,7 +8585,7 @@ int main(int argc, char **argv) {
     signal(SIGHUP, on_signal);
     Args a;
     memset(&a, 0, sizeof(a));
-    a.seed = 42, a.n = 1, a.resamplings = 5, a.jump = 5, a.shard_n = 1;
+    a.seed = 42; a.n = 1; a.resamplings = 5; a.jump = 5; a.shard_n = 1;
     a.lr = a.weight_decay = a.ema = NAN;
     int rc;
     static const char *const commands[] = {"ts", "sample", "rmsd", "score", "info", "train"};
@@ -8695,10 +8699,10 @@ static void superpose_rotation(int n, const double *a, const double *b, const in
         if (w[j] > w[best]) best = j;
     double q0 = V[0 * 4 + best], q1 = V[1 * 4 + best], q2 = V[2 * 4 + best], q3 = V[3 * 4 + best];
     double qn = sqrt(q0 * q0 + q1 * q1 + q2 * q2 + q3 * q3);
-    q0 /= qn, q1 /= qn, q2 /= qn, q3 /= qn;
-    R[0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3, R[1] = 2 * (q1 * q2 - q0 * q3), R[2] = 2 * (q1 * q3 + q0 * q2);
-    R[3] = 2 * (q1 * q2 + q0 * q3), R[4] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3, R[5] = 2 * (q2 * q3 - q0 * q1);
-    R[6] = 2 * (q1 * q3 - q0 * q2), R[7] = 2 * (q2 * q3 + q0 * q1), R[8] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3;
+    q0 /= qn; q1 /= qn; q2 /= qn; q3 /= qn;
+    R[0] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3; R[1] = 2 * (q1 * q2 - q0 * q3); R[2] = 2 * (q1 * q3 + q0 * q2);
+    R[3] = 2 * (q1 * q2 + q0 * q3); R[4] = q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3; R[5] = 2 * (q2 * q3 - q0 * q1);
+    R[6] = 2 * (q1 * q3 - q0 * q2); R[7] = 2 * (q2 * q3 + q0 * q1); R[8] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3;
 }
 
 /* sqrt(mean |R a_i - b_map(i)|^2), computed from the coordinates (not from the eigenvalue,
@@ -8732,7 +8736,7 @@ static int hungarian(int n, const double *cost, int *col) {
     for (int i = 1; ok && i <= n; i++) { /* add row i; p[j] is the row on column j (1-based) */
         p[0] = i;
         int j0 = 0;
-        for (int j = 0; j <= n; j++) minv[j] = INFINITY, used[j] = 0;
+        for (int j = 0; j <= n; j++) { minv[j] = INFINITY; used[j] = 0; }
         do {
             used[j0] = 1;
             int i0 = p[j0], j1 = 0;
@@ -8740,15 +8744,15 @@ static int hungarian(int n, const double *cost, int *col) {
             for (int j = 1; j <= n; j++)
                 if (!used[j]) {
                     double cur = cost[(size_t)(i0 - 1) * n + (j - 1)] - u[i0] - v[j];
-                    if (cur < minv[j]) minv[j] = cur, way[j] = j0;
-                    if (minv[j] < delta) delta = minv[j], j1 = j;
+                    if (cur < minv[j]) { minv[j] = cur; way[j] = j0; }
+                    if (minv[j] < delta) { delta = minv[j]; j1 = j; }
                 }
             if (j1 == 0) { /* no finite cost left (NaN/Inf input): give up, never loop */
                 ok = 0;
                 break;
             }
             for (int j = 0; j <= n; j++)
-                if (used[j]) u[p[j]] += delta, v[j] -= delta;
+                if (used[j]) { u[p[j]] += delta; v[j] -= delta; }
                 else minv[j] -= delta;
             j0 = j1;
         } while (p[j0] != 0);
@@ -8761,7 +8765,7 @@ static int hungarian(int n, const double *cost, int *col) {
     }
     for (int j = 1; ok && j <= n; j++) col[p[j] - 1] = j - 1;
     int alloc_ok = u && v && minv && p && way && used;
-    free(u), free(v), free(minv), free(p), free(way), free(used);
+    free(u); free(v); free(minv); free(p); free(way); free(used);
     return ok ? OARD_OK : alloc_ok ? OARD_ERR_NUMERIC : OARD_ERR_NOMEM;
 }
 
@@ -8804,7 +8808,7 @@ static int match_from_rotation(Matcher *M, double R[9], int *map, double *best) 
         }
         superpose_rotation(M->n, M->a, M->b, trial, R);
         double r = rotated_rmsd(M->n, M->a, M->b, trial, R);
-        if (r < *best) *best = r, memcpy(map, trial, (size_t)M->n * sizeof(int));
+        if (r < *best) { *best = r; memcpy(map, trial, (size_t)M->n * sizeof(int)); }
         if (!(r < prev - 1e-12 * (1 + prev))) break;
         prev = r;
     }
@@ -8822,7 +8826,7 @@ static int frame_from_pair(const double *u, const double *v, double F[9]) {
     nw = sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]);
     if (nw < 1e-6 * (1 + sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]))) return 0;
     for (int k = 0; k < 3; k++) F[3 + k] = w[k] / nw;
-    F[6] = F[1] * F[5] - F[2] * F[4], F[7] = F[2] * F[3] - F[0] * F[5], F[8] = F[0] * F[4] - F[1] * F[3];
+    F[6] = F[1] * F[5] - F[2] * F[4]; F[7] = F[2] * F[3] - F[0] * F[5]; F[8] = F[0] * F[4] - F[1] * F[3];
     return 1;
 }
 
@@ -8910,7 +8914,7 @@ static int match_search(Matcher *M, double *best) {
         for (int i = 0; i < n; i++) {
             const double *u = M->a + 3 * a1, *v = M->a + 3 * i;
             double cr[3] = {u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]};
-            if (dnorm3(cr) > bestx) bestx = dnorm3(cr), a2 = i;
+            if (dnorm3(cr) > bestx) { bestx = dnorm3(cr); a2 = i; }
         }
         if (a2 < 0 || !frame_from_pair(M->a + 3 * a1, M->a + 3 * a2, Fa)) continue;
         int np = 0;
@@ -8924,7 +8928,7 @@ static int match_search(Matcher *M, double *best) {
                 for (int k = 0; k < 3; k++) dot_b += M->b[3 * b1 + k] * M->b[3 * b2 + k];
                 pairs[np].key = fabs(dnorm3(M->b + 3 * b1) - ra1) + fabs(dnorm3(M->b + 3 * b2) - ra2) +
                                 fabs(dot_b - dot_a) / (1 + ra1 * ra2);
-                pairs[np].b1 = b1, pairs[np].b2 = b2, np++;
+                pairs[np].b1 = b1; pairs[np].b2 = b2; np++;
             }
         }
         qsort(pairs, (size_t)np, sizeof(*pairs), cmp_anchor);
@@ -8951,7 +8955,7 @@ static void match_brute(Matcher *M, int depth, int *map, char *taken, double *be
     }
     for (int j = 0; j < M->n; j++)
         if (!taken[j] && M->eb[j] == M->ea[depth]) {
-            taken[j] = 1, map[depth] = j;
+            taken[j] = 1; map[depth] = j;
             match_brute(M, depth + 1, map, taken, best);
             taken[j] = 0;
         }
@@ -8961,7 +8965,7 @@ static void match_brute(Matcher *M, int depth, int *map, char *taken, double *be
 static void sort_by_elem(int n, const int *e, int *idx) {
     for (int i = 0; i < n; i++) {
         int j = i;
-        while (j > 0 && e[idx[j - 1]] > e[i]) idx[j] = idx[j - 1], j--;
+        while (j > 0 && e[idx[j - 1]] > e[i]) { idx[j] = idx[j - 1]; j--; }
         idx[j] = i;
     }
 }
@@ -8975,8 +8979,8 @@ static int rmsd_one(int n, const int *ea, const double *a, const int *eb, const 
     }
     Matcher M;
     memset(&M, 0, sizeof(M));
-    M.n = n, M.ea = ea, M.eb = eb, M.a = a, M.b = b;
-    M.ga = malloc((size_t)n * sizeof(int)), M.gb = malloc((size_t)n * sizeof(int));
+    M.n = n; M.ea = ea; M.eb = eb; M.a = a; M.b = b;
+    M.ga = malloc((size_t)n * sizeof(int)); M.gb = malloc((size_t)n * sizeof(int));
     M.goff = malloc(((size_t)n + 1) * sizeof(int));
     M.cost = malloc((size_t)n * n * sizeof(double));
     M.col = malloc((size_t)n * sizeof(int));
@@ -9001,7 +9005,7 @@ static int rmsd_one(int n, const int *ea, const double *a, const int *eb, const 
         else if (!rc && (rc = match_search(&M, out)) != OARD_OK)
             rc = fail(err, rc, rc == OARD_ERR_NOMEM ? "rmsd: out of memory" : "rmsd: non-finite distances");
     }
-    free(M.ga), free(M.gb), free(M.goff), free(M.cost), free(M.col), free(map), free(taken);
+    free(M.ga); free(M.gb); free(M.goff); free(M.cost); free(M.col); free(map); free(taken);
     return rc;
 }
 
@@ -9018,32 +9022,32 @@ int oard_rmsd(int n, const int *elem_a, const double *xyz_a, const int *elem_b, 
     } else {
         int *sa = malloc((size_t)n * sizeof(int)), *sb = malloc((size_t)n * sizeof(int)), bad = 0;
         if (!sa || !sb) {
-            free(sa), free(sb);
+            free(sa); free(sb);
             return fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
         }
         sort_by_elem(n, elem_a, sa);
         sort_by_elem(n, elem_b, sb);
         for (int i = 0; i < n; i++) bad |= elem_a[sa[i]] != elem_b[sb[i]];
-        free(sa), free(sb);
+        free(sa); free(sb);
         if (bad) return fail(err, OARD_ERR_ARG, "rmsd: the structures differ in composition");
     }
     double *a = malloc((size_t)n * 3 * sizeof(double)), *b = malloc((size_t)n * 3 * sizeof(double));
     if (!a || !b) {
-        free(a), free(b);
+        free(a); free(b);
         return fail(err, OARD_ERR_NOMEM, "rmsd: out of memory");
     }
     double ca[3] = {0, 0, 0}, cb[3] = {0, 0, 0};
     for (int i = 0; i < n; i++)
-        for (int k = 0; k < 3; k++) ca[k] += xyz_a[3 * i + k] / n, cb[k] += xyz_b[3 * i + k] / n;
+        for (int k = 0; k < 3; k++) { ca[k] += xyz_a[3 * i + k] / n; cb[k] += xyz_b[3 * i + k] / n; }
     for (int i = 0; i < n; i++)
-        for (int k = 0; k < 3; k++) a[3 * i + k] = xyz_a[3 * i + k] - ca[k], b[3 * i + k] = xyz_b[3 * i + k] - cb[k];
+        for (int k = 0; k < 3; k++) { a[3 * i + k] = xyz_a[3 * i + k] - ca[k]; b[3 * i + k] = xyz_b[3 * i + k] - cb[k]; }
     double r1 = INFINITY, r2 = INFINITY;
     int rc = rmsd_one(n, elem_a, a, elem_b, b, flags, &r1, err);
     if (!rc && !(flags & OARD_RMSD_NO_REFLECTION)) {
         for (int i = 0; i < n; i++) b[3 * i + 2] = -b[3 * i + 2];
         rc = rmsd_one(n, elem_a, a, elem_b, b, flags, &r2, err);
     }
-    free(a), free(b);
+    free(a); free(b);
     if (!rc) *rmsd = r1 < r2 ? r1 : r2;
     return rc;
 }
