@@ -1504,8 +1504,8 @@ typedef struct {
     void *dump_ctx;
 } Ctx;
 
-static void dump(const Ctx *x, const char *name, const real *data, size_t rows, size_t cols) {
-    if (x->dump) x->dump(x->dump_ctx, name, data, rows, cols);
+static void dump(const Ctx *cx, const char *name, const real *data, size_t rows, size_t cols) {
+    if (cx->dump) cx->dump(cx->dump_ctx, name, data, rows, cols);
 }
 
 /* ---- threads ----
@@ -1533,10 +1533,10 @@ static int first_node_at(const int *prefix, int N, long long target) {
 
 /* The nodes [*n0, *n1) of thread tid of T, cut so that the threads get about equal shares
  * of the work; prefix (N + 1) is the running total of the work before each node. */
-static void thread_nodes(const int *prefix, int N, int tid, int T, int *n0, int *n1) {
+static void thread_nodes(const int *prefix, int N, int tid, int nt, int *n0, int *n1) {
     long long total = prefix[N] - prefix[0];
-    *n0 = first_node_at(prefix, N, prefix[0] + total * tid / T);
-    *n1 = tid == T - 1 ? N : first_node_at(prefix, N, prefix[0] + total * (tid + 1) / T);
+    *n0 = first_node_at(prefix, N, prefix[0] + total * tid / nt);
+    *n1 = tid == nt - 1 ? N : first_node_at(prefix, N, prefix[0] + total * (tid + 1) / nt);
 }
 
 static real *thread_scratch(const Work *w) { return w->scratch + (size_t)THREAD_ID * w->scratch_len; }
@@ -1544,18 +1544,18 @@ static real *thread_scratch(const Work *w) { return w->scratch + (size_t)THREAD_
 /* A node-level product y (rows, N) = x W + bias [then SiLU], with its column tiles shared
  * out between the threads (few rows, so the columns are where the parallelism is); below
  * about 2M multiply-adds (20 us) it runs on the calling thread. */
-static void node_matmul(const Ctx *x, real *y, const real *in, size_t ldx, const real *w, size_t ldw, const real *bias,
+static void node_matmul(const Ctx *cx, real *y, const real *in, size_t ldx, const real *w, size_t ldw, const real *bias,
                         int K, int N, size_t rows, int act) {
     const int strips = (N + TILE_N - 1) / TILE_N;
-    if (x->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 21)) {
+    if (cx->nt == 1 || N < VW || strips < 2 || rows * (size_t)K * (size_t)N < ((size_t)1 << 21)) {
         matmul(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0);
         if (act) silu_inplace(y, rows * (size_t)N);
         return;
     }
-#pragma omp parallel num_threads(x->nt)
+#pragma omp parallel num_threads(cx->nt)
     {
-        int T = THREAD_COUNT, tid = THREAD_ID;
-        int j0 = strips * tid / T * TILE_N, j1 = strips * (tid + 1) / T * TILE_N;
+        int nt = THREAD_COUNT, tid = THREAD_ID;
+        int j0 = strips * tid / nt * TILE_N, j1 = strips * (tid + 1) / nt * TILE_N;
         if (j1 > N) j1 = N;
         if (j0 < j1) {
             matmul_cols(y, (size_t)N, in, ldx, w, ldw, bias, K, N, rows, 0, j0, j1);
@@ -1565,19 +1565,19 @@ static void node_matmul(const Ctx *x, real *y, const real *in, size_t ldx, const
     }
 }
 
-static void node_linear(const Ctx *x, const Linear *L, const real *in, size_t rows, real *y, int act) {
-    node_matmul(x, y, in, (size_t)L->in, L->wt, (size_t)L->ldw, L->b, L->in, L->out, rows, act);
+static void node_linear(const Ctx *cx, const Linear *L, const real *in, size_t rows, real *y, int act) {
+    node_matmul(cx, y, in, (size_t)L->in, L->wt, (size_t)L->ldw, L->b, L->in, L->out, rows, act);
 }
 
 /* LEFTNet.assemble_nodemask: labels nodes for centring. Visit nodes in index order; an
  * unlabelled node and all its masked-edge neighbours get a new label, overwriting labels
  * they had. Not connected components: reproduced as upstream wrote it. pos_frame is the
  * position minus the mean of its label group (remove_mean_batch). */
-static void centre_by_nodemask(const Ctx *x, const real *pos, real *pos_frame) {
-    const Graph *g = x->g;
-    const real *mask = x->w->mask;
-    int N = g->N, *label = x->w->label, *cnt = x->w->count;
-    real *sum = x->w->centre_sum;
+static void centre_by_nodemask(const Ctx *cx, const real *pos, real *pos_frame) {
+    const Graph *g = cx->g;
+    const real *mask = cx->w->mask;
+    int N = g->N, *label = cx->w->label, *cnt = cx->w->count;
+    real *sum = cx->w->centre_sum;
     memset(sum, 0, (size_t)N * 3 * sizeof(real));
     memset(cnt, 0, (size_t)N * sizeof(int));
     for (int n = 0; n < N; n++) label[n] = -1;
@@ -1600,9 +1600,9 @@ static void centre_by_nodemask(const Ctx *x, const real *pos, real *pos_frame) {
 /* The unmasked edges (same fragment when object_aware, within the cutoff), grouped by
  * target node n = edge_index[1] in the order of n's neighbours: the only edges that carry
  * geometry (radial filter, edge scalarisation, equivariant message). */
-static void unmasked_edges(const Ctx *x) {
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void unmasked_edges(const Ctx *cx) {
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     int k = 0;
     for (int n = 0; n < g->N; n++) {
         w->ue_start[n] = k;
@@ -1614,15 +1614,15 @@ static void unmasked_edges(const Ctx *x) {
 
 /* LEFTNet.scalarization + masking: edge frame (d, c, v) from pos_frame, distance and the
  * radial basis (RBFEmb). Mask = (raw distance < cutoff) x (same fragment) when object_aware. */
-static void edge_frame(const Ctx *x) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void edge_frame(const Ctx *cx) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int R = c->num_radial, H = c->hidden_channels, EW = 3 * H + R;
     const real cutoff = (real)c->cutoff, pi = (real)OARD_PI, eps = (real)EPS_FRAME;
     const real *pf = w->pos_frame;
-    const real *mu = x->m->net.rbf_means, *beta = x->m->net.rbf_betas;
-#pragma omp parallel for num_threads(x->nt) schedule(static)
+    const real *mu = cx->m->net.rbf_means, *beta = cx->m->net.rbf_betas;
+#pragma omp parallel for num_threads(cx->nt) schedule(static)
     for (int e = 0; e < g->E; e++) {
         int i = g->src[e], j = g->dst[e];
         real diff[3], cr[3], mask = w->mask[e];
@@ -1655,17 +1655,17 @@ static void edge_frame(const Ctx *x) {
  * edge rbf = 0 and r = 0, so f = radial_lin(0): a constant that carries the scalar messages
  * between fragments. It is computed once, from a zero row, and copied to every masked edge;
  * the unmasked edges run in blocks. */
-static void radial_filter(const Ctx *x) {
-    const oard_config *c = &x->m->cfg;
-    const LEFTNetParams *p = &x->m->net;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void radial_filter(const Ctx *cx) {
+    const oard_config *c = &cx->m->cfg;
+    const LEFTNetParams *p = &cx->m->net;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int R = c->num_radial, H = c->hidden_channels, EW = 3 * H + R, BE = EDGE_BLOCK;
     real *f0 = w->A, *zero = w->scratch, *t0 = zero + round_up((size_t)R, 16); /* before the threads start */
     memset(zero, 0, (size_t)R * sizeof(real));
     linear_forward(&p->radial_lin0, zero, 1, t0, 1);
     linear_forward(&p->radial_lin2, t0, 1, f0, 0);
-#pragma omp parallel num_threads(x->nt)
+#pragma omp parallel num_threads(cx->nt)
     {
         real *rb = thread_scratch(w), *t1 = rb + round_up((size_t)BE * R, 16), *t2 = t1 + round_up((size_t)BE * H, 16);
         int n0, n1;
@@ -1689,17 +1689,17 @@ static void radial_filter(const Ctx *x) {
 }
 
 /* NeighborEmb: s = z_emb + sum over edges into n of f * LN0(Linear(h))[source] */
-static void neighbor_emb(const Ctx *x, const real *h, real *s) {
-    const oard_config *c = &x->m->cfg;
-    const LEFTNetParams *p = &x->m->net;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void neighbor_emb(const Ctx *cx, const real *h, real *s) {
+    const oard_config *c = &cx->m->cfg;
+    const LEFTNetParams *p = &cx->m->net;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N;
     real *t = w->nodetmp;
     linear_forward(&p->neighbor_emb, h, (size_t)N, t, 0);
     layernorm_forward(t, (size_t)N, H, NULL, NULL, t);
     linear_forward(&p->embedding, h, (size_t)N, s, 0);
-#pragma omp parallel for num_threads(x->nt) schedule(static)
+#pragma omp parallel for num_threads(cx->nt) schedule(static)
     for (int n = 0; n < N; n++)
         for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
             int ein = g->rev[e], src = g->src[ein];
@@ -1709,17 +1709,17 @@ static void neighbor_emb(const Ctx *x, const real *h, real *s) {
 }
 
 /* CFConvS2V: NE1[n] (3, H) = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s)))[source] */
-static void scalar_to_vector(const Ctx *x, const real *s, real *ne1) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void scalar_to_vector(const Ctx *cx, const real *s, real *ne1) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N;
     real *t = w->nodetmp;
-    linear_forward(&x->m->net.s2v_lin1, s, (size_t)N, t, 0);
+    linear_forward(&cx->m->net.s2v_lin1, s, (size_t)N, t, 0);
     layernorm_forward(t, (size_t)N, H, NULL, NULL, t);
     for (size_t i = 0; i < (size_t)N * H; i++) t[i] = silu(t[i]);
     memset(ne1, 0, (size_t)N * 3 * H * sizeof(real));
-#pragma omp parallel for num_threads(x->nt) schedule(static)
+#pragma omp parallel for num_threads(cx->nt) schedule(static)
     for (int n = 0; n < N; n++)
         for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
             int ein = g->rev[e], src = g->src[ein];
@@ -1769,17 +1769,17 @@ static void frame_rows(const real *nv, size_t ld, int H, const real *const fr[3]
 /* Edge weights from the vector features: project NE1 of each end on the edge frame,
  * |c-row| with reflect_equiv, scalar = lin3(rows) + d-row, times the cosine cutoff. On a
  * masked edge the frame is zero, so the scalar is lin3(0) for every channel: computed once. */
-static void edge_scalarization(const Ctx *x, const real *ne1) {
-    const oard_config *c = &x->m->cfg;
-    const LEFTNetParams *p = &x->m->net;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void edge_scalarization(const Ctx *cx, const real *ne1) {
+    const oard_config *c = &cx->m->cfg;
+    const LEFTNetParams *p = &cx->m->net;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *cst = w->A, *zq = w->scratch, *ct = zq + 3 * Hs; /* before the threads start */
     memset(zq, 0, 3 * Hs * sizeof(real));
     lin3_channels(p->lin3, 2, zq, H, cst, ct);
-#pragma omp parallel num_threads(x->nt)
+#pragma omp parallel num_threads(cx->nt)
     {
         real *q = thread_scratch(w), *out = q + 3 * Hs, *t = out + Hs;
 #pragma omp for schedule(static)
@@ -1807,10 +1807,10 @@ static void edge_scalarization(const Ctx *x, const real *ne1) {
  * float32. The checkpoint was trained with this frame; it is kept as it is.
  * non-legacy: b = position of the nearest masked neighbour, with upstream nn_vector's
  * `pairs` shortcut (a node chosen as nearest by n takes n as its own partner). */
-static void node_frame(const Ctx *x) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void node_frame(const Ctx *cx) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int N = g->N;
     const real eps = (real)EPS_FRAME;
     const real *pf = w->pos_frame;
@@ -1873,24 +1873,24 @@ static void node_frame(const Ctx *x) {
  * edge weights of masked edges are never read again (only the equivariant message reads
  * edge weights after it), so edge_out_trans runs on the unmasked edges only - unless a
  * dump of the layer outputs asks for all of them. */
-static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_layer, int last_layer) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void gcl_message(const Ctx *cx, const GCLParams *P, real *s, int first_layer, int last_layer) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = g->N, BE = EDGE_BLOCK;
     const Linear *l0 = &P->edge_mlp.l[0];
     const size_t ld0 = (size_t)l0->ldw;
     real *xh = w->xh, *A = w->A, *Bn = w->Bn, *agg = w->agg;
-    const int masked_out = !last_layer || x->dump;
+    const int masked_out = !last_layer || cx->dump;
     layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, xh);
-    node_matmul(x, A, xh, (size_t)H, l0->wt, ld0, l0->b, H, H, (size_t)N, 0);             /* xh_i block + b */
-    node_matmul(x, Bn, xh, (size_t)H, l0->wt + (size_t)H * ld0, ld0, NULL, H, H, (size_t)N, 0); /* xh_j block */
+    node_matmul(cx, A, xh, (size_t)H, l0->wt, ld0, l0->b, H, H, (size_t)N, 0);             /* xh_i block + b */
+    node_matmul(cx, Bn, xh, (size_t)H, l0->wt + (size_t)H * ld0, ld0, NULL, H, H, (size_t)N, 0); /* xh_j block */
     const real *We = l0->wt + (size_t)2 * H * ld0;                                              /* edgeweight block */
     int e_masked = -1;
     for (int e = 0; first_layer && e < g->E && e_masked < 0; e++)
         if (w->mask[e] == 0) e_masked = e;
     if (e_masked >= 0) matmul(w->edge_const, (size_t)H, w->ew + (size_t)e_masked * EW, (size_t)EW, We, ld0, NULL, EW, H, 1, 0);
-#pragma omp parallel num_threads(x->nt)
+#pragma omp parallel num_threads(cx->nt)
     {
         real *m1 = thread_scratch(w), *m2 = m1 + round_up((size_t)BE * H, 16);
         real *de = m2 + round_up((size_t)BE * H, 16), *att = de + round_up((size_t)BE * EW, 16);
@@ -1953,8 +1953,8 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_lay
         memcpy(cat + (size_t)n * 2 * H, xh + (size_t)n * H, H * sizeof(real));
         memcpy(cat + (size_t)n * 2 * H + H, agg + (size_t)n * H, H * sizeof(real));
     }
-    node_linear(x, &P->node_mlp.l[0], cat, (size_t)N, w->nodetmp, 1);
-    node_linear(x, &P->node_mlp.l[1], w->nodetmp, (size_t)N, w->nodetmp + (size_t)N * H, P->node_mlp.last_act);
+    node_linear(cx, &P->node_mlp.l[0], cat, (size_t)N, w->nodetmp, 1);
+    node_linear(cx, &P->node_mlp.l[1], w->nodetmp, (size_t)N, w->nodetmp + (size_t)N * H, P->node_mlp.last_act);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = xh[i] + w->nodetmp[(size_t)N * H + i];
 }
 
@@ -1965,19 +1965,19 @@ static void gcl_message(const Ctx *x, const GCLParams *P, real *s, int first_lay
  *   both summed at the edge's target. rbf_proj has no bias and rbf = 0 on a masked edge,
  *   so masked edges contribute exactly zero: only the unmasked edges run, in blocks,
  *   grouped by target node (each thread owns a range of targets). */
-static void equi_message(const Ctx *x, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void equi_message(const Ctx *cx, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = g->N, BE = EDGE_BLOCK;
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     real *xh = w->xh; /* (N, 3H) */
     layernorm_forward(s, (size_t)N, H, P->ln_w, P->ln_b, w->nodetmp);
-    node_linear(x, &P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
-    node_linear(x, &P->x_proj2, w->nodecat, (size_t)N, xh, 0);
+    node_linear(cx, &P->x_proj0, w->nodetmp, (size_t)N, w->nodecat, 1);
+    node_linear(cx, &P->x_proj2, w->nodecat, (size_t)N, xh, 0);
     memset(dx, 0, (size_t)N * H * sizeof(real));
     memset(dvec, 0, (size_t)N * 3 * H * sizeof(real));
-#pragma omp parallel num_threads(x->nt)
+#pragma omp parallel num_threads(cx->nt)
     {
         real *ewb = thread_scratch(w), *rbb = ewb + round_up((size_t)BE * EW, 16);
         real *t1 = rbb + round_up((size_t)BE * R, 16), *t2 = t1 + round_up((size_t)BE * 3 * H, 16);
@@ -2020,17 +2020,17 @@ static void equi_message(const Ctx *x, const MsgParams *P, const real *s, const 
  * reflect_equiv) through lin3 (3 -> 48 -> 8 -> 1) per channel -> scalar;
  * dot = sum_xyz vec1 vec2 / sqrt(H); (p, q, g) = xvec_proj([s, scalar]);
  * dx = (p + q + dot) / sqrt(2); dvec = g vec2. */
-static void equi_update(const Ctx *x, const UpdParams *P, const real *s, const real *vec, real *dx, real *dvec) {
-    const oard_config *c = &x->m->cfg;
-    Work *w = x->w;
-    const int H = c->hidden_channels, N = x->g->N;
+static void equi_update(const Ctx *cx, const UpdParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+    const oard_config *c = &cx->m->cfg;
+    Work *w = cx->w;
+    const int H = c->hidden_channels, N = cx->g->N;
     const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     real *V = w->vtmp; /* (N, 3, 2H) */
-    node_linear(x, &P->vec_proj, vec, (size_t)N * 3, V, 0);
+    node_linear(cx, &P->vec_proj, vec, (size_t)N * 3, V, 0);
     real *cat = w->nodecat; /* (N, 2H): [s, scalar] */
     real *dot = w->agg;     /* (N, H) */
-#pragma omp parallel num_threads(x->nt)
+#pragma omp parallel num_threads(cx->nt)
     {
         real *q = thread_scratch(w), *t = q + 3 * Hs;
 #pragma omp for schedule(static)
@@ -2046,8 +2046,8 @@ static void equi_update(const Ctx *x, const UpdParams *P, const real *s, const r
         }
     }
     real *t = w->nodetmp, *X = w->xh; /* (N, H), (N, 3H) */
-    node_linear(x, &P->xvec_proj0, cat, (size_t)N, t, 1);
-    node_linear(x, &P->xvec_proj2, t, (size_t)N, X, 0);
+    node_linear(cx, &P->xvec_proj0, cat, (size_t)N, t, 1);
+    node_linear(cx, &P->xvec_proj2, t, (size_t)N, X, 0);
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
             const real *Xn = X + (size_t)n * 3 * H;
@@ -2090,42 +2090,42 @@ static void gated_output(const GatedParams *P, int N, const real *xin, const rea
 /* The geometry of a forward pass, which no parameter but the RBF buffers touches: the
  * edge mask (the mask is needed before centring), the centring groups, edge frames, RBF
  * and node frames. */
-static void leftnet_geometry(const Ctx *x, const real *pos) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void leftnet_geometry(const Ctx *cx, const real *pos) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     for (int e = 0; e < g->E; e++) {
         const real *a = pos + 3 * g->src[e], *b = pos + 3 * g->dst[e];
         real r[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
         w->mask[e] = (norm3(r) < (real)c->cutoff && (!c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]])) ? 1 : 0;
     }
-    unmasked_edges(x);
-    centre_by_nodemask(x, pos, w->pos_frame);
-    edge_frame(x);
-    node_frame(x);
+    unmasked_edges(cx);
+    centre_by_nodemask(cx, pos, w->pos_frame);
+    edge_frame(cx);
+    node_frame(cx);
 }
 
 /* LEFTNet.forward. h (N, in_hidden), pos (N, 3). Outputs: s (N, H) always; unless
  * for_conf, dpos + gradient (N, 3) in `delta` and embedding_out(s) (N, in_hidden) in h_out. */
-static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *delta, real *h_out) {
-    const oard_config *c = &x->m->cfg;
-    const LEFTNetParams *p = &x->m->net;
-    const Graph *g = x->g;
-    Work *w = x->w;
+static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real *delta, real *h_out) {
+    const oard_config *c = &cx->m->cfg;
+    const LEFTNetParams *p = &cx->m->net;
+    const Graph *g = cx->g;
+    Work *w = cx->w;
     const int H = c->hidden_channels, R = c->num_radial, N = g->N;
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
 
-    leftnet_geometry(x, pos);
-    radial_filter(x);
+    leftnet_geometry(cx, pos);
+    radial_filter(cx);
 
     /* initial node features and vector features */
     real *s = w->s, *vec = w->vec;
-    neighbor_emb(x, h, s);
-    dump(x, "neighbor_emb.out", s, (size_t)N, (size_t)H);
+    neighbor_emb(cx, h, s);
+    dump(cx, "neighbor_emb.out", s, (size_t)N, (size_t)H);
     real *ne1 = w->dvec;
-    scalar_to_vector(x, s, ne1);
-    dump(x, "s2v.out", ne1, (size_t)N, (size_t)3 * H);
-    edge_scalarization(x, ne1);
+    scalar_to_vector(cx, s, ne1);
+    dump(cx, "s2v.out", ne1, (size_t)N, (size_t)3 * H);
+    edge_scalarization(cx, ne1);
 
     memset(vec, 0, (size_t)N * 3 * H * sizeof(real));
     memset(w->grad, 0, (size_t)N * 3 * sizeof(real));
@@ -2137,26 +2137,26 @@ static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *
             linear_forward(&p->pos_exp1, t, (size_t)N, u, 0);
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += u[k];
         }
-        gcl_message(x, &p->gcl[i], s, i == 0, i == c->num_layers - 1);
+        gcl_message(cx, &p->gcl[i], s, i == 0, i == c->num_layers - 1);
         snprintf(name, sizeof(name), "gcl%d.out0", i);
-        dump(x, name, s, (size_t)N, (size_t)H);
+        dump(cx, name, s, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "gcl%d.out1", i);
-        dump(x, name, w->ew, (size_t)g->E, (size_t)(3 * H + R));
+        dump(cx, name, w->ew, (size_t)g->E, (size_t)(3 * H + R));
 
-        equi_message(x, &p->msg[i], s, vec, w->dx, w->dvec);
+        equi_message(cx, &p->msg[i], s, vec, w->dx, w->dvec);
         snprintf(name, sizeof(name), "msg%d.out0", i);
-        dump(x, name, w->dx, (size_t)N, (size_t)H);
+        dump(cx, name, w->dx, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "msg%d.out1", i);
-        dump(x, name, w->dvec, (size_t)N, (size_t)3 * H);
+        dump(cx, name, w->dvec, (size_t)N, (size_t)3 * H);
         for (size_t k = 0; k < (size_t)N * H; k++) s[k] = (s[k] + w->dx[k]) * inv_sqrt_2;
         for (size_t k = 0; k < (size_t)N * 3 * H; k++) vec[k] += w->dvec[k];
 
         if (c->update) {
-            equi_update(x, &p->upd[i], s, vec, w->dx, w->dvec);
+            equi_update(cx, &p->upd[i], s, vec, w->dx, w->dvec);
             snprintf(name, sizeof(name), "upd%d.out0", i);
-            dump(x, name, w->dx, (size_t)N, (size_t)H);
+            dump(cx, name, w->dx, (size_t)N, (size_t)H);
             snprintf(name, sizeof(name), "upd%d.out1", i);
-            dump(x, name, w->dvec, (size_t)N, (size_t)3 * H);
+            dump(cx, name, w->dvec, (size_t)N, (size_t)3 * H);
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += w->dx[k];
             for (size_t k = 0; k < (size_t)N * 3 * H; k++) vec[k] += w->dvec[k];
         }
@@ -2183,8 +2183,8 @@ static void leftnet_forward(const Ctx *x, const real *h, const real *pos, real *
         gated_output(&p->out[k], N, xin, vin, xk, vk, w->nodetmp);
         xin = xk; vin = vk;
     }
-    dump(x, "out_pos.out0", xin, (size_t)N, 1);
-    dump(x, "out_pos.out1", vin, (size_t)N, 3);
+    dump(cx, "out_pos.out0", xin, (size_t)N, 1);
+    dump(cx, "out_pos.out1", vin, (size_t)N, 3);
     for (int n = 0; n < N; n++)
         for (int k = 0; k < 3; k++) delta[3 * n + k] = vin[3 * n + k];
     linear_forward(&p->embedding_out, s, (size_t)N, h_out, 0);
@@ -2354,8 +2354,8 @@ static int dynamics_run(oard_workspace *ws, const real *const xh[], const real *
             for (int k = 0; k < c->condition_nf; k++) hn[col++] = cond ? cond[(size_t)b * c->condition_nf + k] : 0;
         }
     }
-    Ctx x = {m, g, w, ws->nt, dumpfn, dump_ctx};
-    leftnet_forward(&x, w->h, w->pos, w->delta, w->hout);
+    Ctx cx = {m, g, w, ws->nt, dumpfn, dump_ctx};
+    leftnet_forward(&cx, w->h, w->pos, w->delta, w->hout);
     return OARD_OK;
 }
 
@@ -3099,13 +3099,60 @@ int oard_sample(const oard_model *m, const oard_batch *batch, const oard_sampler
     return rc;
 }
 
+/* The RePaint schedule of jumps (oard_repaint_schedule) into *segs (n_segs entries). */
+static int repaint_segments(int resamplings, int jump, int T, int **segs, int *n_segs, char *err) {
+    int n = oard_repaint_schedule(resamplings, jump, T, NULL, 0);
+    if (n <= 0) return fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
+    *segs = xcalloc((size_t)n, sizeof(int));
+    if (!*segs) return fail(err, OARD_ERR_NOMEM, "out of memory (RePaint schedule of %d segments)", n);
+    *n_segs = n;
+    if (oard_repaint_schedule(resamplings, jump, T, *segs, n) != n)
+        return fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
+    return OARD_OK;
+}
+
+/* One RePaint step at level s (Lugmayr et al. 2022, Algorithm 1, lines 4-8): the fixed
+ * fragments noised to level s (noise drawn for all three), the whole reaction denoised one
+ * step, then R and P replaced by their noised copies while the TS keeps its denoised one. */
+static int repaint_step(Sampler *S, int s, real *const z[3], real *const known[3], real *const x0[3]) {
+    size_t n = (size_t)S->NF * S->nf;
+    float g_s = oard_gamma(&S->sch, s), al_s = oard_alpha(g_s), sig_s = oard_sigma(g_s);
+    int rc = combined_noise(S, S->noise);
+    if (rc) return rc;
+    for (int f = 0; f < 3; f++)
+        for (size_t k = 0; k < n; k++) known[f][k] = (real)al_s * x0[f][k] + (real)sig_s * S->noise[f][k];
+    rc = p_zs_given_zt(S, s, z);
+    if (rc) return rc;
+    restore_features(S, z);
+    for (int f = 0; f < 3; f += 2)
+        for (int a = 0; a < S->NF; a++) memcpy(z[f] + (size_t)a * S->nf, known[f] + (size_t)a * S->nf, 3 * sizeof(real));
+    return check_samples(S, z, "during denoising");
+}
+
+/* RePaint's jump back from level s to t > s (Algorithm 1, line 10): z_t = alpha_t|s z_s +
+ * sigma_t|s noise, centred per fragment. The features are not restored, so the next network
+ * call sees them noised, as upstream. */
+static int repaint_jump_back(Sampler *S, int s, int t, real *const z[3]) {
+    size_t n = (size_t)S->NF * S->nf;
+    float s2, st, at;
+    oard_sigma_alpha_t_given_s(oard_gamma(&S->sch, t), oard_gamma(&S->sch, s), &s2, &st, &at);
+    int rc = combined_noise(S, S->noise);
+    if (rc) return rc;
+    for (int f = 0; f < 3; f++) {
+        for (size_t k = 0; k < n; k++) z[f][k] = (real)at * z[f][k] + (real)st * S->noise[f][k];
+        centre_fragment(z[f], S->nf, S->frag_off, S->B);
+    }
+    return OARD_OK;
+}
+
 int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sampler_opts *o, const oard_real *cond,
                  const oard_real *const xh_fixed[], oard_real *const out[], oard_rng *rng, char *err) {
     Sampler S;
     int rc = sampler_init(&S, m, batch, o, 1, cond, rng, err);
     real *z[3] = {NULL, NULL, NULL}, *known[3] = {NULL, NULL, NULL}, *x0[3] = {NULL, NULL, NULL};
     size_t n = (size_t)S.NF * S.nf;
-    int resamplings = (o && o->resamplings > 0) ? o->resamplings : 1, jump = (o && o->jump_length > 0) ? o->jump_length : 1;
+    int resamplings = (o && o->resamplings > 0) ? o->resamplings : 1;
+    int jump = (o && o->jump_length > 0) ? o->jump_length : 1;
     int *segs = NULL, n_segs = 0;
     for (int f = 0; !rc && f < 3; f++) {
         z[f] = xcalloc(n, sizeof(real));
@@ -3113,14 +3160,7 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
         x0[f] = xcalloc(n, sizeof(real));
         if (!z[f] || !known[f] || !x0[f]) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     }
-    if (!rc) {
-        n_segs = oard_repaint_schedule(resamplings, jump, S.sch.T, NULL, 0);
-        segs = n_segs > 0 ? xcalloc((size_t)n_segs, sizeof(int)) : NULL;
-        if (n_segs <= 0) rc = fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
-        else if (!segs) rc = fail(err, OARD_ERR_NOMEM, "out of memory (RePaint schedule of %d segments)", n_segs);
-        else if (oard_repaint_schedule(resamplings, jump, S.sch.T, segs, n_segs) != n_segs)
-            rc = fail(err, OARD_ERR_ARG, "bad RePaint settings (resamplings %d, jump %d)", resamplings, jump);
-    }
+    if (!rc) rc = repaint_segments(resamplings, jump, S.sch.T, &segs, &n_segs, err);
     for (int f = 0; !rc && f < 3; f++) {
         if (!check_finite(xh_fixed[f], n)) rc = fail(err, OARD_ERR_NUMERIC, "inpaint input: fragment %d holds NaN or Inf", f);
         /* h0 = features as integers (upstream .long()), positions centred per sample */
@@ -3130,45 +3170,27 @@ int oard_inpaint(const oard_model *m, const oard_batch *batch, const oard_sample
     }
     if (!rc) rc = combined_noise(&S, z);
     if (!rc) restore_features(&S, z);
+    /* Algorithm 1: segment i denoises segs[i] levels; between segments, a jump back */
     int s = S.sch.T - 1, done = 0, total = 0;
     for (int i = 0; !rc && i < n_segs; i++) total += segs[i];
     for (int i = 0; !rc && i < n_segs; i++)
         for (int j = 0; !rc && j < segs[i]; j++) {
-            /* the fixed fragments noised to level s (drawn for all three) */
-            float g_s = oard_gamma(&S.sch, s), al_s = oard_alpha(g_s), sig_s = oard_sigma(g_s);
-            rc = combined_noise(&S, S.noise);
-            if (rc) break;
-            for (int f = 0; f < 3; f++)
-                for (size_t k = 0; k < n; k++) known[f][k] = (real)al_s * x0[f][k] + (real)sig_s * S.noise[f][k];
-            rc = p_zs_given_zt(&S, s, z);
-            if (rc) break;
-            restore_features(&S, z);
-            for (int f = 0; f < 3; f += 2) /* R and P keep their noised copy; the TS its denoised one */
-                for (int a = 0; a < S.NF; a++)
-                    memcpy(z[f] + (size_t)a * S.nf, known[f] + (size_t)a * S.nf, 3 * sizeof(real));
-            rc = check_samples(&S, z, "during denoising");
-            if (rc) break;
-            if (j == segs[i] - 1 && i < n_segs - 1) {
-                /* RePaint jump back: z_t = alpha_t|s z_s + sigma_t|s noise, t = s + jump. The
-                 * features are not restored, so the next call sees them noised, as upstream. */
-                int t = s + jump;
-                float g_t = oard_gamma(&S.sch, t), s2, st, at;
-                oard_sigma_alpha_t_given_s(g_t, g_s, &s2, &st, &at);
-                rc = combined_noise(&S, S.noise);
-                if (rc) break;
-                for (int f = 0; f < 3; f++) {
-                    for (size_t k = 0; k < n; k++) z[f][k] = (real)at * z[f][k] + (real)st * S.noise[f][k];
-                    centre_fragment(z[f], S.nf, S.frag_off, S.B);
-                }
-                s = t;
+            rc = repaint_step(&S, s, z, known, x0);
+            if (!rc && j == segs[i] - 1 && i < n_segs - 1) {
+                rc = repaint_jump_back(&S, s, s + jump, z);
+                s += jump;
             }
             s--;
             done++;
-            if (o && o->progress) o->progress(o->progress_ctx, done, total);
+            if (!rc && o && o->progress) o->progress(o->progress_ctx, done, total);
         }
     if (!rc) rc = p_xh_given_z0(&S, z, out);
     if (!rc) rc = check_samples(&S, out, "final step");
-    for (int f = 0; f < 3; f++) { free(z[f]); free(known[f]); free(x0[f]); }
+    for (int f = 0; f < 3; f++) {
+        free(z[f]);
+        free(known[f]);
+        free(x0[f]);
+    }
     free(segs);
     sampler_free(&S);
     return rc;
@@ -3557,19 +3579,19 @@ typedef struct {
 
 #define BACK_ROWS 256 /* rows per block of the weight gradient */
 
-static real *gslot(const Grad *T, const real *p) { return T->G + (p - T->m->params); }
+static real *gslot(const Grad *sink, const real *p) { return sink->G + (p - sink->m->params); }
 
 /* W (out, in) of the Linear whose transposed weight starts at wt (or a block of its input
  * rows, as linear_block makes): a pointer to its first column, and the row length */
-static const real *back_weight(const Grad *T, const real *wt, int *ldb) {
-    size_t off = (size_t)(wt - T->m->params);
-    int lo = 0, hi = T->n_bw - 1;
+static const real *back_weight(const Grad *sink, const real *wt, int *ldb) {
+    size_t off = (size_t)(wt - sink->m->params);
+    int lo = 0, hi = sink->n_bw - 1;
     while (lo < hi) { /* the last entry with bw.off <= off */
         int mid = (lo + hi + 1) / 2;
-        if (T->bw[mid].off <= off) lo = mid;
+        if (sink->bw[mid].off <= off) lo = mid;
         else hi = mid - 1;
     }
-    const BackW *b = &T->bw[lo];
+    const BackW *b = &sink->bw[lo];
     *ldb = b->ldb;
     return b->wb + (off - b->off) / (size_t)b->ld;
 }
@@ -3680,10 +3702,10 @@ static void linear_train(const Linear *L, const real *x, size_t rows, real *pre,
  * (added to dx when acc, skipped when dx is NULL). Both products run through the matmul
  * kernel: dW^T += x^T dy on blocks of rows (matmul_tn, x read in place), dx with W in
  * upstream's layout (back_weight). */
-static void linear_backward(const Grad *T, const Linear *L, const real *x, const real *dy, size_t rows, real *dx,
+static void linear_backward(const Grad *sink, const Linear *L, const real *x, const real *dy, size_t rows, real *dx,
                             int acc) {
     const int in = L->in, out = L->out;
-    real *gw = gslot(T, L->wt), *gb = L->b ? gslot(T, L->b) : NULL;
+    real *gw = gslot(sink, L->wt), *gb = L->b ? gslot(sink, L->b) : NULL;
     /* dy is read as W: in place when its rows are whole vectors (every tile complete), else
      * copied into whole column tiles, zero padded */
     const int direct = out < VW || out % VW == 0;
@@ -3693,10 +3715,10 @@ static void linear_backward(const Grad *T, const Linear *L, const real *x, const
         const real *db = dy + r0 * (size_t)out;
         if (!direct) {
             for (size_t r = 0; r < rb; r++) {
-                memcpy(T->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
-                memset(T->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
+                memcpy(sink->dyb + r * ldd, dy + (r0 + r) * (size_t)out, (size_t)out * sizeof(real));
+                memset(sink->dyb + r * ldd + out, 0, (ldd - (size_t)out) * sizeof(real));
             }
-            db = T->dyb;
+            db = sink->dyb;
         }
         matmul_tn(gw, (size_t)L->ldw, x + r0 * (size_t)in, (size_t)in, db, ldd, (int)rb, out, (size_t)in);
     }
@@ -3705,7 +3727,7 @@ static void linear_backward(const Grad *T, const Linear *L, const real *x, const
             for (int o = 0; o < out; o++) gb[o] += dy[r * (size_t)out + o];
     if (dx) {
         int ldb;
-        const real *wb = back_weight(T, L->wt, &ldb);
+        const real *wb = back_weight(sink, L->wt, &ldb);
         matmul(dx, (size_t)in, dy, (size_t)out, wb, (size_t)ldb, NULL, out, in, rows, acc);
     }
 }
@@ -3734,9 +3756,9 @@ static void layernorm_train(const real *x, size_t rows, int n, const real *w, co
 
 /* Backward of LayerNorm: dx = rstd (g - mean(g) - xhat mean(g xhat)), g = dy w;
  * dw += dy xhat, db += dy. dx is overwritten (it may alias dy). */
-static void layernorm_backward(const Grad *T, const real *dy, const real *xhat, const real *rstd, size_t rows, int n,
+static void layernorm_backward(const Grad *sink, const real *dy, const real *xhat, const real *rstd, size_t rows, int n,
                                const real *w, const real *b, real *dx) {
-    real *gw = w ? gslot(T, w) : NULL, *gb = b ? gslot(T, b) : NULL;
+    real *gw = w ? gslot(sink, w) : NULL, *gb = b ? gslot(sink, b) : NULL;
     for (size_t r = 0; r < rows; r++) {
         const real *dr = dy + r * (size_t)n, *hr = xhat + r * (size_t)n;
         double mg = 0, mgh = 0;
@@ -3772,7 +3794,7 @@ static void mlp_train(const MLP *m, const real *x, size_t rows, real *pre, real 
 
 /* Backward of mlp_train: dy (rows, out) is consumed (used as scratch); dx = gradient of
  * x, added when acc; tmp holds 2 x rows x (widest layer). */
-static void mlp_backward(const Grad *T, const MLP *m, const real *x, size_t rows, const real *pre, const real *act,
+static void mlp_backward(const Grad *sink, const MLP *m, const real *x, size_t rows, const real *pre, const real *act,
                          real *dy, real *dx, int acc, real *tmp) {
     size_t offs[4] = {0}, wmax = 0;
     for (int k = 0; k < m->n; k++) {
@@ -3786,7 +3808,7 @@ static void mlp_backward(const Grad *T, const MLP *m, const real *x, size_t rows
         if (!last || m->last_act) silu_backward(pre + offs[k], d, rows * (size_t)m->l[k].out);
         const real *in = k ? act + offs[k - 1] : x;
         real *dn = k ? tmp + ((m->n - k) % 2) * rows * wmax : dx;
-        linear_backward(T, &m->l[k], in, d, rows, dn, k ? 0 : acc);
+        linear_backward(sink, &m->l[k], in, d, rows, dn, k ? 0 : acc);
         d = dn;
     }
 }
@@ -3862,12 +3884,12 @@ static void lin3_backward(const Linear *l, int n_layers, const real *q, int H, c
 
 /* the per-channel sums of lin3_backward added to the gradient (summed over the H
  * channels), and acc zeroed */
-static void lin3_reduce(const Grad *T, const Linear *l, int n_layers, int H, real *acc) {
+static void lin3_reduce(const Grad *sink, const Linear *l, int n_layers, int H, real *acc) {
     const size_t Hs = round_up((size_t)H, 16);
     real *p = acc;
     for (int k = 0; k < n_layers; k++) {
         const Linear *L = &l[k];
-        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        real *gw = gslot(sink, L->wt), *gb = gslot(sink, L->b);
         for (int i = 0; i < L->in; i++)
             for (int j = 0; j < L->out; j++, p += Hs) {
                 real sw = 0;
@@ -3918,7 +3940,7 @@ static real dot16(const real *x, const real *y, size_t n) {
 /* Backward of lin3_rows_train: dout (1, NH, zero padding) -> dq (3, NH); the parameters'
  * gradients are sums over the NH columns (dot products). dh: scratch of the hidden
  * layers' gradients (as many rows as z). */
-static void lin3_rows_backward(const Grad *T, const Linear *l, int n_layers, const real *q, size_t NH, const real *z,
+static void lin3_rows_backward(const Grad *sink, const Linear *l, int n_layers, const real *q, size_t NH, const real *z,
                                const real *a, const real *dout, real *dq, real *dh) {
     size_t offs[4] = {0};
     for (int k = 0; k + 1 < n_layers; k++) offs[k + 1] = offs[k] + (size_t)l[k].out * NH;
@@ -3926,7 +3948,7 @@ static void lin3_rows_backward(const Grad *T, const Linear *l, int n_layers, con
     for (int k = n_layers - 1; k >= 0; k--) {
         const Linear *L = &l[k];
         const real *in = k ? a + offs[k - 1] : q;
-        real *gw = gslot(T, L->wt), *gb = gslot(T, L->b);
+        real *gw = gslot(sink, L->wt), *gb = gslot(sink, L->b);
         for (int j = 0; j < L->out; j++) {
             const real *dj = d + (size_t)j * NH;
             real sb = 0;
@@ -4143,10 +4165,10 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
 /* ---- layer by layer: forward keeping the tape, and backward ---- */
 
 /* radial_filter: f = radial_lin(rbf) * rbound on every edge, into ew[:, 2H:3H] */
-static void radial_train(const Ctx *x, Tape *t, real *ew) {
-    const LEFTNetParams *p = &x->m->net;
-    const Work *w = x->w;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = t->E;
+static void radial_train(const Ctx *cx, Tape *t, real *ew) {
+    const LEFTNetParams *p = &cx->m->net;
+    const Work *w = cx->w;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, E = t->E;
     linear_train(&p->radial_lin0, w->rbf, (size_t)E, t->rad_pre, t->rad_act, 1);
     linear_forward(&p->radial_lin2, t->rad_act, (size_t)E, t->rad_g, 0);
     for (int e = 0; e < E; e++)
@@ -4154,22 +4176,22 @@ static void radial_train(const Ctx *x, Tape *t, real *ew) {
 }
 
 /* df (E, H): gradient of f; consumed */
-static void radial_backward(const Ctx *x, Tape *t, const Grad *T, real *df) {
-    const LEFTNetParams *p = &x->m->net;
-    const int H = x->m->cfg.hidden_channels, E = t->E;
+static void radial_backward(const Ctx *cx, Tape *t, const Grad *sink, real *df) {
+    const LEFTNetParams *p = &cx->m->net;
+    const int H = cx->m->cfg.hidden_channels, E = t->E;
     for (int e = 0; e < E; e++)
-        for (int h = 0; h < H; h++) df[(size_t)e * H + h] *= x->w->rbound[e];
+        for (int h = 0; h < H; h++) df[(size_t)e * H + h] *= cx->w->rbound[e];
     real *da = t->g_e1;
-    linear_backward(T, &p->radial_lin2, t->rad_act, df, (size_t)E, da, 0);
+    linear_backward(sink, &p->radial_lin2, t->rad_act, df, (size_t)E, da, 0);
     silu_backward(t->rad_pre, da, (size_t)E * H);
-    linear_backward(T, &p->radial_lin0, x->w->rbf, da, (size_t)E, NULL, 0);
+    linear_backward(sink, &p->radial_lin0, cx->w->rbf, da, (size_t)E, NULL, 0);
 }
 
 /* NeighborEmb: s0 = embedding(h) + sum over edges into n of f * LN0(Linear(h))[source] */
-static void neighbor_emb_train(const Ctx *x, Tape *t, const real *ew) {
-    const LEFTNetParams *p = &x->m->net;
-    const Graph *g = x->g;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
+static void neighbor_emb_train(const Ctx *cx, Tape *t, const real *ew) {
+    const LEFTNetParams *p = &cx->m->net;
+    const Graph *g = cx->g;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, N = t->N;
     linear_forward(&p->neighbor_emb, t->h, (size_t)N, t->nb_u, 0);
     layernorm_train(t->nb_u, (size_t)N, H, NULL, NULL, t->nb_un, t->nb_un, t->nb_rstd);
     linear_forward(&p->embedding, t->h, (size_t)N, t->s0, 0);
@@ -4181,11 +4203,11 @@ static void neighbor_emb_train(const Ctx *x, Tape *t, const real *ew) {
 }
 
 /* ds0 (N, H) -> gradient of h (t->g_h, overwritten) and of f (df, added) */
-static void neighbor_emb_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, const real *ds0, real *df) {
-    const LEFTNetParams *p = &x->m->net;
-    const Graph *g = x->g;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
-    linear_backward(T, &p->embedding, t->h, ds0, (size_t)N, t->g_h, 0);
+static void neighbor_emb_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *ew, const real *ds0, real *df) {
+    const LEFTNetParams *p = &cx->m->net;
+    const Graph *g = cx->g;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, N = t->N;
+    linear_backward(sink, &p->embedding, t->h, ds0, (size_t)N, t->g_h, 0);
     real *dun = t->g_s2;
     memset(dun, 0, (size_t)N * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
@@ -4194,21 +4216,21 @@ static void neighbor_emb_backward(const Ctx *x, Tape *t, const Grad *T, const re
         real *du = dun + (size_t)g->src[e] * H, *dfe = df + (size_t)e * H;
         for (int h = 0; h < H; h++) { du[h] += f[h] * ds[h]; dfe[h] += un[h] * ds[h]; }
     }
-    layernorm_backward(T, dun, t->nb_un, t->nb_rstd, (size_t)N, H, NULL, NULL, dun);
-    linear_backward(T, &p->neighbor_emb, t->h, dun, (size_t)N, t->g_h, 1);
+    layernorm_backward(sink, dun, t->nb_un, t->nb_rstd, (size_t)N, H, NULL, NULL, dun);
+    linear_backward(sink, &p->neighbor_emb, t->h, dun, (size_t)N, t->g_h, 1);
 }
 
 /* CFConvS2V: NE1[n] = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s0)))[source] */
-static void s2v_train(const Ctx *x, Tape *t, const real *ew) {
-    const Graph *g = x->g;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
-    linear_forward(&x->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
+static void s2v_train(const Ctx *cx, Tape *t, const real *ew) {
+    const Graph *g = cx->g;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, N = t->N;
+    linear_forward(&cx->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
     layernorm_train(t->sv_u, (size_t)N, H, NULL, NULL, t->sv_un, t->sv_un, t->sv_rstd);
     memcpy(t->sv_t, t->sv_un, (size_t)N * H * sizeof(real));
     silu_inplace(t->sv_t, (size_t)N * H);
     memset(t->ne1, 0, (size_t)N * 3 * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
-        const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
+        const real *f = ew + (size_t)e * EW + 2 * H, *d = cx->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
         real *ne = t->ne1 + (size_t)g->dst[e] * 3 * H;
         for (int k = 0; k < 3; k++)
             for (int h = 0; h < H; h++) ne[k * H + h] += f[h] * d[k] * ts[h];
@@ -4216,13 +4238,13 @@ static void s2v_train(const Ctx *x, Tape *t, const real *ew) {
 }
 
 /* dne1 (N, 3H) -> gradient of s0 (added to ds0) and of f (added to df) */
-static void s2v_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, const real *dne1, real *ds0, real *df) {
-    const Graph *g = x->g;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, N = t->N;
+static void s2v_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *ew, const real *dne1, real *ds0, real *df) {
+    const Graph *g = cx->g;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, N = t->N;
     real *dt = t->g_s2;
     memset(dt, 0, (size_t)N * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
-        const real *f = ew + (size_t)e * EW + 2 * H, *d = x->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
+        const real *f = ew + (size_t)e * EW + 2 * H, *d = cx->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
         const real *dn = dne1 + (size_t)g->dst[e] * 3 * H;
         real *dts = dt + (size_t)g->src[e] * H, *dfe = df + (size_t)e * H;
         for (int h = 0; h < H; h++) {
@@ -4232,29 +4254,29 @@ static void s2v_backward(const Ctx *x, Tape *t, const Grad *T, const real *ew, c
         }
     }
     silu_backward_pre(t->sv_un, dt, (size_t)N * H);
-    layernorm_backward(T, dt, t->sv_un, t->sv_rstd, (size_t)N, H, NULL, NULL, dt);
-    linear_backward(T, &x->m->net.s2v_lin1, t->s0, dt, (size_t)N, ds0, 1);
+    layernorm_backward(sink, dt, t->sv_un, t->sv_rstd, (size_t)N, H, NULL, NULL, dt);
+    linear_backward(sink, &cx->m->net.s2v_lin1, t->s0, dt, (size_t)N, ds0, 1);
 }
 
 /* q (3 x Hs) = NE1 of `node` on the frame of edge e (zero frame on a masked edge), raw */
-static void edge_rows(const Ctx *x, const Tape *t, int e, int node, real *q) {
-    const int H = x->m->cfg.hidden_channels;
-    const real *fr[3] = {x->w->d + 3 * e, x->w->c + 3 * e, x->w->v + 3 * e};
+static void edge_rows(const Ctx *cx, const Tape *t, int e, int node, real *q) {
+    const int H = cx->m->cfg.hidden_channels;
+    const real *fr[3] = {cx->w->d + 3 * e, cx->w->c + 3 * e, cx->w->v + 3 * e};
     frame_rows(t->ne1 + (size_t)node * 3 * H, (size_t)H, H, fr, 0, q);
 }
 
 /* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge. On a masked edge
  * the frame is zero, so both scalars are lin3(0) (a function of the parameters): computed
  * once (as edge_scalarization). */
-static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    const Work *w = x->w;
+static void edge_scalarization_train(const Ctx *cx, Tape *t, real *ew) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    const Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *out = q + 3 * Hs, *z = out + Hs, *a = z + lin3_rows(c) * Hs;
     memset(q, 0, 3 * Hs * sizeof(real));
-    lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+    lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
     for (int e = 0; e < g->E; e++)
         if (w->mask[e] == 0)
             for (int side = 0; side < 2; side++)
@@ -4262,10 +4284,10 @@ static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
     for (int u = 0; u < w->ue_start[g->N]; u++) {
         int e = w->ue[u];
         for (int side = 0; side < 2; side++) {
-            edge_rows(x, t, e, side == 0 ? g->src[e] : g->dst[e], q);
+            edge_rows(cx, t, e, side == 0 ? g->src[e] : g->dst[e], q);
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
-            lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+            lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
             real *r = ew + (size_t)e * EW + side * H;
             for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * w->rbound[e];
         }
@@ -4275,10 +4297,10 @@ static void edge_scalarization_train(const Ctx *x, Tape *t, real *ew) {
 /* dew (E, 3H + R), columns [0, 2H) -> gradient of NE1 (dne1, overwritten); the lin3
  * activations are recomputed per edge rather than kept. The masked edges' lin3(0) is one
  * function of the parameters: its backward runs once, on the sum of their gradients. */
-static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, const real *dew, real *dne1) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    const Work *w = x->w;
+static void edge_scalarization_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *dew, real *dne1) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    const Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *raw = q + 3 * Hs, *out = raw + 3 * Hs, *dout = out + Hs, *dq = dout + Hs;
@@ -4292,21 +4314,21 @@ static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, co
                 for (int h = 0; h < H; h++) dout[h] += dr[h] * w->rbound[e];
             }
     memset(q, 0, 3 * Hs * sizeof(real));
-    lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
-    lin3_backward(x->m->net.lin3, 2, q, H, z, a, dout, NULL, tmp, t->g_lin3acc);
+    lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
+    lin3_backward(cx->m->net.lin3, 2, q, H, z, a, dout, NULL, tmp, t->g_lin3acc);
     for (int u = 0; u < w->ue_start[g->N]; u++) {
         int e = w->ue[u];
         const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
         for (int side = 0; side < 2; side++) {
             int node = side == 0 ? g->src[e] : g->dst[e];
-            edge_rows(x, t, e, node, raw);
+            edge_rows(cx, t, e, node, raw);
             memcpy(q, raw, 3 * Hs * sizeof(real));
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
-            lin3_train(x->m->net.lin3, 2, q, H, out, z, a);
+            lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
             const real *dr = dew + (size_t)e * EW + side * H;
             for (int h = 0; h < H; h++) dout[h] = dr[h] * w->rbound[e];
-            lin3_backward(x->m->net.lin3, 2, q, H, z, a, dout, dq, tmp, t->g_lin3acc);
+            lin3_backward(cx->m->net.lin3, 2, q, H, z, a, dout, dq, tmp, t->g_lin3acc);
             for (int h = 0; h < H; h++) dq[h] += dout[h]; /* the d-row is added to the scalar */
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) dq[Hs + h] *= raw[Hs + h] > 0 ? 1 : (raw[Hs + h] < 0 ? -1 : 0);
@@ -4316,7 +4338,7 @@ static void edge_scalarization_backward(const Ctx *x, Tape *t, const Grad *T, co
                     dn[xyz * H + h] += dq[h] * fr[0][xyz] + dq[Hs + h] * fr[1][xyz] + dq[2 * Hs + h] * fr[2][xyz];
         }
     }
-    lin3_reduce(T, x->m->net.lin3, 2, H, t->g_lin3acc);
+    lin3_reduce(sink, cx->m->net.lin3, 2, H, t->g_lin3acc);
 }
 
 /* A view of rows [r0, r0 + in) of a Linear's transposed weight: one input block of the
@@ -4333,10 +4355,10 @@ static Linear linear_block(const Linear *L, int r0, int in, int with_bias) {
  * In the last layer only the unmasked edges' ew_out is read again (by equi_message): there
  * edge_out_trans runs on their rows of m only, gathered into mu (U, H), and the other rows
  * of ew_out are left unset (as gcl_message skips them). */
-static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out,
+static void gcl_train(const Ctx *cx, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out,
                       int last, real *mu) {
-    const Graph *g = x->g;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E;
+    const Graph *g = cx->g;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, E = g->E;
     const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
     const Linear Le = linear_block(&P->edge_mlp.l[0], 2 * H, EW, 0);
     layernorm_train(s, (size_t)N, H, P->ln_w, P->ln_b, t->xh, t->xhat, t->rstd);
@@ -4365,7 +4387,7 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
         int cnt = g->out_start[n + 1] - g->out_start[n];
         for (int h = 0; h < H; h++) agg[(size_t)n * 2 * H + H + h] = cnt ? agg[(size_t)n * 2 * H + H + h] / (real)cnt : 0;
     }
-    real *n2 = x->w->nodetmp;
+    real *n2 = cx->w->nodetmp;
     mlp_train(&P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, n2);
     for (size_t i = 0; i < (size_t)N * H; i++) s[i] = t->xh[i] + n2[i];
     if (!last) {
@@ -4373,7 +4395,7 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
         silu_train(ew_in, t->out_pre, ew_out, (size_t)E * EW);
         return;
     }
-    const Work *w = x->w;
+    const Work *w = cx->w;
     const int U = w->ue_start[N];
     for (int u = 0; u < U; u++) memcpy(mu + (size_t)u * H, t->m + (size_t)w->ue[u] * H, H * sizeof(real));
     linear_forward(&P->edge_out_trans.l[0], mu, (size_t)U, t->out_pre, 0);
@@ -4385,10 +4407,10 @@ static void gcl_train(const Ctx *x, TapeGCL *t, const GCLParams *P, int N, real 
 
 /* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
  * ew_out, replaced by that of ew_in (last: gcl_train's last layer, edge_out_trans on mu) */
-static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *T, const real *ew_in,
+static void gcl_backward(const Ctx *cx, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *sink, const real *ew_in,
                          real *ds, real *dew, int last, const real *mu) {
-    const Graph *g = x->g;
-    const int H = x->m->cfg.hidden_channels, EW = 3 * H + x->m->cfg.num_radial, E = g->E, N = tp->N;
+    const Graph *g = cx->g;
+    const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, E = g->E, N = tp->N;
     const Linear Li = linear_block(&P->edge_mlp.l[0], 0, H, 1), Lj = linear_block(&P->edge_mlp.l[0], H, H, 0);
     const Linear Le = linear_block(&P->edge_mlp.l[0], 2 * H, EW, 0);
     real *dm = tp->g_e1, *dm2 = tp->g_e2, *dm1 = tp->g_e3, *datt = tp->g_e4, *dt = tp->g_big;
@@ -4396,20 +4418,20 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
     /* edgeweight += SiLU(edge_out_trans(m)) */
     if (!last) {
         silu_backward_to(t->out_pre, dew, dt, (size_t)E * EW);
-        linear_backward(T, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
+        linear_backward(sink, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
     } else { /* unmasked rows only; the others of m get no gradient from here */
-        const Work *w = x->w;
+        const Work *w = cx->w;
         const int U = w->ue_start[N];
         for (int u = 0; u < U; u++)
             silu_backward_to(t->out_pre + (size_t)u * EW, dew + (size_t)w->ue[u] * EW, dt + (size_t)u * EW, (size_t)EW);
-        linear_backward(T, &P->edge_out_trans.l[0], mu, dt, (size_t)U, dm2, 0);
+        linear_backward(sink, &P->edge_out_trans.l[0], mu, dt, (size_t)U, dm2, 0);
         memset(dm, 0, (size_t)E * H * sizeof(real));
         for (int u = 0; u < U; u++) memcpy(dm + (size_t)w->ue[u] * H, dm2 + (size_t)u * H, H * sizeof(real));
     }
     /* s = xh + node_mlp([xh, agg]) */
     memcpy(dxh, ds, (size_t)N * H * sizeof(real));
     memcpy(dn2, ds, (size_t)N * H * sizeof(real));
-    mlp_backward(T, &P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, dn2, dcat, 0, tp->g_n3);
+    mlp_backward(sink, &P->node_mlp, t->cat, (size_t)N, t->node_pre, t->node_act, dn2, dcat, 0, tp->g_n3);
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) dxh[(size_t)n * H + h] += dcat[(size_t)n * 2 * H + h];
     /* agg = mean of m over the edges out of each node */
@@ -4427,10 +4449,10 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
         for (int h = 0; h < H; h++) { d2[h] = d[h] * att; sum += d[h] * m2[h]; }
         datt[e] = sum * dsilu(t->att_pre[e]);
     }
-    linear_backward(T, &P->att_mlp.l[0], t->m2, datt, (size_t)E, dm2, 1);
+    linear_backward(sink, &P->att_mlp.l[0], t->m2, datt, (size_t)E, dm2, 1);
     /* the two edge_mlp layers */
     silu_backward(t->pre2, dm2, (size_t)E * H);
-    linear_backward(T, &P->edge_mlp.l[1], t->act1, dm2, (size_t)E, dm1, 0);
+    linear_backward(sink, &P->edge_mlp.l[1], t->act1, dm2, (size_t)E, dm1, 0);
     silu_backward(t->pre1, dm1, (size_t)E * H);
     memset(Di, 0, (size_t)2 * N * H * sizeof(real));
     for (int e = 0; e < E; e++) {
@@ -4438,17 +4460,17 @@ static void gcl_backward(const Ctx *x, Tape *tp, const TapeGCL *t, const GCLPara
         real *di = Di + (size_t)g->src[e] * H, *dj = Dj + (size_t)g->dst[e] * H;
         for (int h = 0; h < H; h++) { di[h] += d[h]; dj[h] += d[h]; }
     }
-    linear_backward(T, &Li, t->xh, Di, (size_t)N, dxh, 1);
-    linear_backward(T, &Lj, t->xh, Dj, (size_t)N, dxh, 1);
-    linear_backward(T, &Le, ew_in, dm1, (size_t)E, dew, 1);
-    layernorm_backward(T, dxh, t->xhat, t->rstd, (size_t)N, H, P->ln_w, P->ln_b, ds);
+    linear_backward(sink, &Li, t->xh, Di, (size_t)N, dxh, 1);
+    linear_backward(sink, &Lj, t->xh, Dj, (size_t)N, dxh, 1);
+    linear_backward(sink, &Le, ew_in, dm1, (size_t)E, dew, 1);
+    layernorm_backward(sink, dxh, t->xhat, t->rstd, (size_t)N, H, P->ln_w, P->ln_b, ds);
 }
 
 /* EquiMessage (see equi_message) on the unmasked edges: s <- (s + dx) / sqrt 2, vec += dvec */
-static void equi_message_train(const Ctx *x, TapeMsg *t, const MsgParams *P, int N, real *s, real *vec, const real *ew) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    const Work *w = x->w;
+static void equi_message_train(const Ctx *cx, TapeMsg *t, const MsgParams *P, int N, real *s, real *vec, const real *ew) {
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    const Work *w = cx->w;
     const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, U = w->ue_start[N];
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
@@ -4463,7 +4485,7 @@ static void equi_message_train(const Ctx *x, TapeMsg *t, const MsgParams *P, int
     linear_train(&P->dir_proj0, t->ewu, (size_t)U, t->dp_pre, t->dp_act, 1);
     linear_forward(&P->dir_proj2, t->dp_act, (size_t)U, t->dp, 0);
     linear_forward(&P->rbf_proj, t->rbfu, (size_t)U, t->rp, 0);
-    real *dx = x->w->nodetmp;
+    real *dx = cx->w->nodetmp;
     memset(dx, 0, (size_t)N * H * sizeof(real));
     for (int u = 0; u < U; u++) {
         int e = w->ue[u], m = g->src[e], n = g->dst[e];
@@ -4487,11 +4509,11 @@ static void equi_message_train(const Ctx *x, TapeMsg *t, const MsgParams *P, int
 
 /* ds, dvec: gradients of s_out and vec_out, replaced by those of s_in and vec_in; the
  * edge weights' gradient is added to dew */
-static void equi_message_backward(const Ctx *x, Tape *tp, const TapeMsg *t, const MsgParams *P, const Grad *T, real *ds,
+static void equi_message_backward(const Ctx *cx, Tape *tp, const TapeMsg *t, const MsgParams *P, const Grad *sink, real *ds,
                                   real *dvec, real *dew) {
-    const oard_config *c = &x->m->cfg;
-    const Graph *g = x->g;
-    const Work *w = x->w;
+    const oard_config *c = &cx->m->cfg;
+    const Graph *g = cx->g;
+    const Work *w = cx->w;
     const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = tp->N, U = w->ue_start[N];
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
@@ -4530,21 +4552,21 @@ static void equi_message_backward(const Ctx *x, Tape *tp, const TapeMsg *t, cons
     memcpy(dvec, dvin, (size_t)N * 3 * H * sizeof(real));
     /* w = rbf_proj(rbf) * dir_proj(edgeweight) */
     for (size_t i = 0; i < (size_t)U * 3 * H; i++) { d2[i] = dw[i] * t->dp[i]; dw[i] *= t->rp[i]; }
-    linear_backward(T, &P->rbf_proj, t->rbfu, d2, (size_t)U, NULL, 0);
-    linear_backward(T, &P->dir_proj2, t->dp_act, dw, (size_t)U, d2, 0);
+    linear_backward(sink, &P->rbf_proj, t->rbfu, d2, (size_t)U, NULL, 0);
+    linear_backward(sink, &P->dir_proj2, t->dp_act, dw, (size_t)U, d2, 0);
     silu_backward(t->dp_pre, d2, (size_t)U * 3 * H);
-    linear_backward(T, &P->dir_proj0, t->ewu, d2, (size_t)U, dewu, 0);
+    linear_backward(sink, &P->dir_proj0, t->ewu, d2, (size_t)U, dewu, 0);
     for (int u = 0; u < U; u++) {
         real *de = dew + (size_t)w->ue[u] * EW;
         const real *du = dewu + (size_t)u * EW;
         for (int k = 0; k < EW; k++) de[k] += du[k];
     }
     /* xh = x_proj(LN(s)) */
-    linear_backward(T, &P->x_proj2, t->x1, dxh3, (size_t)N, dx1, 0);
+    linear_backward(sink, &P->x_proj2, t->x1, dxh3, (size_t)N, dx1, 0);
     silu_backward(t->x1_pre, dx1, (size_t)N * H);
     real *dxn = tp->g_n2;
-    linear_backward(T, &P->x_proj0, t->xn, dx1, (size_t)N, dxn, 0);
-    layernorm_backward(T, dxn, t->xhat, t->rstd, (size_t)N, H, P->ln_w, P->ln_b, dxn);
+    linear_backward(sink, &P->x_proj0, t->xn, dx1, (size_t)N, dxn, 0);
+    layernorm_backward(sink, dxn, t->xhat, t->rstd, (size_t)N, H, P->ln_w, P->ln_b, dxn);
     for (size_t i = 0; i < (size_t)N * H; i++) ds[i] += dxn[i];
 }
 
@@ -4556,8 +4578,8 @@ static void node_axes(const Work *w, int n, real axes[3][3]) {
 }
 
 /* EquiUpdate (see equi_update): s += (p + q + dot) / sqrt 2, vec += g vec2 */
-static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec, real *scratch) {
-    const oard_config *c = &x->m->cfg;
+static void equi_update_train(const Ctx *cx, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec, real *scratch) {
+    const oard_config *c = &cx->m->cfg;
     const int H = c->hidden_channels;
     const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
@@ -4565,11 +4587,11 @@ static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int 
     linear_forward(&P->vec_proj, vec, (size_t)N * 3, t->V, 0);
     /* frame rows of vec1 per node into q (3, NH), channel major for lin3_rows_train */
     const size_t NH = (size_t)N * Hs;
-    real *qa = x->w->nodetmp, *out = scratch, *qr = out + NH; /* qa: 3 x Hs; qr: |q| rows (3, NH) */
+    real *qa = cx->w->nodetmp, *out = scratch, *qr = out + NH; /* qa: 3 x Hs; qr: |q| rows (3, NH) */
     for (int n = 0; n < N; n++) {
         const real *v1 = t->V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
-        real axes[3][3], *dot = x->w->agg + (size_t)n * H;
-        node_axes(x->w, n, axes);
+        real axes[3][3], *dot = cx->w->agg + (size_t)n * H;
+        node_axes(cx->w, n, axes);
         const real *ax[3] = {axes[0], axes[1], axes[2]};
         frame_rows(v1, 2 * (size_t)H, H, ax, 0, qa);
         for (int k = 0; k < 3; k++) {
@@ -4589,16 +4611,16 @@ static void equi_update_train(const Ctx *x, TapeUpd *t, const UpdParams *P, int 
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++) {
             const real *Xn = t->X + (size_t)n * 3 * H;
-            s[(size_t)n * H + h] += (Xn[h] + Xn[H + h] + x->w->agg[(size_t)n * H + h]) * inv_sqrt_2;
+            s[(size_t)n * H + h] += (Xn[h] + Xn[H + h] + cx->w->agg[(size_t)n * H + h]) * inv_sqrt_2;
             for (int q = 0; q < 3; q++)
                 vec[((size_t)n * 3 + q) * H + h] += Xn[2 * H + h] * t->V[((size_t)n * 3 + q) * 2 * H + H + h];
         }
 }
 
 /* ds, dvec: gradients of s_out, vec_out, replaced by those of s_in, vec_in */
-static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const UpdParams *P, const Grad *T, real *ds,
+static void equi_update_backward(const Ctx *cx, Tape *tp, const TapeUpd *t, const UpdParams *P, const Grad *sink, real *ds,
                                  real *dvec) {
-    const oard_config *c = &x->m->cfg;
+    const oard_config *c = &cx->m->cfg;
     const int H = c->hidden_channels, N = tp->N;
     const size_t Hs = round_up((size_t)H, 16);
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
@@ -4618,9 +4640,9 @@ static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const
             dXn[2 * H + h] = dg;
         }
     }
-    linear_backward(T, &P->xvec_proj2, t->xv, dX, (size_t)N, dxv, 0);
+    linear_backward(sink, &P->xvec_proj2, t->xv, dX, (size_t)N, dxv, 0);
     silu_backward(t->xv_pre, dxv, (size_t)N * H);
-    linear_backward(T, &P->xvec_proj0, t->cat, dxv, (size_t)N, dcat, 0);
+    linear_backward(sink, &P->xvec_proj0, t->cat, dxv, (size_t)N, dcat, 0);
     const size_t NH = (size_t)N * Hs;
     real *dout = tp->g_upd, *qr = dout + NH, *dq = qr + 3 * NH, *dh = dq + 3 * NH;
     for (int n = 0; n < N; n++) {
@@ -4628,48 +4650,48 @@ static void equi_update_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const
         for (size_t h = 0; h < Hs; h++) dout[(size_t)n * Hs + h] = (int)h < H ? dcat[(size_t)n * 2 * H + H + h] : 0;
     }
     for (size_t i = 0; i < 3 * NH; i++) qr[i] = (i / NH == 1 && c->reflect_equiv) ? RFABS(t->q[i]) : t->q[i];
-    lin3_rows_backward(T, P->lin3, 3, qr, NH, t->z, t->a, dout, dq, dh);
+    lin3_rows_backward(sink, P->lin3, 3, qr, NH, t->z, t->a, dout, dq, dh);
     for (int n = 0; n < N; n++) {
         const real *q1 = t->q + NH + (size_t)n * Hs;
         real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
         real *d0 = dq + (size_t)n * Hs, *d1 = d0 + NH, *d2 = d1 + NH;
-        node_axes(x->w, n, axes);
+        node_axes(cx->w, n, axes);
         if (c->reflect_equiv)
             for (int h = 0; h < H; h++) d1[h] *= q1[h] > 0 ? 1 : (q1[h] < 0 ? -1 : 0);
         for (int xyz = 0; xyz < 3; xyz++)
             for (int h = 0; h < H; h++)
                 dVn[xyz * 2 * H + h] += d0[h] * axes[0][xyz] + d1[h] * axes[1][xyz] + d2[h] * axes[2][xyz];
     }
-    linear_backward(T, &P->vec_proj, t->vec_in, dV, (size_t)N * 3, dvec, 1);
+    linear_backward(sink, &P->vec_proj, t->vec_in, dV, (size_t)N * 3, dvec, 1);
 }
 
 /* pos_grad: gradient += (c0 x1 + c1 y1 + c2 z1) / num_layers, c = dynamic_mlp(s) */
-static void pos_grad_train(const Ctx *x, TapeUpd *t, int N, const real *s, real *pgrad) {
-    const LEFTNetParams *p = &x->m->net;
-    const int H = x->m->cfg.hidden_channels, L = x->m->cfg.num_layers;
-    real *coef = x->w->nodetmp;
+static void pos_grad_train(const Ctx *cx, TapeUpd *t, int N, const real *s, real *pgrad) {
+    const LEFTNetParams *p = &cx->m->net;
+    const int H = cx->m->cfg.hidden_channels, L = cx->m->cfg.num_layers;
+    real *coef = cx->w->nodetmp;
     memcpy(t->dyn_in, s, (size_t)N * H * sizeof(real));
     linear_train(&p->dyn0, s, (size_t)N, t->dyn_pre, t->dyn_act, 1);
     linear_forward(&p->dyn2, t->dyn_act, (size_t)N, coef, 0);
     for (int n = 0; n < N; n++) {
-        const real *fr = x->w->frame + 9 * n, *cf = coef + 3 * n;
+        const real *fr = cx->w->frame + 9 * n, *cf = coef + 3 * n;
         for (int k = 0; k < 3; k++)
             pgrad[3 * n + k] += (cf[0] * fr[3 * k] + cf[1] * fr[3 * k + 1] + cf[2] * fr[3 * k + 2]) / (real)L;
     }
 }
 
 /* dgrad (N, 3): gradient of the pos_grad sum; the gradient of s is added to ds */
-static void pos_grad_backward(const Ctx *x, Tape *tp, const TapeUpd *t, const Grad *T, const real *dgrad, real *ds) {
-    const LEFTNetParams *p = &x->m->net;
-    const int H = x->m->cfg.hidden_channels, L = x->m->cfg.num_layers, N = tp->N;
+static void pos_grad_backward(const Ctx *cx, Tape *tp, const TapeUpd *t, const Grad *sink, const real *dgrad, real *ds) {
+    const LEFTNetParams *p = &cx->m->net;
+    const int H = cx->m->cfg.hidden_channels, L = cx->m->cfg.num_layers, N = tp->N;
     real *dc = tp->g_n1, *da = tp->g_n2;
     for (int n = 0; n < N; n++) {
-        const real *fr = x->w->frame + 9 * n, *g = dgrad + 3 * n;
+        const real *fr = cx->w->frame + 9 * n, *g = dgrad + 3 * n;
         for (int j = 0; j < 3; j++) dc[3 * n + j] = (g[0] * fr[j] + g[1] * fr[3 + j] + g[2] * fr[6 + j]) / (real)L;
     }
-    linear_backward(T, &p->dyn2, t->dyn_act, dc, (size_t)N, da, 0);
+    linear_backward(sink, &p->dyn2, t->dyn_act, dc, (size_t)N, da, 0);
     silu_backward(t->dyn_pre, da, (size_t)N * (H / 2));
-    linear_backward(T, &p->dyn0, t->dyn_in, da, (size_t)N, ds, 1);
+    linear_backward(sink, &p->dyn0, t->dyn_in, da, (size_t)N, ds, 1);
 }
 
 /* GatedEquivariantBlock (see gated_output), keeping its activations */
@@ -4699,7 +4721,7 @@ static void gated_output_train(const GatedParams *P, TapeOut *t, int N, const re
 }
 
 /* dxout (N, out) or NULL, dvout (N, 3, out) -> dxin (N, hid), dvin (N, 3, hid) */
-static void gated_output_backward(const GatedParams *P, const TapeOut *t, Tape *tp, const Grad *T, const real *dxout,
+static void gated_output_backward(const GatedParams *P, const TapeOut *t, Tape *tp, const Grad *sink, const real *dxout,
                                   const real *dvout, real *dxin, real *dvin) {
     const int hid = P->hidden, out = P->out, N = tp->N;
     real *du = tp->g_n1, *dua = tp->g_n2, *dcat = tp->g_n3, *dv1 = tp->g_vec2, *dv2 = tp->g_big;
@@ -4714,9 +4736,9 @@ static void gated_output_backward(const GatedParams *P, const TapeOut *t, Tape *
             du[(size_t)n * 2 * out + o] = dxout ? dxout[(size_t)n * out + o] : 0;
             du[(size_t)n * 2 * out + out + o] = dg;
         }
-    linear_backward(T, &P->update_net2, t->u_act, du, (size_t)N, dua, 0);
+    linear_backward(sink, &P->update_net2, t->u_act, du, (size_t)N, dua, 0);
     silu_backward(t->u_pre, dua, (size_t)N * hid);
-    linear_backward(T, &P->update_net0, t->cat, dua, (size_t)N, dcat, 0);
+    linear_backward(sink, &P->update_net0, t->cat, dua, (size_t)N, dcat, 0);
     for (int n = 0; n < N; n++)
         for (int h = 0; h < hid; h++) {
             real nr = t->nrm[(size_t)n * hid + h], dn = dcat[(size_t)n * 2 * hid + hid + h];
@@ -4726,23 +4748,23 @@ static void gated_output_backward(const GatedParams *P, const TapeOut *t, Tape *
                 dv1[k] = nr > 0 ? dn * t->v1[k] / nr : 0;
             }
         }
-    linear_backward(T, &P->vec1_proj, t->vin, dv1, (size_t)N * 3, dvin, 0);
-    linear_backward(T, &P->vec2_proj, t->vin, dv2, (size_t)N * 3, dvin, 1);
+    linear_backward(sink, &P->vec1_proj, t->vin, dv1, (size_t)N * 3, dvin, 0);
+    linear_backward(sink, &P->vec2_proj, t->vin, dv2, (size_t)N * 3, dvin, 1);
 }
 
-/* LEFTNet.forward (see leftnet_forward) keeping the tape; the geometry is already in x->w.
+/* LEFTNet.forward (see leftnet_forward) keeping the tape; the geometry is already in cx->w.
  * Leaves dpos and the pos_grad sum in t->dpos, t->pgrad. */
-static void leftnet_train(const Ctx *x, Tape *t) {
-    const oard_config *c = &x->m->cfg;
-    const LEFTNetParams *p = &x->m->net;
-    const Work *w = x->w;
+static void leftnet_train(const Ctx *cx, Tape *t) {
+    const oard_config *c = &cx->m->cfg;
+    const LEFTNetParams *p = &cx->m->net;
+    const Work *w = cx->w;
     const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = t->N, E = t->E;
     real *ew0 = t->ew[0];
     for (int e = 0; e < E; e++) memcpy(ew0 + (size_t)e * EW + 3 * H, w->rbf + (size_t)e * R, R * sizeof(real));
-    radial_train(x, t, ew0);
-    neighbor_emb_train(x, t, ew0);
-    s2v_train(x, t, ew0);
-    edge_scalarization_train(x, t, ew0);
+    radial_train(cx, t, ew0);
+    neighbor_emb_train(cx, t, ew0);
+    s2v_train(cx, t, ew0);
+    edge_scalarization_train(cx, t, ew0);
     linear_train(&p->pos_exp0, w->pos_prjt, (size_t)N, t->pe_pre, t->pe_act, 1); /* the same on every layer */
     linear_forward(&p->pos_exp1, t->pe_act, (size_t)N, t->pe, 0);
     real *s = t->s, *vec = t->vec;
@@ -4752,15 +4774,15 @@ static void leftnet_train(const Ctx *x, Tape *t) {
     for (int i = 0; i < c->num_layers; i++) {
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += t->pe[k];
-        gcl_train(x, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
-        equi_message_train(x, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
-        if (c->update) equi_update_train(x, &t->upd[i], &p->upd[i], N, s, vec, t->g_upd);
-        if (c->pos_grad) pos_grad_train(x, &t->upd[i], N, s, t->pgrad);
+        gcl_train(cx, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
+        equi_message_train(cx, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
+        if (c->update) equi_update_train(cx, &t->upd[i], &p->upd[i], N, s, vec, t->g_upd);
+        if (c->pos_grad) pos_grad_train(cx, &t->upd[i], N, s, t->pgrad);
     }
     const real *xin = s, *vin = vec;
     for (int k = 0; k < p->n_out; k++) {
         int last = k == p->n_out - 1;
-        real *xk = x->w->A, *vk = last ? t->dpos : x->w->dx;
+        real *xk = cx->w->A, *vk = last ? t->dpos : cx->w->dx;
         gated_output_train(&p->out[k], &t->out[k], N, xin, vin, xk, vk);
         xin = xk; vin = vk;
     }
@@ -4768,40 +4790,40 @@ static void leftnet_train(const Ctx *x, Tape *t) {
 
 /* Backward of leftnet_train: ddpos, dgrad (N, 3) are the gradients of dpos and of the
  * pos_grad sum; leaves the gradient of LEFTNet's input h in t->g_h. */
-static void leftnet_backward(const Ctx *x, Tape *t, const Grad *T, const real *ddpos, const real *dgrad) {
-    const oard_config *c = &x->m->cfg;
-    const LEFTNetParams *p = &x->m->net;
+static void leftnet_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *ddpos, const real *dgrad) {
+    const oard_config *c = &cx->m->cfg;
+    const LEFTNetParams *p = &cx->m->net;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = t->N, E = t->E;
     real *ds = t->g_s, *dvec = t->g_vec, *dew = t->g_ew, *dpe = t->g_pe;
     if (p->n_out == 1) {
-        gated_output_backward(&p->out[0], &t->out[0], t, T, NULL, ddpos, ds, dvec);
+        gated_output_backward(&p->out[0], &t->out[0], t, sink, NULL, ddpos, ds, dvec);
     } else { /* the second block's input gradients in g_e1, g_e2, which the first does not use */
-        gated_output_backward(&p->out[1], &t->out[1], t, T, NULL, ddpos, t->g_e1, t->g_e2);
-        gated_output_backward(&p->out[0], &t->out[0], t, T, t->g_e1, t->g_e2, ds, dvec);
+        gated_output_backward(&p->out[1], &t->out[1], t, sink, NULL, ddpos, t->g_e1, t->g_e2);
+        gated_output_backward(&p->out[0], &t->out[0], t, sink, t->g_e1, t->g_e2, ds, dvec);
     }
     memset(dew, 0, (size_t)E * EW * sizeof(real));
     memset(dpe, 0, (size_t)N * H * sizeof(real));
     memset(t->g_lin3acc, 0, lin3_acc_rows(c) * round_up((size_t)H, 16) * sizeof(real));
     for (int i = c->num_layers - 1; i >= 0; i--) {
-        if (c->pos_grad) pos_grad_backward(x, t, &t->upd[i], T, dgrad, ds);
-        if (c->update) equi_update_backward(x, t, &t->upd[i], &p->upd[i], T, ds, dvec);
-        equi_message_backward(x, t, &t->msg[i], &p->msg[i], T, ds, dvec, dew);
-        gcl_backward(x, t, &t->gcl[i], &p->gcl[i], T, t->ew[i], ds, dew, i == c->num_layers - 1, t->mu);
+        if (c->pos_grad) pos_grad_backward(cx, t, &t->upd[i], sink, dgrad, ds);
+        if (c->update) equi_update_backward(cx, t, &t->upd[i], &p->upd[i], sink, ds, dvec);
+        equi_message_backward(cx, t, &t->msg[i], &p->msg[i], sink, ds, dvec, dew);
+        gcl_backward(cx, t, &t->gcl[i], &p->gcl[i], sink, t->ew[i], ds, dew, i == c->num_layers - 1, t->mu);
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) dpe[k] += ds[k];
     }
     /* ds is now the gradient of s0; the initial vec is zero (no gradient) */
     real *dpa = t->g_s2;
-    linear_backward(T, &p->pos_exp1, t->pe_act, dpe, (size_t)N, dpa, 0);
+    linear_backward(sink, &p->pos_exp1, t->pe_act, dpe, (size_t)N, dpa, 0);
     silu_backward(t->pe_pre, dpa, (size_t)N * (H / 2));
-    linear_backward(T, &p->pos_exp0, x->w->pos_prjt, dpa, (size_t)N, NULL, 0);
+    linear_backward(sink, &p->pos_exp0, cx->w->pos_prjt, dpa, (size_t)N, NULL, 0);
     /* the initial edge weights [scalar_i, scalar_j, f, rbf] */
     real *df = t->g_f;
     for (int e = 0; e < E; e++) memcpy(df + (size_t)e * H, dew + (size_t)e * EW + 2 * H, H * sizeof(real));
-    edge_scalarization_backward(x, t, T, dew, t->g_ne1);
-    s2v_backward(x, t, T, t->ew[0], t->g_ne1, ds, df);
-    neighbor_emb_backward(x, t, T, t->ew[0], ds, df);
-    radial_backward(x, t, T, df);
+    edge_scalarization_backward(cx, t, sink, dew, t->g_ne1);
+    s2v_backward(cx, t, sink, t->ew[0], t->g_ne1, ds, df);
+    neighbor_emb_backward(cx, t, sink, t->ew[0], ds, df);
+    radial_backward(cx, t, sink, df);
 }
 
 /* ---- the objective ---- */
@@ -4899,7 +4921,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     const Graph *g = &ws->g;
     Work *w = &ws->w;
     const int N = g->N;
-    Ctx x = {m, g, w, 1, NULL, NULL};
+    Ctx cx = {m, g, w, 1, NULL, NULL};
     /* z_t = alpha_t x + sigma_t eps (float32 alpha, sigma as upstream); pos_only: eps_h = 0 */
     const float gamma = bridge ? 0 : oard_gamma(sch, t_int), alpha = oard_alpha(gamma), sigma = oard_sigma(gamma);
     real *zt[3], *label = xcalloc((size_t)n * 3, sizeof(real));
@@ -4918,7 +4940,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     memset(&t, 0, sizeof(t));
     real *block = NULL;
     if (!rc) {
-        leftnet_geometry(&x, w->pos);
+        leftnet_geometry(&cx, w->pos);
         size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, NULL);
         block = tape_buffer(tb, len);
         if (!block) rc = fail(err, OARD_ERR_NOMEM, "training: cannot allocate %zu values for a %d-atom reaction", len, n);
@@ -4940,7 +4962,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
                 for (int k = 0; k < c->condition_nf; k++) hn[col++] = cond ? cond[k] : 0;
             }
         }
-        leftnet_train(&x, &t);
+        leftnet_train(&cx, &t);
         /* predicted noise: velocity ((p + dpos) + gradient) - p, centred per fragment */
         real *eps = w->delta, *d = w->grad;
         int frag_off[2] = {0, n};
@@ -4994,13 +5016,13 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
                 rc = fail(err, OARD_ERR_NOMEM, "training: out of memory");
                 goto done;
             }
-            Grad T = {m, G, bw, n_bw, scratch, scratch + BACK_ROWS * round_up(wmax + TILE_N, TILE_N)};
-            leftnet_backward(&x, &t, &T, d, d);
+            Grad sink = {m, G, bw, n_bw, scratch, scratch + BACK_ROWS * round_up(wmax + TILE_N, TILE_N)};
+            leftnet_backward(&cx, &t, &sink, d, d);
             for (int f = 0; f < 3; f++) { /* into the encoders: the columns of h they produced */
                 real *dy = w->enc_tmp;
                 for (int i = 0; i < n; i++)
                     memcpy(dy + (size_t)i * Eemb, t.g_h + (size_t)(f * n + i) * I, (size_t)Eemb * sizeof(real));
-                mlp_backward(&T, &m->enc[f], t.feat[f], (size_t)n, t.enc_pre[f], t.enc_act[f], dy, NULL, 0, t.g_n1);
+                mlp_backward(&sink, &m->enc[f], t.feat[f], (size_t)n, t.enc_pre[f], t.enc_act[f], dy, NULL, 0, t.g_n1);
             }
             aligned_free(scratch);
         }
@@ -7064,10 +7086,10 @@ typedef struct {
 
 static int cmp_score_desc(const real *s, int a, int b) { return s[a] < s[b] || (s[a] == s[b] && a > b); }
 
-static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path, const char *name, uint64_t seed,
+static int write_ts_file(const TsSetup *setup, const TsResult *res, const char *path, const char *name, uint64_t seed,
                          char *err) {
-    const oard_config *c = oard_model_config(T->model);
-    const Args *a = T->a;
+    const oard_config *c = oard_model_config(setup->model);
+    const Args *a = setup->a;
     int N = a->n, n = res->R->n, nf = c->node_nfs[0];
     double shift[3] = {0, 0, 0}; /* the model works centred; put the TS at the reactant's centre */
     for (int i = 0; i < n; i++)
@@ -7087,11 +7109,11 @@ static int write_ts_file(const TsSetup *T, const TsResult *res, const char *path
         if (res->score) kv_format(cm, sizeof(cm), " rank=%d confidence=%.9g", r + 1, (double)res->score[b]);
         kv_string(cm, sizeof(cm), "reactant", res->R->path);
         kv_string(cm, sizeof(cm), "product", res->product);
-        kv_string(cm, sizeof(cm), "weights", T->wpath);
+        kv_string(cm, sizeof(cm), "weights", setup->wpath);
         kv_format(cm, sizeof(cm), " weights_crc32=%08x trained=%s", (unsigned)c->crc32, c->trained ? "T" : "F");
         if (res->score) {
-            kv_string(cm, sizeof(cm), "confidence_weights", T->cpath);
-            kv_format(cm, sizeof(cm), " confidence_crc32=%08x", (unsigned)oard_model_config(T->conf)->crc32);
+            kv_string(cm, sizeof(cm), "confidence_weights", setup->cpath);
+            kv_format(cm, sizeof(cm), " confidence_crc32=%08x", (unsigned)oard_model_config(setup->conf)->crc32);
         }
         kv_format(cm, sizeof(cm), " precision=%s program=\"oa_reactdiff %s\"", OARD_REAL_NAME, OARD_VERSION);
         write_frame(af.f, n, res->R->z, res->ts + (size_t)b * n * nf, nf, res->inv, shift, cm);
@@ -7165,10 +7187,10 @@ static int bridge_pretreat(const oard_config *c, Molecule *R, Molecule *P, const
 }
 
 /* One reaction with a bridge model: R and P atom-mapped, one deterministic candidate. */
-static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char *ppath, const char *out, const char *name,
+static int ts_bridge_one(const TsSetup *setup, Molecule *R, Molecule *P, const char *ppath, const char *out, const char *name,
                          char *err) {
-    const oard_config *c = oard_model_config(T->model);
-    const Args *a = T->a;
+    const oard_config *c = oard_model_config(setup->model);
+    const Args *a = setup->a;
     oard_bridge_opts o;
     int rc = bridge_options(a, &o, err), n = R->n, nf = c->node_nfs[0];
     if (!rc && P->n != n)
@@ -7193,7 +7215,7 @@ static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char 
         Progress prog = {name ? name : "ts", {0, 0}};
         clock_gettime(CLOCK_MONOTONIC, &prog.t0);
         o.progress = isatty(2) ? progress_report : NULL; o.progress_ctx = &prog;
-        rc = oard_bridge_sample(T->model, &batch, &o, NULL, (const real *const *)xh, pos, NULL, NULL, err);
+        rc = oard_bridge_sample(setup->model, &batch, &o, NULL, (const real *const *)xh, pos, NULL, NULL, err);
         if (rc && name) {
             char tmp[OARD_ERRLEN];
             snprintf(tmp, sizeof(tmp), "%s", err);
@@ -7205,7 +7227,7 @@ static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char 
         static const char *const solvers[3] = {"ode", "ddpm", "ei"};
         TsResult r = {R, ppath, ident, ts, NULL, &zero, solvers[o.solver], o.solver == OARD_SOLVER_ODE ?
                       (o.ode_method == OARD_ODE_EULER ? "euler" : "midpoint") : NULL, o.nfe};
-        rc = write_ts_file(T, &r, out, name, 0, err);
+        rc = write_ts_file(setup, &r, out, name, 0, err);
     }
     for (int f = 0; f < 3; f++) free(xh[f]);
     free(ts); free(pos); free(ident);
@@ -7213,17 +7235,17 @@ static int ts_bridge_one(const TsSetup *T, Molecule *R, Molecule *P, const char 
 }
 
 /* One reaction: read, check, inpaint N candidates, score, write. */
-static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const char *out, const char *name,
+static int ts_one(const TsSetup *setup, const char *rpath, const char *ppath, const char *out, const char *name,
                   uint64_t seed, char *err) {
-    const oard_config *c = oard_model_config(T->model);
-    const Args *a = T->a;
+    const oard_config *c = oard_model_config(setup->model);
+    const Args *a = setup->a;
     if (c->objective == OARD_OBJECTIVE_BRIDGE) {
         Molecule R, P;
         int rc = read_xyz(rpath, &R, err);
         if (rc) return rc;
         rc = read_xyz(ppath, &P, err);
         if (!rc) rc = check_model_elements(c, &R, err);
-        if (!rc) rc = ts_bridge_one(T, &R, &P, ppath, out, name, err);
+        if (!rc) rc = ts_bridge_one(setup, &R, &P, ppath, out, name, err);
         mol_free(&R); mol_free(&P);
         return rc;
     }
@@ -7245,7 +7267,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
     if (!rc && !sizes) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     for (int b = 0; !rc && b < N; b++) sizes[b] = n;
     if (!rc) /* the whole run, inputs and outputs included, before they are allocated */
-        rc = sampler_check_memory(T->model, &batch, &o, 1, 6.0 * N * n * nf * sizeof(real) + (3.0 * n + N) * sizeof(int), err);
+        rc = sampler_check_memory(setup->model, &batch, &o, 1, 6.0 * N * n * nf * sizeof(real) + (3.0 * n + N) * sizeof(int), err);
     if (!rc) {
         pr = xcalloc((size_t)n, sizeof(int)); pp = xcalloc((size_t)n, sizeof(int)); inv = xcalloc((size_t)n, sizeof(int));
         order = xcalloc((size_t)N, sizeof(int));
@@ -7273,13 +7295,13 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
         oard_rng rng;
         oard_rng_seed(&rng, seed);
         const real *fixed[3] = {xh[0], xh[1], xh[2]};
-        rc = oard_inpaint(T->model, &batch, &o, NULL, fixed, res, &rng, err);
+        rc = oard_inpaint(setup->model, &batch, &o, NULL, fixed, res, &rng, err);
         if (rc && name) {
             char tmp[OARD_ERRLEN];
             snprintf(tmp, sizeof(tmp), "%s", err);
             fail(err, rc, "%s: %s", rpath, tmp);
         }
-        if (!rc && T->conf) { /* the recommender: each candidate with the given R and P, best first */
+        if (!rc && setup->conf) { /* the recommender: each candidate with the given R and P, best first */
             Molecule TS = {n, R.z, xcalloc((size_t)n * 3, sizeof(double)), "(candidate)"};
             const Molecule *M3[3] = {&R, &TS, &P};
             score = xcalloc((size_t)N, sizeof(real));
@@ -7287,7 +7309,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
             for (int b = 0; !rc && b < N; b++) {
                 for (int i = 0; i < n; i++)
                     for (int k = 0; k < 3; k++) TS.xyz[3 * i + k] = (double)res[1][((size_t)b * n + inv[i]) * nf + k];
-                rc = score_reaction(T->conf, M3, a->threads, &score[b], err);
+                rc = score_reaction(setup->conf, M3, a->threads, &score[b], err);
             }
             free(TS.xyz);
             for (int i = 1; !rc && i < N; i++)
@@ -7298,7 +7320,7 @@ static int ts_one(const TsSetup *T, const char *rpath, const char *ppath, const 
         }
         if (!rc) {
             TsResult r = {&R, ppath, inv, res[1], score, order, NULL, NULL, 0};
-            rc = write_ts_file(T, &r, out, name, seed, err);
+            rc = write_ts_file(setup, &r, out, name, seed, err);
         }
     }
     for (int f = 0; f < 3; f++) { free(xh[f]); free(res[f]); }
@@ -7475,8 +7497,8 @@ static int check_outdir(const Args *a, const ListEntry *L, int n, char *err) {
     return rc;
 }
 
-static int ts_batch(const TsSetup *T, char *err) {
-    const Args *a = T->a;
+static int ts_batch(const TsSetup *setup, char *err) {
+    const Args *a = setup->a;
     if (!a->outdir) return fail(err, OARD_ERR_ARG, "ts --list needs --outdir DIR");
     ListEntry *L;
     int n, rc = read_list(a->list, &L, &n, err);
@@ -7501,7 +7523,7 @@ static int ts_batch(const TsSetup *T, char *err) {
             skipped++;
         } else {
             char e2[OARD_ERRLEN];
-            int r = ts_one(T, L[k].react, L[k].prod, out, L[k].name, reaction_seed(a->seed, L[k].name), e2);
+            int r = ts_one(setup, L[k].react, L[k].prod, out, L[k].name, reaction_seed(a->seed, L[k].name), e2);
             if (r) {
                 fprintf(stderr, "oa_reactdiff: %s (%s:%d): %s\n", L[k].name, a->list, L[k].line, e2);
                 failed++;
@@ -7525,41 +7547,41 @@ static int ts_batch(const TsSetup *T, char *err) {
 
 static int cmd_ts(const Args *a, char *err) {
     char wbuf[4200];
-    TsSetup T = {NULL, NULL, NULL, a->confidence, a};
+    TsSetup setup = {NULL, NULL, NULL, a->confidence, a};
     if (a->list ? a->npos != 0 : a->npos != 2)
         return fail(err, OARD_ERR_ARG, a->list ? "ts --list takes no REACTANT/PRODUCT arguments" : "ts needs REACTANT.xyz and PRODUCT.xyz (or --list FILE)");
     if (!a->list && (a->outdir || a->shard_n > 1)) return fail(err, OARD_ERR_ARG, "--outdir and --shard apply to ts --list");
     if (a->list && a->out) return fail(err, OARD_ERR_ARG, "ts --list writes DIR/NAME.xyz; use --outdir, not -o");
     int rc = a->list ? OARD_OK : check_output(a->out ? a->out : "ts.xyz", err); /* before any work */
-    if (!rc) rc = find_weights(a->weights, wbuf, sizeof(wbuf), &T.wpath, err);
-    if (!rc) rc = load_model(T.wpath, OARD_KIND_DENOISER, &T.model, err);
+    if (!rc) rc = find_weights(a->weights, wbuf, sizeof(wbuf), &setup.wpath, err);
+    if (!rc) rc = load_model(setup.wpath, OARD_KIND_DENOISER, &setup.model, err);
     if (!rc && a->confidence) {
-        rc = load_model(a->confidence, OARD_KIND_CONFIDENCE, &T.conf, err);
-        const oard_config *c = rc ? NULL : oard_model_config(T.model), *cc = rc ? NULL : oard_model_config(T.conf);
+        rc = load_model(a->confidence, OARD_KIND_CONFIDENCE, &setup.conf, err);
+        const oard_config *c = rc ? NULL : oard_model_config(setup.model), *cc = rc ? NULL : oard_model_config(setup.conf);
         if (!rc && (cc->n_elements != c->n_elements || memcmp(cc->element_z, c->element_z, sizeof(c->element_z)) ||
                     cc->node_nfs[0] != c->node_nfs[0]))
-            rc = fail(err, OARD_ERR_MODEL, "%s: the confidence model's element table differs from %s's", a->confidence, T.wpath);
+            rc = fail(err, OARD_ERR_MODEL, "%s: the confidence model's element table differs from %s's", a->confidence, setup.wpath);
     }
     if (!rc) {
-        const oard_config *c = oard_model_config(T.model);
+        const oard_config *c = oard_model_config(setup.model);
         int bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
         if (bridge && a->given_diffusion)
             rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: --steps, --resamplings and --jump apply to diffusion "
-                      "models (the bridge takes --solver, --nfe, --ode-method)", T.wpath);
+                      "models (the bridge takes --solver, --nfe, --ode-method)", setup.wpath);
         else if (!bridge && a->given_bridge)
-            rc = fail(err, OARD_ERR_ARG, "%s is a diffusion model: --solver, --nfe and --ode-method apply to bridge (React-OT) models", T.wpath);
+            rc = fail(err, OARD_ERR_ARG, "%s is a diffusion model: --solver, --nfe and --ode-method apply to bridge (React-OT) models", setup.wpath);
         else if (bridge && a->n != 1)
-            rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: it is deterministic and gives one candidate (-n 1)", T.wpath);
-        else if (bridge && T.conf)
+            rc = fail(err, OARD_ERR_ARG, "%s is a bridge (React-OT) model: it is deterministic and gives one candidate (-n 1)", setup.wpath);
+        else if (bridge && setup.conf)
             rc = fail(err, OARD_ERR_ARG, "--confidence ranks several candidates; a bridge model gives one");
         else if (bridge && a->nfe >= c->sb_timesteps)
             rc = fail(err, OARD_ERR_ARG, "--nfe %d: at most %d for this model's schedule", a->nfe, c->sb_timesteps - 1);
     }
-    if (!rc) rc = a->list ? ts_batch(&T, err) : ts_one(&T, a->pos[0], a->pos[1], a->out ? a->out : "ts.xyz", NULL, a->seed, err);
+    if (!rc) rc = a->list ? ts_batch(&setup, err) : ts_one(&setup, a->pos[0], a->pos[1], a->out ? a->out : "ts.xyz", NULL, a->seed, err);
     if (!rc && !a->list)
         fprintf(stderr, "oa_reactdiff: wrote %d TS candidate%s to %s\n", a->n, a->n > 1 ? "s" : "", a->out ? a->out : "ts.xyz");
-    oard_model_free(T.model);
-    oard_model_free(T.conf);
+    oard_model_free(setup.model);
+    oard_model_free(setup.conf);
     return rc;
 }
 
@@ -7980,13 +8002,13 @@ typedef struct {
 } Trainer;
 
 /* item k of an epoch: reaction k mod N, reactant and product exchanged for k >= N */
-static void epoch_order(Trainer *T) {
+static void epoch_order(Trainer *tr) {
     oard_rng r;
-    oard_rng_seed(&r, reaction_seed(T->seed, "train:order") + (uint64_t)T->epoch);
-    for (int k = 0; k < T->n_items; k++) T->perm[k] = k;
-    for (int k = T->n_items - 1; k > 0; k--) { /* Fisher-Yates */
-        int j = (int)rng_below(&r, (uint64_t)k + 1), t = T->perm[k];
-        T->perm[k] = T->perm[j]; T->perm[j] = t;
+    oard_rng_seed(&r, reaction_seed(tr->seed, "train:order") + (uint64_t)tr->epoch);
+    for (int k = 0; k < tr->n_items; k++) tr->perm[k] = k;
+    for (int k = tr->n_items - 1; k > 0; k--) { /* Fisher-Yates */
+        int j = (int)rng_below(&r, (uint64_t)k + 1), t = tr->perm[k];
+        tr->perm[k] = tr->perm[j]; tr->perm[j] = t;
     }
 }
 
@@ -8014,9 +8036,9 @@ static int bridge_align(int n, int nf, real *const xh[3], size_t at) {
 
 /* a batch of B items (item k of split s: reaction k mod s->n, swapped when k >= s->n) in
  * upstream's node layout, fragment-major */
-static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *items, int B, int *sizes, real *xh[3],
+static int assemble_batch(const Trainer *tr, const TrainSplit *s, const int *items, int B, int *sizes, real *xh[3],
                           char *err) {
-    int nf = oard_model_config(T->m)->node_nfs[0];
+    int nf = oard_model_config(tr->m)->node_nfs[0];
     size_t rows = 0;
     for (int b = 0; b < B; b++) rows += (size_t)s->r[items[b] % s->n].n;
     for (int f = 0; f < 3; f++) {
@@ -8033,7 +8055,7 @@ static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *item
             int src = swapped && f != 1 ? 2 - f : f;
             memcpy(xh[f] + at * nf, r->xh[src], (size_t)r->n * nf * sizeof(real));
         }
-        if (T->bridge) {
+        if (tr->bridge) {
             int rc = bridge_align(r->n, nf, xh, at);
             if (rc) return fail(err, rc, "out of memory");
         }
@@ -8046,12 +8068,12 @@ static int assemble_batch(const Trainer *T, const TrainSplit *s, const int *item
  * reversed, in batches of B, with t and noise from a generator seeded the same way every
  * time, so the numbers are comparable across steps. With EMA the EMA weights are used (as
  * upstream's EMACallback swaps them in for validation). The mean over samples. */
-static int validate(Trainer *T, double *out, char *err) {
-    int n_items = T->val.n * (T->swap ? 2 : 1), B = T->batch, rc = OARD_OK;
+static int validate(Trainer *tr, double *out, char *err) {
+    int n_items = tr->val.n * (tr->swap ? 2 : 1), B = tr->batch, rc = OARD_OK;
     int *items = xcalloc((size_t)B, sizeof(int)), *sizes = xcalloc((size_t)B, sizeof(int)), *t = xcalloc((size_t)B, sizeof(int));
-    real *xh[3] = {NULL, NULL, NULL}, *params = oard_param_data(T->m), *saved = NULL;
-    size_t np = oard_param_size(T->m);
-    const real *ema = oard_optim_ema(T->opt);
+    real *xh[3] = {NULL, NULL, NULL}, *params = oard_param_data(tr->m), *saved = NULL;
+    size_t np = oard_param_size(tr->m);
+    const real *ema = oard_optim_ema(tr->opt);
     if (!items || !sizes || !t) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     if (!rc && ema) {
         saved = malloc(np * sizeof(real));
@@ -8059,15 +8081,15 @@ static int validate(Trainer *T, double *out, char *err) {
         else { memcpy(saved, params, np * sizeof(real)); memcpy(params, ema, np * sizeof(real)); }
     }
     oard_rng rv;
-    oard_rng_seed(&rv, reaction_seed(T->seed, "train:val"));
+    oard_rng_seed(&rv, reaction_seed(tr->seed, "train:val"));
     double sum = 0;
     for (int k0 = 0; !rc && k0 < n_items; k0 += B) {
         int nb = n_items - k0 < B ? n_items - k0 : B;
-        for (int b = 0; b < nb; b++) { items[b] = k0 + b; t[b] = (int)rng_below(&rv, (uint64_t)T->T + !T->bridge); }
-        rc = assemble_batch(T, &T->val, items, nb, sizes, xh, err);
+        for (int b = 0; b < nb; b++) { items[b] = k0 + b; t[b] = (int)rng_below(&rv, (uint64_t)tr->T + !tr->bridge); }
+        rc = assemble_batch(tr, &tr->val, items, nb, sizes, xh, err);
         double loss = 0;
-        oard_batch batch = {nb, sizes, T->a->threads};
-        if (!rc) rc = oard_train_loss(T->m, &batch, (const real *const *)xh, NULL, t, &rv, &loss, NULL, NULL, err);
+        oard_batch batch = {nb, sizes, tr->a->threads};
+        if (!rc) rc = oard_train_loss(tr->m, &batch, (const real *const *)xh, NULL, t, &rv, &loss, NULL, NULL, err);
         sum += loss * nb;
     }
     if (saved) memcpy(params, saved, np * sizeof(real));
@@ -8077,8 +8099,8 @@ static int validate(Trainer *T, double *out, char *err) {
     return rc;
 }
 
-static const char *train_path(const Trainer *T, const char *name, char *buf, size_t n) {
-    snprintf(buf, n, "%s/%s", T->dir, name);
+static const char *train_path(const Trainer *tr, const char *name, char *buf, size_t n) {
+    snprintf(buf, n, "%s/%s", tr->dir, name);
     return buf;
 }
 
@@ -8090,38 +8112,38 @@ static FILE *append_open(const char *path) {
     return f;
 }
 
-static int write_checkpoint(Trainer *T, char *err) {
+static int write_checkpoint(Trainer *tr, char *err) {
     char path[4200], rt[160], rn[160], v[16][64];
     const char *meta[48];
     int k = 0, nv = 0;
 #define KV(key, ...) (snprintf(v[nv], sizeof(v[0]), __VA_ARGS__), meta[k++] = key, meta[k++] = v[nv++])
-    meta[k++] = "train.data"; meta[k++] = T->data;
-    meta[k++] = "train.init"; meta[k++] = T->init_desc;
-    KV("train.train_crc32", "%08x", (unsigned)T->train.crc);
-    KV("train.val_crc32", "%08x", (unsigned)T->val.crc);
-    KV("train.n_train", "%d", T->train.n);
-    KV("train.n_val", "%d", T->val.n);
-    KV("train.batch", "%d", T->batch);
-    KV("train.seed", "%llu", (unsigned long long)T->seed);
-    KV("train.swap", "%d", T->swap);
-    KV("train.epoch", "%lld", T->epoch);
-    KV("train.pos", "%lld", T->pos);
-    KV("train.val_loss", "%.17g", T->val_loss);
-    KV("train.val_step", "%lld", T->val_step);
-    KV("train.elapsed", "%.3f", T->elapsed);
-    KV("train.steps", "%d", T->steps);
-    KV("train.val_every", "%d", T->val_every);
-    KV("train.checkpoint_every", "%d", T->ckpt_every);
+    meta[k++] = "train.data"; meta[k++] = tr->data;
+    meta[k++] = "train.init"; meta[k++] = tr->init_desc;
+    KV("train.train_crc32", "%08x", (unsigned)tr->train.crc);
+    KV("train.val_crc32", "%08x", (unsigned)tr->val.crc);
+    KV("train.n_train", "%d", tr->train.n);
+    KV("train.n_val", "%d", tr->val.n);
+    KV("train.batch", "%d", tr->batch);
+    KV("train.seed", "%llu", (unsigned long long)tr->seed);
+    KV("train.swap", "%d", tr->swap);
+    KV("train.epoch", "%lld", tr->epoch);
+    KV("train.pos", "%lld", tr->pos);
+    KV("train.val_loss", "%.17g", tr->val_loss);
+    KV("train.val_step", "%lld", tr->val_step);
+    KV("train.elapsed", "%.3f", tr->elapsed);
+    KV("train.steps", "%d", tr->steps);
+    KV("train.val_every", "%d", tr->val_every);
+    KV("train.checkpoint_every", "%d", tr->ckpt_every);
 #undef KV
-    if (T->description) { meta[k++] = "train.description"; meta[k++] = T->description; }
-    rng_format(&T->rng_t, rt, sizeof(rt));
-    rng_format(&T->rng_noise, rn, sizeof(rn));
+    if (tr->description) { meta[k++] = "train.description"; meta[k++] = tr->description; }
+    rng_format(&tr->rng_t, rt, sizeof(rt));
+    rng_format(&tr->rng_noise, rn, sizeof(rn));
     meta[k++] = "train.rng_t"; meta[k++] = rt;
     meta[k++] = "train.rng_noise"; meta[k++] = rn;
     meta[k] = NULL;
-    train_path(T, "checkpoint.bin", path, sizeof(path));
+    train_path(tr, "checkpoint.bin", path, sizeof(path));
     defer_signals(1);
-    int rc = oard_checkpoint_save(path, T->m, oard_param_data(T->m), T->opt, meta, err);
+    int rc = oard_checkpoint_save(path, tr->m, oard_param_data(tr->m), tr->opt, meta, err);
     defer_signals(0);
     return rc;
 }
@@ -8133,25 +8155,25 @@ static const char *meta_of(char **meta, const char *key) {
 }
 
 /* The run's state from DIR/checkpoint.bin; options given on the command line must agree. */
-static int resume_checkpoint(Trainer *T, const char *path, char **meta, char *err) {
-    const Args *a = T->a;
-    const oard_optim_opts *o = oard_optim_options(T->opt);
+static int resume_checkpoint(Trainer *tr, const char *path, char **meta, char *err) {
+    const Args *a = tr->a;
+    const oard_optim_opts *o = oard_optim_options(tr->opt);
     const char *v;
     char buf[64];
     long long x;
 #define NEED(key) (v = meta_of(meta, key)) ? OARD_OK : fail(err, OARD_ERR_FORMAT, "%s: checkpoint has no %s", path, key)
     int rc = NEED("train.seed");
-    if (!rc) T->seed = strtoull(v, NULL, 10);
-    if (!rc && a->seed_set && a->seed != T->seed)
+    if (!rc) tr->seed = strtoull(v, NULL, 10);
+    if (!rc && a->seed_set && a->seed != tr->seed)
         rc = fail(err, OARD_ERR_ARG, "--seed %llu differs from the checkpoint's %s (a resumed run keeps its settings)",
                   (unsigned long long)a->seed, v);
     if (!rc) rc = NEED("train.batch");
-    if (!rc) T->batch = atoi(v);
-    if (!rc && a->batch && a->batch != T->batch)
-        rc = fail(err, OARD_ERR_ARG, "--batch %d differs from the checkpoint's %d (a resumed run keeps its settings)", a->batch, T->batch);
+    if (!rc) tr->batch = atoi(v);
+    if (!rc && a->batch && a->batch != tr->batch)
+        rc = fail(err, OARD_ERR_ARG, "--batch %d differs from the checkpoint's %d (a resumed run keeps its settings)", a->batch, tr->batch);
     if (!rc) rc = NEED("train.swap");
-    if (!rc) T->swap = atoi(v) != 0;
-    if (!rc && a->no_swap && T->swap) rc = fail(err, OARD_ERR_ARG, "--no-swap: the checkpoint's run swaps reactant and product");
+    if (!rc) tr->swap = atoi(v) != 0;
+    if (!rc && a->no_swap && tr->swap) rc = fail(err, OARD_ERR_ARG, "--no-swap: the checkpoint's run swaps reactant and product");
     if (!rc && a->no_clip && o->clip) rc = fail(err, OARD_ERR_ARG, "--no-clip: the checkpoint's run clips gradients");
     if (!rc && !isnan(a->lr) && a->lr != o->lr) rc = fail(err, OARD_ERR_ARG, "--lr %g differs from the checkpoint's %g", a->lr, o->lr);
     if (!rc && !isnan(a->weight_decay) && a->weight_decay != o->weight_decay)
@@ -8159,34 +8181,34 @@ static int resume_checkpoint(Trainer *T, const char *path, char **meta, char *er
     if (!rc && !isnan(a->ema) && a->ema != o->ema_decay) rc = fail(err, OARD_ERR_ARG, "--ema %g differs from the checkpoint's %g", a->ema, o->ema_decay);
     if (!rc) rc = NEED("train.init");
     if (!rc) {
-        if ((a->init || a->init_config) && strcmp(v, T->init_desc))
+        if ((a->init || a->init_config) && strcmp(v, tr->init_desc))
             rc = fail(err, OARD_ERR_ARG, "--init/--init-config differ from the checkpoint's start (%s)", v);
-        else snprintf(T->init_desc, sizeof(T->init_desc), "%s", v);
+        else snprintf(tr->init_desc, sizeof(tr->init_desc), "%s", v);
     }
     if (!rc) rc = NEED("train.train_crc32");
-    if (!rc) snprintf(buf, sizeof(buf), "%08x", (unsigned)T->train.crc);
+    if (!rc) snprintf(buf, sizeof(buf), "%08x", (unsigned)tr->train.crc);
     if (!rc && strcmp(v, buf))
-        rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the train split (crc32 %s of its ids) is not the checkpoint's (%s)", T->data, buf, v);
+        rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the train split (crc32 %s of its ids) is not the checkpoint's (%s)", tr->data, buf, v);
     if (!rc) rc = NEED("train.val_crc32");
-    if (!rc) snprintf(buf, sizeof(buf), "%08x", (unsigned)T->val.crc);
+    if (!rc) snprintf(buf, sizeof(buf), "%08x", (unsigned)tr->val.crc);
     if (!rc && strcmp(v, buf))
-        rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the val split (crc32 %s of its ids) is not the checkpoint's (%s)", T->data, buf, v);
+        rc = fail(err, OARD_ERR_FORMAT, "%s/index.tsv: the val split (crc32 %s of its ids) is not the checkpoint's (%s)", tr->data, buf, v);
     if (!rc) rc = NEED("train.epoch");
-    if (!rc) T->epoch = strtoll(v, NULL, 10);
+    if (!rc) tr->epoch = strtoll(v, NULL, 10);
     if (!rc) rc = NEED("train.pos");
-    if (!rc) T->pos = x = strtoll(v, NULL, 10);
-    if (!rc && (T->epoch < 0 || x < 0 || x > T->train.n * (T->swap ? 2 : 1)))
+    if (!rc) tr->pos = x = strtoll(v, NULL, 10);
+    if (!rc && (tr->epoch < 0 || x < 0 || x > tr->train.n * (tr->swap ? 2 : 1)))
         rc = fail(err, OARD_ERR_FORMAT, "%s: data position out of range", path);
     if (!rc) rc = NEED("train.rng_t");
-    if (!rc && !rng_parse(v, &T->rng_t)) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed train.rng_t", path);
+    if (!rc && !rng_parse(v, &tr->rng_t)) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed train.rng_t", path);
     if (!rc) rc = NEED("train.rng_noise");
-    if (!rc && !rng_parse(v, &T->rng_noise)) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed train.rng_noise", path);
+    if (!rc && !rng_parse(v, &tr->rng_noise)) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed train.rng_noise", path);
     if (!rc) rc = NEED("train.val_loss");
-    if (!rc) T->val_loss = strtod(v, NULL);
+    if (!rc) tr->val_loss = strtod(v, NULL);
     if (!rc) rc = NEED("train.val_step");
-    if (!rc) T->val_step = strtoll(v, NULL, 10);
+    if (!rc) tr->val_step = strtoll(v, NULL, 10);
     if (!rc) rc = NEED("train.elapsed");
-    if (!rc) T->elapsed = strtod(v, NULL);
+    if (!rc) tr->elapsed = strtod(v, NULL);
 #undef NEED
     return rc;
 }
@@ -8211,34 +8233,34 @@ static int truncate_log(const char *path, long long upto, const char *header, ch
     return atomic_close(&af, 1, err);
 }
 
-static int write_final_model(Trainer *T, char *err) {
+static int write_final_model(Trainer *tr, char *err) {
     char path[4200], steps[32], tcrc[16], vcrc[16], ntr[16], nva[16], vloss[40], epoch[32], cfg[512], desc[600];
-    const oard_optim_opts *o = oard_optim_options(T->opt);
-    long long done = oard_optim_steps(T->opt);
+    const oard_optim_opts *o = oard_optim_options(tr->opt);
+    long long done = oard_optim_steps(tr->opt);
     snprintf(steps, sizeof(steps), "%lld", done);
-    snprintf(epoch, sizeof(epoch), "%lld", T->epoch);
-    snprintf(tcrc, sizeof(tcrc), "%08x", (unsigned)T->train.crc);
-    snprintf(vcrc, sizeof(vcrc), "%08x", (unsigned)T->val.crc);
-    snprintf(ntr, sizeof(ntr), "%d", T->train.n);
-    snprintf(nva, sizeof(nva), "%d", T->val.n);
-    if (T->val.n) snprintf(vloss, sizeof(vloss), "%.9g", T->val_loss);
+    snprintf(epoch, sizeof(epoch), "%lld", tr->epoch);
+    snprintf(tcrc, sizeof(tcrc), "%08x", (unsigned)tr->train.crc);
+    snprintf(vcrc, sizeof(vcrc), "%08x", (unsigned)tr->val.crc);
+    snprintf(ntr, sizeof(ntr), "%d", tr->train.n);
+    snprintf(nva, sizeof(nva), "%d", tr->val.n);
+    if (tr->val.n) snprintf(vloss, sizeof(vloss), "%.9g", tr->val_loss);
     else snprintf(vloss, sizeof(vloss), "none");
     snprintf(cfg, sizeof(cfg), "batch=%d,lr=%.9g,betas=%.9g/%.9g,eps=%.9g,weight_decay=%.9g,amsgrad=%d,clip=%d,ema=%.9g,"
                                "swap=%d,seed=%llu,precision=%s",
-             T->batch, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->amsgrad, o->clip, o->ema_decay, T->swap,
-             (unsigned long long)T->seed, OARD_REAL_NAME);
-    if (T->description) snprintf(desc, sizeof(desc), "%s", T->description);
+             tr->batch, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay, o->amsgrad, o->clip, o->ema_decay, tr->swap,
+             (unsigned long long)tr->seed, OARD_REAL_NAME);
+    if (tr->description) snprintf(desc, sizeof(desc), "%s", tr->description);
     else
-        snprintf(desc, sizeof(desc), "trained with oa_reactdiff train: %lld steps of %d on %d reactions of %s%s", done, T->batch,
-                 T->train.n, T->data, T->swap ? " (both directions)" : "");
+        snprintf(desc, sizeof(desc), "trained with oa_reactdiff train: %lld steps of %d on %d reactions of %s%s", done, tr->batch,
+                 tr->train.n, tr->data, tr->swap ? " (both directions)" : "");
     const char *meta[] = {"trained", "1", "description", desc, "train_steps", steps, "global_step", steps, "epoch", epoch,
-                          "train_data", T->data, "train_reactions", ntr, "train_split_crc32", tcrc, "val_reactions", nva,
-                          "val_split_crc32", vcrc, "val_loss", vloss, "train_config", cfg, "train_init", T->init_desc,
+                          "train_data", tr->data, "train_reactions", ntr, "train_split_crc32", tcrc, "val_reactions", nva,
+                          "val_split_crc32", vcrc, "val_loss", vloss, "train_config", cfg, "train_init", tr->init_desc,
                           "train_program", "oa_reactdiff " OARD_VERSION " (" OARD_REAL_NAME ")", NULL};
-    const real *w = oard_optim_ema(T->opt) ? oard_optim_ema(T->opt) : oard_param_data(T->m);
-    train_path(T, "model.bin", path, sizeof(path));
+    const real *w = oard_optim_ema(tr->opt) ? oard_optim_ema(tr->opt) : oard_param_data(tr->m);
+    train_path(tr, "model.bin", path, sizeof(path));
     defer_signals(1);
-    int rc = oard_model_save(T->m, w, meta, sizeof(real) == 8, path, err);
+    int rc = oard_model_save(tr->m, w, meta, sizeof(real) == 8, path, err);
     defer_signals(0);
     if (rc == OARD_ERR_ARG) rc = OARD_ERR_FORMAT; /* e.g. a --description the format cannot hold */
     return rc;
@@ -8256,14 +8278,14 @@ static int cmd_train(const Args *a, char *err) {
     if (a->objective && strcmp(a->objective, "bridge") && strcmp(a->objective, "diffusion"))
         return fail(err, OARD_ERR_ARG, "--objective: '%s' is not diffusion or bridge", a->objective);
     const int want_bridge = a->objective && !strcmp(a->objective, "bridge");
-    Trainer T;
-    memset(&T, 0, sizeof(T));
-    T.a = a; T.dir = a->train_out; T.data = a->data ? a->data : "data";
-    T.batch = a->batch ? a->batch : 14; /* upstream's bz */
-    T.swap = !a->no_swap; T.seed = a->seed; T.val_loss = NAN; T.val_step = -1;
-    T.steps = a->steps ? a->steps : 1000; T.val_every = a->val_every ? a->val_every : 100;
-    T.ckpt_every = a->ckpt_every ? a->ckpt_every : T.val_every;
-    T.description = a->description;
+    Trainer tr;
+    memset(&tr, 0, sizeof(tr));
+    tr.a = a; tr.dir = a->train_out; tr.data = a->data ? a->data : "data";
+    tr.batch = a->batch ? a->batch : 14; /* upstream's bz */
+    tr.swap = !a->no_swap; tr.seed = a->seed; tr.val_loss = NAN; tr.val_step = -1;
+    tr.steps = a->steps ? a->steps : 1000; tr.val_every = a->val_every ? a->val_every : 100;
+    tr.ckpt_every = a->ckpt_every ? a->ckpt_every : tr.val_every;
+    tr.description = a->description;
     if (a->init) { /* the file and its checksum (header bytes 56..59; 0 if it cannot be read) */
         char cwd[2048] = "";
         unsigned char *h = NULL;
@@ -8271,16 +8293,16 @@ static int cmd_train(const Args *a, char *err) {
         char e2[OARD_ERRLEN];
         if (a->init[0] != '/' && !getcwd(cwd, sizeof(cwd))) cwd[0] = 0;
         int got = read_binary_file(a->init, "weights file", WFILE_MAGIC, &h, &hn, e2) == OARD_OK; /* no FIFO wait */
-        snprintf(T.init_desc, sizeof(T.init_desc), "weights %s%s%s (crc32 %08x)", cwd, cwd[0] ? "/" : "", a->init,
+        snprintf(tr.init_desc, sizeof(tr.init_desc), "weights %s%s%s (crc32 %08x)", cwd, cwd[0] ? "/" : "", a->init,
                  got ? (unsigned)rd_u32(h + 56) : 0u);
         free(h);
     } else if (a->init_config) {
-        snprintf(T.init_desc, sizeof(T.init_desc), "config %s seed %llu", a->init_config, (unsigned long long)a->seed);
+        snprintf(tr.init_desc, sizeof(tr.init_desc), "config %s seed %llu", a->init_config, (unsigned long long)a->seed);
     }
     char ckpath[4200], logpath[4200], valpath[4200];
-    train_path(&T, "checkpoint.bin", ckpath, sizeof(ckpath));
-    train_path(&T, "train.log", logpath, sizeof(logpath));
-    train_path(&T, "val.log", valpath, sizeof(valpath));
+    train_path(&tr, "checkpoint.bin", ckpath, sizeof(ckpath));
+    train_path(&tr, "train.log", logpath, sizeof(logpath));
+    train_path(&tr, "val.log", valpath, sizeof(valpath));
     int rc = OARD_OK;
     char **meta = NULL;
     int have_ckpt = access(ckpath, F_OK) == 0;
@@ -8289,32 +8311,32 @@ static int cmd_train(const Args *a, char *err) {
         return fail(err, OARD_ERR_ARG, "%s exists: add --resume to continue that run, or choose another --out", ckpath);
     /* the model and the optimizer */
     if (a->resume) {
-        rc = oard_checkpoint_load(ckpath, &T.m, &T.opt, &meta, err);
+        rc = oard_checkpoint_load(ckpath, &tr.m, &tr.opt, &meta, err);
         if (rc == OARD_ERR_FORMAT) rc = OARD_ERR_MODEL; /* an unusable checkpoint: as an unusable weights file */
         /* what the command line leaves out: the checkpoint's run (data, end, cadence, description) */
         const char *v;
-        if (!rc && !a->data && (v = meta_of(meta, "train.data"))) T.data = v;
-        if (!rc && !a->steps && (v = meta_of(meta, "train.steps"))) T.steps = atoi(v);
-        if (!rc && !a->val_every && (v = meta_of(meta, "train.val_every"))) T.val_every = atoi(v);
-        if (!rc && !a->ckpt_every && (v = meta_of(meta, "train.checkpoint_every"))) T.ckpt_every = atoi(v);
-        if (!rc && !a->description && (v = meta_of(meta, "train.description"))) T.description = v;
-        if (!rc && (T.steps < 1 || T.val_every < 1 || T.ckpt_every < 1))
+        if (!rc && !a->data && (v = meta_of(meta, "train.data"))) tr.data = v;
+        if (!rc && !a->steps && (v = meta_of(meta, "train.steps"))) tr.steps = atoi(v);
+        if (!rc && !a->val_every && (v = meta_of(meta, "train.val_every"))) tr.val_every = atoi(v);
+        if (!rc && !a->ckpt_every && (v = meta_of(meta, "train.checkpoint_every"))) tr.ckpt_every = atoi(v);
+        if (!rc && !a->description && (v = meta_of(meta, "train.description"))) tr.description = v;
+        if (!rc && (tr.steps < 1 || tr.val_every < 1 || tr.ckpt_every < 1))
             rc = fail(err, OARD_ERR_MODEL, "%s: malformed step counts", ckpath);
     } else {
-        if (a->init) rc = load_weights(a->init, OARD_KIND_DENOISER, &T.m, err);
+        if (a->init) rc = load_weights(a->init, OARD_KIND_DENOISER, &tr.m, err);
         else {
-            rc = oard_model_init(a->init_config, a->seed, &T.m, err);
+            rc = oard_model_init(a->init_config, a->seed, &tr.m, err);
             if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the spec is at fault */
         }
         /* --objective bridge from a diffusion model (or a fresh one): React-OT's fine-tuning
          * start, with train_rpsb_ts1x.py's schedule (T 3000, beta_max 0.3, power 0.5) */
-        if (!rc && oard_model_config(T.m)->kind == OARD_KIND_DENOISER && want_bridge &&
-            oard_model_config(T.m)->objective != OARD_OBJECTIVE_BRIDGE)
+        if (!rc && oard_model_config(tr.m)->kind == OARD_KIND_DENOISER && want_bridge &&
+            oard_model_config(tr.m)->objective != OARD_OBJECTIVE_BRIDGE)
         {
             oard_model *b = NULL;
-            rc = oard_model_to_bridge(T.m, 3000, 0.3, 0.5, 1.0, &b, err);
-            oard_model_free(T.m);
-            T.m = b;
+            rc = oard_model_to_bridge(tr.m, 3000, 0.3, 0.5, 1.0, &b, err);
+            oard_model_free(tr.m);
+            tr.m = b;
         }
         oard_optim_opts o;
         oard_optim_defaults(&o);
@@ -8322,66 +8344,66 @@ static int cmd_train(const Args *a, char *err) {
         if (!isnan(a->weight_decay)) o.weight_decay = a->weight_decay;
         if (!isnan(a->ema)) o.ema_decay = a->ema;
         o.clip = !a->no_clip;
-        if (!rc) rc = oard_optim_new(T.m, 0, oard_param_data(T.m), &o, &T.opt, err);
+        if (!rc) rc = oard_optim_new(tr.m, 0, oard_param_data(tr.m), &o, &tr.opt, err);
     }
-    const oard_config *c = rc ? NULL : oard_model_config(T.m);
+    const oard_config *c = rc ? NULL : oard_model_config(tr.m);
     if (!rc && c->kind != OARD_KIND_DENOISER) rc = fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", a->resume ? ckpath : a->init);
     if (!rc && a->objective && (c->objective == OARD_OBJECTIVE_BRIDGE) != want_bridge)
         rc = fail(err, OARD_ERR_ARG, "--objective %s: %s is a %s model%s", a->objective, a->resume ? ckpath : a->init,
                   c->objective == OARD_OBJECTIVE_BRIDGE ? "bridge" : "diffusion",
                   a->resume ? "" : " (a bridge model cannot go back to diffusion)");
-    if (!rc) rc = read_dataset(T.data, c, &T.train, &T.val, err);
-    if (!rc && a->resume) rc = resume_checkpoint(&T, ckpath, meta, err);
-    const int steps = T.steps, val_every = T.val_every, ckpt_every = T.ckpt_every;
-    long long done = rc ? 0 : oard_optim_steps(T.opt);
+    if (!rc) rc = read_dataset(tr.data, c, &tr.train, &tr.val, err);
+    if (!rc && a->resume) rc = resume_checkpoint(&tr, ckpath, meta, err);
+    const int steps = tr.steps, val_every = tr.val_every, ckpt_every = tr.ckpt_every;
+    long long done = rc ? 0 : oard_optim_steps(tr.opt);
     if (!rc && done > steps)
         rc = fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, steps);
     if (!rc) {
-        T.bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
-        T.T = T.bridge ? c->sb_timesteps : c->training_timesteps;
-        T.n_items = T.train.n * (T.swap ? 2 : 1);
-        T.perm = xcalloc((size_t)T.n_items, sizeof(int));
-        if (!T.perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+        tr.bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
+        tr.T = tr.bridge ? c->sb_timesteps : c->training_timesteps;
+        tr.n_items = tr.train.n * (tr.swap ? 2 : 1);
+        tr.perm = xcalloc((size_t)tr.n_items, sizeof(int));
+        if (!tr.perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     }
     if (!rc && !a->resume) {
-        oard_rng_seed(&T.rng_t, reaction_seed(T.seed, "train:t"));
-        oard_rng_seed(&T.rng_noise, reaction_seed(T.seed, "train:noise"));
+        oard_rng_seed(&tr.rng_t, reaction_seed(tr.seed, "train:t"));
+        oard_rng_seed(&tr.rng_noise, reaction_seed(tr.seed, "train:noise"));
     }
-    if (!rc) epoch_order(&T);
+    if (!rc) epoch_order(&tr);
     /* the logs: a fresh run starts them, a resumed one keeps the lines up to its checkpoint */
-    if (!rc && mkdir(T.dir, 0777) != 0 && errno != EEXIST)
-        rc = fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", T.dir, strerror(errno));
+    if (!rc && mkdir(tr.dir, 0777) != 0 && errno != EEXIST)
+        rc = fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", tr.dir, strerror(errno));
     if (!rc) rc = truncate_log(logpath, a->resume ? done : -1, "# step loss grad_norm clip_limit clipped lr seconds\n", err);
     if (!rc) rc = truncate_log(valpath, a->resume ? done : -1, "# step val_loss samples seconds\n", err);
-    if (!rc && !a->resume) rc = write_checkpoint(&T, err); /* step 0: a resume point from the start */
+    if (!rc && !a->resume) rc = write_checkpoint(&tr, err); /* step 0: a resume point from the start */
     FILE *tlog = NULL, *vlog = NULL;
     if (!rc) {
         tlog = append_open(logpath); vlog = append_open(valpath);
         if (!tlog || !vlog) rc = fail(err, OARD_ERR_IO, "%s: cannot write: %s", !tlog ? logpath : valpath, strerror(errno));
     }
     if (!rc)
-        fprintf(stderr, "oa_reactdiff: training %s from step %lld to %d: %d train reactions%s, %d val, batch %d, %s%s\n", T.dir,
-                done, steps, T.train.n, T.swap ? " (both directions)" : "", T.val.n, T.batch,
-                c->trained ? "from a trained model" : "from untrained weights", oard_optim_ema(T.opt) ? ", EMA" : "");
-    int B = T.batch, *items = xcalloc((size_t)B, sizeof(int)), *sizes = xcalloc((size_t)B, sizeof(int));
+        fprintf(stderr, "oa_reactdiff: training %s from step %lld to %d: %d train reactions%s, %d val, batch %d, %s%s\n", tr.dir,
+                done, steps, tr.train.n, tr.swap ? " (both directions)" : "", tr.val.n, tr.batch,
+                c->trained ? "from a trained model" : "from untrained weights", oard_optim_ema(tr.opt) ? ", EMA" : "");
+    int B = tr.batch, *items = xcalloc((size_t)B, sizeof(int)), *sizes = xcalloc((size_t)B, sizeof(int));
     int *tt = xcalloc((size_t)B, sizeof(int));
-    real *xh[3] = {NULL, NULL, NULL}, *grad = rc ? NULL : aligned_calloc(oard_param_size(T.m), sizeof(real));
+    real *xh[3] = {NULL, NULL, NULL}, *grad = rc ? NULL : aligned_calloc(oard_param_size(tr.m), sizeof(real));
     if (!rc && (!items || !sizes || !tt || !grad)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     struct timespec t0;
     for (long long step = done + 1; !rc && step <= steps; step++) {
         clock_gettime(CLOCK_MONOTONIC, &t0);
         for (int b = 0; b < B; b++) {
-            if (T.pos == T.n_items) { T.epoch++; T.pos = 0; epoch_order(&T); }
-            items[b] = T.perm[T.pos++];
+            if (tr.pos == tr.n_items) { tr.epoch++; tr.pos = 0; epoch_order(&tr); }
+            items[b] = tr.perm[tr.pos++];
         }
         for (int b = 0; b < B; b++) /* diffusion: torch.randint(0, T + 1); bridge: randint(0, T) */
-            tt[b] = (int)rng_below(&T.rng_t, (uint64_t)T.T + !T.bridge);
+            tt[b] = (int)rng_below(&tr.rng_t, (uint64_t)tr.T + !tr.bridge);
         double loss = 0;
         oard_step_info info;
         oard_batch batch = {B, sizes, a->threads};
-        rc = assemble_batch(&T, &T.train, items, B, sizes, xh, err);
-        if (!rc) rc = oard_train_loss(T.m, &batch, (const real *const *)xh, NULL, tt, &T.rng_noise, &loss, NULL, grad, err);
-        if (!rc) rc = oard_optim_step(T.opt, oard_param_data(T.m), grad, &info, err);
+        rc = assemble_batch(&tr, &tr.train, items, B, sizes, xh, err);
+        if (!rc) rc = oard_train_loss(tr.m, &batch, (const real *const *)xh, NULL, tt, &tr.rng_noise, &loss, NULL, grad, err);
+        if (!rc) rc = oard_optim_step(tr.opt, oard_param_data(tr.m), grad, &info, err);
         if (rc) {
             char tmp[OARD_ERRLEN];
             snprintf(tmp, sizeof(tmp), "%s", err);
@@ -8389,39 +8411,39 @@ static int cmd_train(const Args *a, char *err) {
             break;
         }
         double sec = seconds_since(&t0);
-        T.elapsed += sec;
+        tr.elapsed += sec;
         fprintf(tlog, "%lld %.9g %.9g %.9g %d %.9g %.3f\n", step, loss, info.grad_norm, info.clip_limit, info.clipped,
-                oard_optim_options(T.opt)->lr, sec);
+                oard_optim_options(tr.opt)->lr, sec);
         fflush(tlog);
-        if ((step % val_every == 0 || step == steps) && T.val.n) {
+        if ((step % val_every == 0 || step == steps) && tr.val.n) {
             clock_gettime(CLOCK_MONOTONIC, &t0);
-            rc = validate(&T, &T.val_loss, err);
+            rc = validate(&tr, &tr.val_loss, err);
             if (rc) break;
-            T.val_step = step;
-            fprintf(vlog, "%lld %.9g %d %.3f\n", step, T.val_loss, T.val.n * (T.swap ? 2 : 1), seconds_since(&t0));
+            tr.val_step = step;
+            fprintf(vlog, "%lld %.9g %d %.3f\n", step, tr.val_loss, tr.val.n * (tr.swap ? 2 : 1), seconds_since(&t0));
             fflush(vlog);
-            fprintf(stderr, "oa_reactdiff: step %lld/%d  loss %.6g  val %.6g  (%.0f s)\n", step, steps, loss, T.val_loss, T.elapsed);
+            fprintf(stderr, "oa_reactdiff: step %lld/%d  loss %.6g  val %.6g  (%.0f s)\n", step, steps, loss, tr.val_loss, tr.elapsed);
         }
-        if (step % ckpt_every == 0 || step == steps) rc = write_checkpoint(&T, err);
+        if (step % ckpt_every == 0 || step == steps) rc = write_checkpoint(&tr, err);
     }
-    if (!rc && T.val.n && T.val_step != steps) { /* e.g. resumed at the end, before a validation at step N */
-        rc = validate(&T, &T.val_loss, err);
-        T.val_step = steps;
+    if (!rc && tr.val.n && tr.val_step != steps) { /* e.g. resumed at the end, before a validation at step N */
+        rc = validate(&tr, &tr.val_loss, err);
+        tr.val_step = steps;
     }
-    if (!rc) rc = write_final_model(&T, err);
+    if (!rc) rc = write_final_model(&tr, err);
     if (!rc) {
         char mp[4200];
-        fprintf(stderr, "oa_reactdiff: wrote %s (%d steps%s, val loss %.6g)\n", train_path(&T, "model.bin", mp, sizeof(mp)),
-                steps, oard_optim_ema(T.opt) ? ", EMA weights" : "", T.val_loss);
+        fprintf(stderr, "oa_reactdiff: wrote %s (%d steps%s, val loss %.6g)\n", train_path(&tr, "model.bin", mp, sizeof(mp)),
+                steps, oard_optim_ema(tr.opt) ? ", EMA weights" : "", tr.val_loss);
     }
     if (tlog && fclose(tlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", logpath);
     if (vlog && fclose(vlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", valpath);
     for (int f = 0; f < 3; f++) free(xh[f]);
-    free(items); free(sizes); free(tt); free(T.perm);
+    free(items); free(sizes); free(tt); free(tr.perm);
     aligned_free(grad);
-    split_free(&T.train); split_free(&T.val);
-    oard_optim_free(T.opt);
-    oard_model_free(T.m);
+    split_free(&tr.train); split_free(&tr.val);
+    oard_optim_free(tr.opt);
+    oard_model_free(tr.m);
     free(meta);
     return rc;
 }
