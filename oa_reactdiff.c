@@ -6245,116 +6245,130 @@ static int ck_list(const char *path, char **keys, char **vals, int nk, const cha
     return OARD_OK;
 }
 
-int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, char ***metap, char *err) {
-    *mp = NULL; *op = NULL; *metap = NULL;
-    unsigned char *b;
-    size_t size;
-    int rc = read_binary_file(path, "checkpoint", CKPT_MAGIC, &b, &size, err);
-    if (rc) return rc;
-    char *text = NULL, **keys = NULL, **vals = NULL;
-    oard_model *m = NULL;
-    oard_optim *o = NULL;
-    double *tmp = NULL;
-    int nk = 0;
-    uint64_t text_size = 0, model_off = 0, model_size = 0, arrays_off = 0;
-    if (size < 64 || memcmp(b, CKPT_MAGIC, 8) != 0)
-        rc = fail(err, OARD_ERR_FORMAT, "%s: not an oa_reactdiff checkpoint (bad magic)", path);
-    else if (rd_u32(b + 8) != CKPT_VERSION)
-        rc = fail(err, OARD_ERR_FORMAT, "%s: checkpoint format version %u, this build reads version %u", path, rd_u32(b + 8), CKPT_VERSION);
-    else if (rd_u32(b + 12) != sizeof(real))
-        rc = fail(err, OARD_ERR_FORMAT, "%s: written by the %s build, this is the %s build (oa_reactdiff is float32, oa_reactdiff64 float64)",
-                  path, rd_u32(b + 12) == 8 ? "float64" : "float32", OARD_REAL_NAME);
-    else if (rd_u64(b + 48) != size)
-        rc = fail(err, OARD_ERR_FORMAT, "%s: truncated or padded: header says %llu bytes, file has %zu", path,
-                  (unsigned long long)rd_u64(b + 48), size);
-    if (!rc) {
-        text_size = rd_u64(b + 16); model_off = rd_u64(b + 24); model_size = rd_u64(b + 32); arrays_off = rd_u64(b + 40);
-        if (text_size > size || model_off < 64 + text_size || model_off % 64 || arrays_off % 64 || arrays_off > size ||
-            model_off > arrays_off || model_size > arrays_off - model_off) /* differences: no wrap past 2^64 */
-            rc = fail(err, OARD_ERR_FORMAT, "%s: inconsistent checkpoint header", path);
+/* A checkpoint's text part: "key value" lines, split in place */
+typedef struct {
+    char *text;
+    char **keys, **vals;
+    int nk;
+} CkptText;
+
+/* The 64-byte header (layout: oard_checkpoint_save): magic, version, the build's real size,
+ * the file size, offsets that stay inside the file, and the CRC of everything but itself. */
+static int ckpt_check_header(const char *path, const unsigned char *b, size_t size, uint64_t *text_size, uint64_t *model_off,
+                             uint64_t *model_size, uint64_t *arrays_off, char *err) {
+    if (size < 64 || memcmp(b, CKPT_MAGIC, 8) != 0) return fail(err, OARD_ERR_FORMAT, "%s: not an oa_reactdiff checkpoint (bad magic)", path);
+    if (rd_u32(b + 8) != CKPT_VERSION)
+        return fail(err, OARD_ERR_FORMAT, "%s: checkpoint format version %u, this build reads version %u", path, rd_u32(b + 8),
+                    CKPT_VERSION);
+    if (rd_u32(b + 12) != sizeof(real))
+        return fail(err, OARD_ERR_FORMAT, "%s: written by the %s build, this is the %s build (oa_reactdiff is float32, oa_reactdiff64 float64)",
+                    path, rd_u32(b + 12) == 8 ? "float64" : "float32", OARD_REAL_NAME);
+    if (rd_u64(b + 48) != size)
+        return fail(err, OARD_ERR_FORMAT, "%s: truncated or padded: header says %llu bytes, file has %zu", path,
+                    (unsigned long long)rd_u64(b + 48), size);
+    *text_size = rd_u64(b + 16);
+    *model_off = rd_u64(b + 24);
+    *model_size = rd_u64(b + 32);
+    *arrays_off = rd_u64(b + 40);
+    if (*text_size > size || *model_off < 64 + *text_size || *model_off % 64 || *arrays_off % 64 || *arrays_off > size ||
+        *model_off > *arrays_off || *model_size > *arrays_off - *model_off) /* differences: no wrap past 2^64 */
+        return fail(err, OARD_ERR_FORMAT, "%s: inconsistent checkpoint header", path);
+    uint32_t c = oard_crc32(0, b, 56);
+    c = oard_crc32(c, b + 60, size - 60);
+    if (c != rd_u32(b + 56))
+        return fail(err, OARD_ERR_FORMAT, "%s: checksum mismatch (file corrupted): stored %08x, computed %08x", path, rd_u32(b + 56), c);
+    return OARD_OK;
+}
+
+/* The text part (text_size bytes after the header) as key/value pairs */
+static int ckpt_read_text(const char *path, const unsigned char *b, uint64_t text_size, CkptText *t, char *err) {
+    t->text = malloc((size_t)text_size + 1);
+    t->keys = xcalloc((size_t)text_size / 2 + 1, sizeof(char *));
+    t->vals = xcalloc((size_t)text_size / 2 + 1, sizeof(char *));
+    if (!t->text || !t->keys || !t->vals) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    memcpy(t->text, b + 64, (size_t)text_size);
+    t->text[text_size] = 0;
+    for (char *line = t->text; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        char *sp = strchr(line, ' ');
+        if (!sp) return fail(err, OARD_ERR_FORMAT, "%s: malformed checkpoint line '%.60s'", path, line);
+        *sp = 0;
+        t->keys[t->nk] = line;
+        t->vals[t->nk++] = sp + 1;
+        line = nl ? nl + 1 : NULL;
     }
-    if (!rc) {
-        uint32_t c = oard_crc32(0, b, 56);
-        c = oard_crc32(c, b + 60, size - 60);
-        if (c != rd_u32(b + 56))
-            rc = fail(err, OARD_ERR_FORMAT, "%s: checksum mismatch (file corrupted): stored %08x, computed %08x", path, rd_u32(b + 56), c);
-    }
-    if (!rc) { /* the text: key value lines */
-        text = malloc((size_t)text_size + 1);
-        keys = xcalloc((size_t)text_size / 2 + 1, sizeof(char *));
-        vals = xcalloc((size_t)text_size / 2 + 1, sizeof(char *));
-        if (!text || !keys || !vals) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-    }
-    if (!rc) {
-        memcpy(text, b + 64, (size_t)text_size);
-        text[text_size] = 0;
-        for (char *line = text; line && *line && !rc;) {
-            char *nl = strchr(line, '\n');
-            if (nl) *nl = 0;
-            char *sp = strchr(line, ' ');
-            if (!sp) rc = fail(err, OARD_ERR_FORMAT, "%s: malformed checkpoint line '%.60s'", path, line);
-            else { *sp = 0; keys[nk] = line; vals[nk++] = sp + 1; }
-            line = nl ? nl + 1 : NULL;
-        }
-    }
-    if (!rc) { /* the model */
-        unsigned char *img = malloc((size_t)model_size ? (size_t)model_size : 1);
-        if (!img) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-        else {
-            memcpy(img, b + model_off, (size_t)model_size);
-            rc = model_load_image(path, img, (size_t)model_size, 0, &m, err);
-        }
-    }
+    return OARD_OK;
+}
+
+/* The optimizer of model m from the text: its options, step count, clip queue and each
+ * tensor's step count (the moment arrays come next, ckpt_read_arrays). tmp: scratch of
+ * n_tensors + CLIP_QUEUE_LEN + 1 doubles, allocated here. */
+static int ckpt_read_optim(const char *path, const CkptText *t, oard_model *m, oard_optim **op, double **tmp, char *err) {
+    char **keys = t->keys, **vals = t->vals;
+    const int nk = t->nk;
     oard_optim_opts opts;
     double x = 0;
     memset(&opts, 0, sizeof(opts));
-    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.lr", &opts.lr, err);
+    int rc = ck_double(path, keys, vals, nk, "optim.lr", &opts.lr, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.beta1", &opts.beta1, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.beta2", &opts.beta2, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.eps", &opts.eps, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.weight_decay", &opts.weight_decay, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.ema_decay", &opts.ema_decay, err);
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.amsgrad", &x, err);
-    if (!rc) { opts.amsgrad = x != 0; rc = ck_double(path, keys, vals, nk, "optim.clip", &x, err); }
+    if (!rc) {
+        opts.amsgrad = x != 0;
+        rc = ck_double(path, keys, vals, nk, "optim.clip", &x, err);
+    }
     if (!rc) opts.clip = x != 0;
-    if (!rc) rc = oard_optim_new(m, 0, m->params, &opts, &o, err);
-    if (!rc) rc = ck_double(path, keys, vals, nk, "optim.step", &x, err);
+    if (!rc) rc = oard_optim_new(m, 0, m->params, &opts, op, err);
+    if (rc) return rc;
+    oard_optim *o = *op;
+    rc = ck_double(path, keys, vals, nk, "optim.step", &x, err);
     if (!rc && !(x >= 0 && x <= 1e15 && x == floor(x))) rc = fail(err, OARD_ERR_FORMAT, "%s: bad optimizer step count", path);
     if (!rc) o->step = (long long)x;
     if (!rc) rc = ck_double(path, keys, vals, nk, "optim.tensors", &x, err);
     if (!rc && x != o->n_tensors)
         rc = fail(err, OARD_ERR_FORMAT, "%s: optimizer state for %g tensors, the model has %d trainable ones", path, x, o->n_tensors);
-    if (!rc) {
-        const char *q = ck_get(keys, vals, nk, "optim.queue");
-        int qn = 1;
-        for (const char *c = q; c && *c; c++) qn += *c == ',';
-        tmp = xcalloc((size_t)o->n_tensors + CLIP_QUEUE_LEN + 1, sizeof(double));
-        if (!tmp) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
-        else if (!q || qn > CLIP_QUEUE_LEN) rc = fail(err, OARD_ERR_FORMAT, "%s: checkpoint entry 'optim.queue' is missing or malformed", path);
-        else if (!(rc = ck_list(path, keys, vals, nk, "optim.queue", qn, tmp, err))) { memcpy(o->queue, tmp, (size_t)qn * sizeof(double)); o->qn = qn; }
-    }
-    if (!rc) rc = ck_list(path, keys, vals, nk, "optim.tensor_steps", o->n_tensors, tmp, err);
+    if (rc) return rc;
+    const char *q = ck_get(keys, vals, nk, "optim.queue");
+    int qn = 1;
+    for (const char *c = q; c && *c; c++) qn += *c == ',';
+    double *d = *tmp = xcalloc((size_t)o->n_tensors + CLIP_QUEUE_LEN + 1, sizeof(double));
+    if (!d) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    if (!q || qn > CLIP_QUEUE_LEN) return fail(err, OARD_ERR_FORMAT, "%s: checkpoint entry 'optim.queue' is missing or malformed", path);
+    rc = ck_list(path, keys, vals, nk, "optim.queue", qn, d, err);
+    if (rc) return rc;
+    memcpy(o->queue, d, (size_t)qn * sizeof(double));
+    o->qn = qn;
+    rc = ck_list(path, keys, vals, nk, "optim.tensor_steps", o->n_tensors, d, err);
     for (int k = 0; !rc && k < o->n_tensors; k++) {
-        if (!(tmp[k] >= 0 && tmp[k] <= (double)o->step && tmp[k] == floor(tmp[k])))
+        if (!(d[k] >= 0 && d[k] <= (double)o->step && d[k] == floor(d[k])))
             rc = fail(err, OARD_ERR_FORMAT, "%s: bad step count of tensor %d", path, k);
-        else o->tstep[k] = (long long)tmp[k];
+        else o->tstep[k] = (long long)d[k];
     }
-    real *dst[4] = {o ? o->m : NULL, o ? o->v : NULL, o ? o->vmax : NULL, o ? o->ema : NULL};
+    return rc;
+}
+
+/* The optimizer's arrays (m, v, vmax when amsgrad, ema when EMA) from the "array NAME OFFSET
+ * BYTES" lines: each present once, inside the file, zero outside the trainable tensors. */
+static int ckpt_read_arrays(const char *path, const unsigned char *b, size_t size, uint64_t arrays_off, const CkptText *t,
+                            const oard_model *m, oard_optim *o, char *err) {
+    real *dst[4] = {o->m, o->v, o->vmax, o->ema};
     const char *names[4] = {"m", "v", "vmax", "ema"};
-    int seen[4] = {0, 0, 0, 0}, n_arrays = 0;
-    size_t nf = m ? flat_size(m) : 0;
-    for (int i = 0; !rc && i < nk; i++) {
-        if (strcmp(keys[i], "array")) continue;
+    int seen[4] = {0, 0, 0, 0}, n_arrays = 0, rc = OARD_OK;
+    size_t nf = flat_size(m);
+    for (int i = 0; !rc && i < t->nk; i++) {
+        if (strcmp(t->keys[i], "array")) continue;
         char name[16];
         unsigned long long aoff, anb;
         int k = 0, pos = 0;
-        if (sscanf(vals[i], "%15s %llu %llu%n", name, &aoff, &anb, &pos) != 3 || vals[i][pos]) k = -1;
+        if (sscanf(t->vals[i], "%15s %llu %llu%n", name, &aoff, &anb, &pos) != 3 || t->vals[i][pos]) k = -1;
         while (k >= 0 && k < 4 && strcmp(name, names[k])) k++;
         if (k < 0 || k == 4 || seen[k] || !dst[k] || anb != nf * sizeof(real) || aoff % 64 || aoff > size - arrays_off ||
-            anb > size - arrays_off - aoff) {
-            rc = fail(err, OARD_ERR_FORMAT, "%s: bad checkpoint array entry '%.60s'", path, vals[i]);
-            break;
-        }
+            anb > size - arrays_off - aoff)
+            return fail(err, OARD_ERR_FORMAT, "%s: bad checkpoint array entry '%.60s'", path, t->vals[i]);
         real *flat = malloc(anb ? (size_t)anb : 1);
         if (!flat) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
         else {
@@ -6362,46 +6376,88 @@ int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, cha
             flat_copy(m, dst[k], flat, 0);
             free(flat);
         }
-        seen[k] = 1; n_arrays++;
+        seen[k] = 1;
+        n_arrays++;
     }
     for (int k = 0; !rc && k < 4; k++)
         if (dst[k] && !seen[k]) rc = fail(err, OARD_ERR_FORMAT, "%s: the optimizer's '%s' array is missing", path, names[k]);
     if (!rc && (uint32_t)n_arrays != rd_u32(b + 60)) rc = fail(err, OARD_ERR_FORMAT, "%s: header and text disagree on the arrays", path);
     for (int k = 0; !rc && k < 4; k++) /* nothing but the trainable values may be nonzero */
-        for (int t = 0; dst[k] && t < m->file.n_t; t++) {
+        for (int ti_k = 0; dst[k] && ti_k < m->file.n_t; ti_k++) {
             oard_tensor ti;
-            oard_tensor_info(m, t, &ti);
+            oard_tensor_info(m, ti_k, &ti);
             if (ti.trainable || k == 3) continue;
-            size_t n = (size_t)(m->file.t[t].nbytes / (m->file.t[t].is_f64 ? 8 : 4));
+            size_t n = (size_t)(m->file.t[ti_k].nbytes / (m->file.t[ti_k].is_f64 ? 8 : 4));
             for (size_t j = 0; j < n && !rc; j++)
                 if (dst[k][ti.offset + j] != 0) rc = fail(err, OARD_ERR_FORMAT, "%s: optimizer state for buffer %s", path, ti.name);
         }
-    if (!rc) { /* the caller's lines, one allocation */
-        size_t bytes = 0;
-        int nu = 0;
-        for (int i = 0; i < nk; i++)
-            if (!reserved_ckpt_key(keys[i])) { nu++; bytes += strlen(keys[i]) + strlen(vals[i]) + 2; }
-        char **list = malloc((size_t)(2 * nu + 1) * sizeof(char *) + bytes);
-        if (!list) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    return rc;
+}
+
+/* The caller's lines (every key that is not the optimizer's or an array), in one allocation:
+ * key, value, key, value, ..., NULL. */
+static int ckpt_user_lines(const char *path, const CkptText *t, char ***metap, char *err) {
+    size_t bytes = 0;
+    int nu = 0;
+    for (int i = 0; i < t->nk; i++)
+        if (!reserved_ckpt_key(t->keys[i])) {
+            nu++;
+            bytes += strlen(t->keys[i]) + strlen(t->vals[i]) + 2;
+        }
+    char **list = malloc((size_t)(2 * nu + 1) * sizeof(char *) + bytes);
+    if (!list) return fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
+    char *s = (char *)(list + 2 * nu + 1);
+    int j = 0;
+    for (int i = 0; i < t->nk; i++) {
+        if (reserved_ckpt_key(t->keys[i])) continue;
+        list[j++] = strcpy(s, t->keys[i]);
+        s += strlen(t->keys[i]) + 1;
+        list[j++] = strcpy(s, t->vals[i]);
+        s += strlen(t->vals[i]) + 1;
+    }
+    list[j] = NULL;
+    *metap = list;
+    return OARD_OK;
+}
+
+int oard_checkpoint_load(const char *path, oard_model **mp, oard_optim **op, char ***metap, char *err) {
+    *mp = NULL;
+    *op = NULL;
+    *metap = NULL;
+    unsigned char *b;
+    size_t size;
+    int rc = read_binary_file(path, "checkpoint", CKPT_MAGIC, &b, &size, err);
+    if (rc) return rc;
+    CkptText text = {NULL, NULL, NULL, 0};
+    oard_model *m = NULL;
+    oard_optim *o = NULL;
+    double *tmp = NULL;
+    uint64_t text_size = 0, model_off = 0, model_size = 0, arrays_off = 0;
+    rc = ckpt_check_header(path, b, size, &text_size, &model_off, &model_size, &arrays_off, err);
+    if (!rc) rc = ckpt_read_text(path, b, text_size, &text, err);
+    if (!rc) { /* the model: a weights image */
+        unsigned char *img = malloc((size_t)model_size ? (size_t)model_size : 1);
+        if (!img) rc = fail(err, OARD_ERR_NOMEM, "%s: out of memory", path);
         else {
-            char *s = (char *)(list + 2 * nu + 1);
-            int j = 0;
-            for (int i = 0; i < nk; i++) {
-                if (reserved_ckpt_key(keys[i])) continue;
-                list[j++] = strcpy(s, keys[i]); s += strlen(keys[i]) + 1;
-                list[j++] = strcpy(s, vals[i]); s += strlen(vals[i]) + 1;
-            }
-            list[j] = NULL;
-            *metap = list;
+            memcpy(img, b + model_off, (size_t)model_size);
+            rc = model_load_image(path, img, (size_t)model_size, 0, &m, err);
         }
     }
-    free(b); free(text); free(keys); free(vals); free(tmp);
+    if (!rc) rc = ckpt_read_optim(path, &text, m, &o, &tmp, err);
+    if (!rc) rc = ckpt_read_arrays(path, b, size, arrays_off, &text, m, o, err);
+    if (!rc) rc = ckpt_user_lines(path, &text, metap, err);
+    free(b);
+    free(text.text);
+    free(text.keys);
+    free(text.vals);
+    free(tmp);
     if (rc) {
         oard_optim_free(o);
         oard_model_free(m);
         return rc;
     }
-    *mp = m; *op = o;
+    *mp = m;
+    *op = o;
     return OARD_OK;
 }
 
@@ -8266,7 +8322,8 @@ static int write_final_model(Trainer *tr, char *err) {
     return rc;
 }
 
-static int cmd_train(const Args *a, char *err) {
+/* train's command line, checked before anything is read or allocated */
+static int train_check_args(const Args *a, char *err) {
     if (a->npos) return fail(err, OARD_ERR_ARG, "train: unexpected argument '%s'", a->pos[0]);
     if (!a->train_out) return fail(err, OARD_ERR_ARG, "train needs --out DIR (checkpoint, logs, model.bin)");
     if (!a->resume && !a->init == !a->init_config)
@@ -8277,133 +8334,190 @@ static int cmd_train(const Args *a, char *err) {
     if (!isnan(a->lr) && !(a->lr > 0)) return fail(err, OARD_ERR_ARG, "--lr must be positive");
     if (a->objective && strcmp(a->objective, "bridge") && strcmp(a->objective, "diffusion"))
         return fail(err, OARD_ERR_ARG, "--objective: '%s' is not diffusion or bridge", a->objective);
-    const int want_bridge = a->objective && !strcmp(a->objective, "bridge");
-    Trainer tr;
-    memset(&tr, 0, sizeof(tr));
-    tr.a = a; tr.dir = a->train_out; tr.data = a->data ? a->data : "data";
-    tr.batch = a->batch ? a->batch : 14; /* upstream's bz */
-    tr.swap = !a->no_swap; tr.seed = a->seed; tr.val_loss = NAN; tr.val_step = -1;
-    tr.steps = a->steps ? a->steps : 1000; tr.val_every = a->val_every ? a->val_every : 100;
-    tr.ckpt_every = a->ckpt_every ? a->ckpt_every : tr.val_every;
-    tr.description = a->description;
-    if (a->init) { /* the file and its checksum (header bytes 56..59; 0 if it cannot be read) */
+    return OARD_OK;
+}
+
+/* The run's settings from the command line (a resumed run overrides them from its checkpoint
+ * in train_start) and the description of its start: the weights file with its checksum
+ * (header bytes 56..59; 0 if it cannot be read), or the --init-config spec and seed. */
+static void trainer_from_args(Trainer *tr, const Args *a) {
+    memset(tr, 0, sizeof(*tr));
+    tr->a = a;
+    tr->dir = a->train_out;
+    tr->data = a->data ? a->data : "data";
+    tr->batch = a->batch ? a->batch : 14; /* upstream's bz */
+    tr->swap = !a->no_swap;
+    tr->seed = a->seed;
+    tr->val_loss = NAN;
+    tr->val_step = -1;
+    tr->steps = a->steps ? a->steps : 1000;
+    tr->val_every = a->val_every ? a->val_every : 100;
+    tr->ckpt_every = a->ckpt_every ? a->ckpt_every : tr->val_every;
+    tr->description = a->description;
+    if (a->init) {
         char cwd[2048] = "";
         unsigned char *h = NULL;
         size_t hn = 0;
         char e2[OARD_ERRLEN];
         if (a->init[0] != '/' && !getcwd(cwd, sizeof(cwd))) cwd[0] = 0;
         int got = read_binary_file(a->init, "weights file", WFILE_MAGIC, &h, &hn, e2) == OARD_OK; /* no FIFO wait */
-        snprintf(tr.init_desc, sizeof(tr.init_desc), "weights %s%s%s (crc32 %08x)", cwd, cwd[0] ? "/" : "", a->init,
+        snprintf(tr->init_desc, sizeof(tr->init_desc), "weights %s%s%s (crc32 %08x)", cwd, cwd[0] ? "/" : "", a->init,
                  got ? (unsigned)rd_u32(h + 56) : 0u);
         free(h);
     } else if (a->init_config) {
-        snprintf(tr.init_desc, sizeof(tr.init_desc), "config %s seed %llu", a->init_config, (unsigned long long)a->seed);
+        snprintf(tr->init_desc, sizeof(tr->init_desc), "config %s seed %llu", a->init_config, (unsigned long long)a->seed);
     }
-    char ckpath[4200], logpath[4200], valpath[4200];
-    train_path(&tr, "checkpoint.bin", ckpath, sizeof(ckpath));
-    train_path(&tr, "train.log", logpath, sizeof(logpath));
-    train_path(&tr, "val.log", valpath, sizeof(valpath));
-    int rc = OARD_OK;
-    char **meta = NULL;
+}
+
+/* The model and the optimizer of a resumed run, and what its command line leaves out: the
+ * checkpoint's data, end, cadence and description. */
+static int train_resume_model(Trainer *tr, const Args *a, const char *ckpath, char ***meta, char *err) {
+    int rc = oard_checkpoint_load(ckpath, &tr->m, &tr->opt, meta, err);
+    if (rc == OARD_ERR_FORMAT) return OARD_ERR_MODEL; /* an unusable checkpoint: as an unusable weights file */
+    if (rc) return rc;
+    const char *v;
+    if (!a->data && (v = meta_of(*meta, "train.data"))) tr->data = v;
+    if (!a->steps && (v = meta_of(*meta, "train.steps"))) tr->steps = atoi(v);
+    if (!a->val_every && (v = meta_of(*meta, "train.val_every"))) tr->val_every = atoi(v);
+    if (!a->ckpt_every && (v = meta_of(*meta, "train.checkpoint_every"))) tr->ckpt_every = atoi(v);
+    if (!a->description && (v = meta_of(*meta, "train.description"))) tr->description = v;
+    if (tr->steps < 1 || tr->val_every < 1 || tr->ckpt_every < 1)
+        return fail(err, OARD_ERR_MODEL, "%s: malformed step counts", ckpath);
+    return OARD_OK;
+}
+
+/* The model and a fresh optimizer of a new run: --init WEIGHTS or --init-config SPEC; with
+ * --objective bridge from a diffusion model (or a fresh one), React-OT's fine-tuning start
+ * with train_rpsb_ts1x.py's schedule (T 3000, beta_max 0.3, power 0.5). */
+static int train_new_model(Trainer *tr, const Args *a, int want_bridge, char *err) {
+    int rc;
+    if (a->init) rc = load_weights(a->init, OARD_KIND_DENOISER, &tr->m, err);
+    else {
+        rc = oard_model_init(a->init_config, a->seed, &tr->m, err);
+        if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the spec is at fault */
+    }
+    if (!rc && oard_model_config(tr->m)->kind == OARD_KIND_DENOISER && want_bridge &&
+        oard_model_config(tr->m)->objective != OARD_OBJECTIVE_BRIDGE)
+    {
+        oard_model *b = NULL;
+        rc = oard_model_to_bridge(tr->m, 3000, 0.3, 0.5, 1.0, &b, err);
+        oard_model_free(tr->m);
+        tr->m = b;
+    }
+    oard_optim_opts o;
+    oard_optim_defaults(&o);
+    if (!isnan(a->lr)) o.lr = a->lr;
+    if (!isnan(a->weight_decay)) o.weight_decay = a->weight_decay;
+    if (!isnan(a->ema)) o.ema_decay = a->ema;
+    o.clip = !a->no_clip;
+    if (!rc) rc = oard_optim_new(tr->m, 0, oard_param_data(tr->m), &o, &tr->opt, err);
+    return rc;
+}
+
+/* The batch buffers of one training step */
+typedef struct {
+    int *items, *sizes, *t;
+    real *xh[3]; /* the batch's R, TS, P (assemble_batch) */
+    real *grad;  /* the loss's gradient, one entry per parameter */
+} TrainStepBuf;
+
+/* One step of training (upstream's training_step): the next B items of the epoch's order,
+ * their t (diffusion: torch.randint(0, T + 1); bridge: randint(0, T)), the loss and its
+ * gradient, one optimizer step. */
+static int train_step(Trainer *tr, TrainStepBuf *sb, int threads, double *loss, oard_step_info *info, char *err) {
+    const int B = tr->batch;
+    for (int b = 0; b < B; b++) {
+        if (tr->pos == tr->n_items) {
+            tr->epoch++;
+            tr->pos = 0;
+            epoch_order(tr);
+        }
+        sb->items[b] = tr->perm[tr->pos++];
+    }
+    for (int b = 0; b < B; b++) sb->t[b] = (int)rng_below(&tr->rng_t, (uint64_t)tr->T + !tr->bridge);
+    oard_batch batch = {B, sb->sizes, threads};
+    int rc = assemble_batch(tr, &tr->train, sb->items, B, sb->sizes, sb->xh, err);
+    if (!rc) rc = oard_train_loss(tr->m, &batch, (const real *const *)sb->xh, NULL, sb->t, &tr->rng_noise, loss, NULL, sb->grad, err);
+    if (!rc) rc = oard_optim_step(tr->opt, oard_param_data(tr->m), sb->grad, info, err);
+    return rc;
+}
+
+/* The run's state before its first step: the model and optimizer (train_resume_model or
+ * train_new_model), checks that they suit the command line, the data, the resumed position
+ * or fresh random streams, the epoch's order and the output directory. */
+static int train_start(Trainer *tr, const Args *a, const char *ckpath, char ***meta, char *err) {
+    const int want_bridge = a->objective && !strcmp(a->objective, "bridge");
     int have_ckpt = access(ckpath, F_OK) == 0;
     if (a->resume && !have_ckpt) return fail(err, OARD_ERR_IO, "%s: no checkpoint to resume from", ckpath);
     if (!a->resume && have_ckpt)
         return fail(err, OARD_ERR_ARG, "%s exists: add --resume to continue that run, or choose another --out", ckpath);
-    /* the model and the optimizer */
-    if (a->resume) {
-        rc = oard_checkpoint_load(ckpath, &tr.m, &tr.opt, &meta, err);
-        if (rc == OARD_ERR_FORMAT) rc = OARD_ERR_MODEL; /* an unusable checkpoint: as an unusable weights file */
-        /* what the command line leaves out: the checkpoint's run (data, end, cadence, description) */
-        const char *v;
-        if (!rc && !a->data && (v = meta_of(meta, "train.data"))) tr.data = v;
-        if (!rc && !a->steps && (v = meta_of(meta, "train.steps"))) tr.steps = atoi(v);
-        if (!rc && !a->val_every && (v = meta_of(meta, "train.val_every"))) tr.val_every = atoi(v);
-        if (!rc && !a->ckpt_every && (v = meta_of(meta, "train.checkpoint_every"))) tr.ckpt_every = atoi(v);
-        if (!rc && !a->description && (v = meta_of(meta, "train.description"))) tr.description = v;
-        if (!rc && (tr.steps < 1 || tr.val_every < 1 || tr.ckpt_every < 1))
-            rc = fail(err, OARD_ERR_MODEL, "%s: malformed step counts", ckpath);
-    } else {
-        if (a->init) rc = load_weights(a->init, OARD_KIND_DENOISER, &tr.m, err);
-        else {
-            rc = oard_model_init(a->init_config, a->seed, &tr.m, err);
-            if (rc == OARD_ERR_FORMAT || rc == OARD_ERR_MODEL) rc = OARD_ERR_ARG; /* the spec is at fault */
-        }
-        /* --objective bridge from a diffusion model (or a fresh one): React-OT's fine-tuning
-         * start, with train_rpsb_ts1x.py's schedule (T 3000, beta_max 0.3, power 0.5) */
-        if (!rc && oard_model_config(tr.m)->kind == OARD_KIND_DENOISER && want_bridge &&
-            oard_model_config(tr.m)->objective != OARD_OBJECTIVE_BRIDGE)
-        {
-            oard_model *b = NULL;
-            rc = oard_model_to_bridge(tr.m, 3000, 0.3, 0.5, 1.0, &b, err);
-            oard_model_free(tr.m);
-            tr.m = b;
-        }
-        oard_optim_opts o;
-        oard_optim_defaults(&o);
-        if (!isnan(a->lr)) o.lr = a->lr;
-        if (!isnan(a->weight_decay)) o.weight_decay = a->weight_decay;
-        if (!isnan(a->ema)) o.ema_decay = a->ema;
-        o.clip = !a->no_clip;
-        if (!rc) rc = oard_optim_new(tr.m, 0, oard_param_data(tr.m), &o, &tr.opt, err);
+    int rc = a->resume ? train_resume_model(tr, a, ckpath, meta, err) : train_new_model(tr, a, want_bridge, err);
+    if (rc) return rc;
+    const oard_config *c = oard_model_config(tr->m);
+    const char *from = a->resume ? ckpath : a->init;
+    if (c->kind != OARD_KIND_DENOISER) return fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", from);
+    if (a->objective && (c->objective == OARD_OBJECTIVE_BRIDGE) != want_bridge)
+        return fail(err, OARD_ERR_ARG, "--objective %s: %s is a %s model%s", a->objective, from,
+                    c->objective == OARD_OBJECTIVE_BRIDGE ? "bridge" : "diffusion",
+                    a->resume ? "" : " (a bridge model cannot go back to diffusion)");
+    rc = read_dataset(tr->data, c, &tr->train, &tr->val, err);
+    if (!rc && a->resume) rc = resume_checkpoint(tr, ckpath, *meta, err);
+    if (rc) return rc;
+    long long done = oard_optim_steps(tr->opt);
+    if (done > tr->steps) return fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, tr->steps);
+    tr->bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
+    tr->T = tr->bridge ? c->sb_timesteps : c->training_timesteps;
+    tr->n_items = tr->train.n * (tr->swap ? 2 : 1);
+    tr->perm = xcalloc((size_t)tr->n_items, sizeof(int));
+    if (!tr->perm) return fail(err, OARD_ERR_NOMEM, "out of memory");
+    if (!a->resume) {
+        oard_rng_seed(&tr->rng_t, reaction_seed(tr->seed, "train:t"));
+        oard_rng_seed(&tr->rng_noise, reaction_seed(tr->seed, "train:noise"));
     }
-    const oard_config *c = rc ? NULL : oard_model_config(tr.m);
-    if (!rc && c->kind != OARD_KIND_DENOISER) rc = fail(err, OARD_ERR_MODEL, "%s: is a confidence model, a denoiser is needed", a->resume ? ckpath : a->init);
-    if (!rc && a->objective && (c->objective == OARD_OBJECTIVE_BRIDGE) != want_bridge)
-        rc = fail(err, OARD_ERR_ARG, "--objective %s: %s is a %s model%s", a->objective, a->resume ? ckpath : a->init,
-                  c->objective == OARD_OBJECTIVE_BRIDGE ? "bridge" : "diffusion",
-                  a->resume ? "" : " (a bridge model cannot go back to diffusion)");
-    if (!rc) rc = read_dataset(tr.data, c, &tr.train, &tr.val, err);
-    if (!rc && a->resume) rc = resume_checkpoint(&tr, ckpath, meta, err);
-    const int steps = tr.steps, val_every = tr.val_every, ckpt_every = tr.ckpt_every;
+    epoch_order(tr);
+    if (mkdir(tr->dir, 0777) != 0 && errno != EEXIST)
+        return fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", tr->dir, strerror(errno));
+    return OARD_OK;
+}
+
+static int cmd_train(const Args *a, char *err) {
+    int rc = train_check_args(a, err);
+    if (rc) return rc;
+    Trainer tr;
+    trainer_from_args(&tr, a);
+    char ckpath[4200], logpath[4200], valpath[4200];
+    train_path(&tr, "checkpoint.bin", ckpath, sizeof(ckpath));
+    train_path(&tr, "train.log", logpath, sizeof(logpath));
+    train_path(&tr, "val.log", valpath, sizeof(valpath));
+    char **meta = NULL;
+    rc = train_start(&tr, a, ckpath, &meta, err);
     long long done = rc ? 0 : oard_optim_steps(tr.opt);
-    if (!rc && done > steps)
-        rc = fail(err, OARD_ERR_ARG, "%s is at step %lld, beyond --steps %d", ckpath, done, steps);
-    if (!rc) {
-        tr.bridge = c->objective == OARD_OBJECTIVE_BRIDGE;
-        tr.T = tr.bridge ? c->sb_timesteps : c->training_timesteps;
-        tr.n_items = tr.train.n * (tr.swap ? 2 : 1);
-        tr.perm = xcalloc((size_t)tr.n_items, sizeof(int));
-        if (!tr.perm) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
-    }
-    if (!rc && !a->resume) {
-        oard_rng_seed(&tr.rng_t, reaction_seed(tr.seed, "train:t"));
-        oard_rng_seed(&tr.rng_noise, reaction_seed(tr.seed, "train:noise"));
-    }
-    if (!rc) epoch_order(&tr);
+    const int steps = tr.steps, val_every = tr.val_every, ckpt_every = tr.ckpt_every;
     /* the logs: a fresh run starts them, a resumed one keeps the lines up to its checkpoint */
-    if (!rc && mkdir(tr.dir, 0777) != 0 && errno != EEXIST)
-        rc = fail(err, OARD_ERR_IO, "%s: cannot create directory: %s", tr.dir, strerror(errno));
     if (!rc) rc = truncate_log(logpath, a->resume ? done : -1, "# step loss grad_norm clip_limit clipped lr seconds\n", err);
     if (!rc) rc = truncate_log(valpath, a->resume ? done : -1, "# step val_loss samples seconds\n", err);
     if (!rc && !a->resume) rc = write_checkpoint(&tr, err); /* step 0: a resume point from the start */
     FILE *tlog = NULL, *vlog = NULL;
     if (!rc) {
-        tlog = append_open(logpath); vlog = append_open(valpath);
+        tlog = append_open(logpath);
+        vlog = append_open(valpath);
         if (!tlog || !vlog) rc = fail(err, OARD_ERR_IO, "%s: cannot write: %s", !tlog ? logpath : valpath, strerror(errno));
     }
     if (!rc)
         fprintf(stderr, "oa_reactdiff: training %s from step %lld to %d: %d train reactions%s, %d val, batch %d, %s%s\n", tr.dir,
                 done, steps, tr.train.n, tr.swap ? " (both directions)" : "", tr.val.n, tr.batch,
-                c->trained ? "from a trained model" : "from untrained weights", oard_optim_ema(tr.opt) ? ", EMA" : "");
-    int B = tr.batch, *items = xcalloc((size_t)B, sizeof(int)), *sizes = xcalloc((size_t)B, sizeof(int));
-    int *tt = xcalloc((size_t)B, sizeof(int));
-    real *xh[3] = {NULL, NULL, NULL}, *grad = rc ? NULL : aligned_calloc(oard_param_size(tr.m), sizeof(real));
-    if (!rc && (!items || !sizes || !tt || !grad)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
+                oard_model_config(tr.m)->trained ? "from a trained model" : "from untrained weights",
+                oard_optim_ema(tr.opt) ? ", EMA" : "");
+    const int B = tr.batch;
+    TrainStepBuf sb = {xcalloc((size_t)B, sizeof(int)), xcalloc((size_t)B, sizeof(int)), xcalloc((size_t)B, sizeof(int)),
+                       {NULL, NULL, NULL}, rc ? NULL : aligned_calloc(oard_param_size(tr.m), sizeof(real))};
+    if (!rc && (!sb.items || !sb.sizes || !sb.t || !sb.grad)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     struct timespec t0;
     for (long long step = done + 1; !rc && step <= steps; step++) {
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        for (int b = 0; b < B; b++) {
-            if (tr.pos == tr.n_items) { tr.epoch++; tr.pos = 0; epoch_order(&tr); }
-            items[b] = tr.perm[tr.pos++];
-        }
-        for (int b = 0; b < B; b++) /* diffusion: torch.randint(0, T + 1); bridge: randint(0, T) */
-            tt[b] = (int)rng_below(&tr.rng_t, (uint64_t)tr.T + !tr.bridge);
         double loss = 0;
         oard_step_info info;
-        oard_batch batch = {B, sizes, a->threads};
-        rc = assemble_batch(&tr, &tr.train, items, B, sizes, xh, err);
-        if (!rc) rc = oard_train_loss(tr.m, &batch, (const real *const *)xh, NULL, tt, &tr.rng_noise, &loss, NULL, grad, err);
-        if (!rc) rc = oard_optim_step(tr.opt, oard_param_data(tr.m), grad, &info, err);
+        rc = train_step(&tr, &sb, a->threads, &loss, &info, err);
         if (rc) {
             char tmp[OARD_ERRLEN];
             snprintf(tmp, sizeof(tmp), "%s", err);
@@ -8438,10 +8552,14 @@ static int cmd_train(const Args *a, char *err) {
     }
     if (tlog && fclose(tlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", logpath);
     if (vlog && fclose(vlog) != 0 && !rc) rc = fail(err, OARD_ERR_IO, "%s: write failed", valpath);
-    for (int f = 0; f < 3; f++) free(xh[f]);
-    free(items); free(sizes); free(tt); free(tr.perm);
-    aligned_free(grad);
-    split_free(&tr.train); split_free(&tr.val);
+    for (int f = 0; f < 3; f++) free(sb.xh[f]);
+    free(sb.items);
+    free(sb.sizes);
+    free(sb.t);
+    free(tr.perm);
+    aligned_free(sb.grad);
+    split_free(&tr.train);
+    split_free(&tr.val);
     oard_optim_free(tr.opt);
     oard_model_free(tr.m);
     free(meta);
