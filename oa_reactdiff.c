@@ -3494,6 +3494,36 @@ static void bridge_log(const Bridge *S, const real *x, int k, int n_logged, real
         memcpy(out + ((size_t)i * n_logged + (n_logged - 1 - k)) * 3, x + 3 * i, 3 * sizeof(real));
 }
 
+/* The solver's preconditions: nfe below T, and for the ode solver a constant beta schedule
+ * (upstream's ode_sampling asserts it). */
+static int bridge_check_solver(const Bridge *S, int solver, int nfe, char *err) {
+    const int T = S->sch.T;
+    if (nfe >= T) return fail(err, OARD_ERR_ARG, "bridge: nfe %d must be below the schedule's %d timesteps", nfe, T);
+    for (int i = 1; solver == OARD_SOLVER_ODE && i < T; i++)
+        if (fabsf(S->sch.betas[i] - S->sch.betas[i - 1]) > 1e-8f + 1e-5f * fabsf(S->sch.betas[i]))
+            return fail(err, OARD_ERR_MODEL, "bridge: the ode solver needs a constant beta schedule (upstream asserts it); "
+                                             "use --solver ddpm or ei with this model");
+    return OARD_OK;
+}
+
+/* Step k of nfe: ddpm and ode move xt from steps[i] to steps[i - 1], i = nfe - k (the
+ * pairs from the end of the grid); ei takes its own grid's step k. *logged: whether
+ * upstream keeps this step in its trajectory. Then xt is centred and checked. */
+static int bridge_step(Bridge *S, int solver, int method, const int *steps, int nfe, int k, real *xt, int *logged) {
+    int rc, i = nfe - k, step;
+    if (solver == OARD_SOLVER_EI) {
+        rc = bridge_ei_step(S, nfe, k, xt, &step);
+        *logged = ei_logged(nfe, k);
+    } else {
+        rc = solver == OARD_SOLVER_DDPM ? bridge_ddpm_step(S, steps[i - 1], steps[i], xt)
+                                        : bridge_ode_step(S, method, steps[i - 1], steps[i], xt);
+        *logged = bridge_logged_pair(steps, nfe, i);
+    }
+    if (rc) return rc;
+    centre_fragment(xt, 3, S->frag_off, S->B);
+    return bridge_check(S, xt);
+}
+
 int oard_bridge_sample(const oard_model *m, const oard_batch *batch, const oard_bridge_opts *o, const oard_real *cond,
                        const oard_real *const xh[], oard_real *ts_pos, oard_real *xs, oard_real *pred_x0s, char *err) {
     const int solver = o ? o->solver : OARD_SOLVER_ODE, method = o ? o->ode_method : OARD_ODE_MIDPOINT;
@@ -3503,35 +3533,19 @@ int oard_bridge_sample(const oard_model *m, const oard_batch *batch, const oard_
     Bridge S;
     int rc = bridge_init(&S, m, batch, cond, xh, err);
     const int T = S.sch.T;
-    if (!rc && nfe >= T) rc = fail(err, OARD_ERR_ARG, "bridge: nfe %d must be below the schedule's %d timesteps", nfe, T);
-    if (!rc && solver == OARD_SOLVER_ODE) { /* ode_sampling asserts constant betas */
-        for (int i = 1; i < T && !rc; i++)
-            if (fabsf(S.sch.betas[i] - S.sch.betas[i - 1]) > 1e-8f + 1e-5f * fabsf(S.sch.betas[i]))
-                rc = fail(err, OARD_ERR_MODEL, "bridge: the ode solver needs a constant beta schedule (upstream asserts it); "
-                                               "use --solver ddpm or ei with this model");
-    }
+    if (!rc) rc = bridge_check_solver(&S, solver, nfe, err);
     int *steps = rc ? NULL : xcalloc((size_t)nfe + 1, sizeof(int));
     real *xt = rc ? NULL : xcalloc((size_t)S.NF * 3, sizeof(real));
     if (!rc && (!steps || !xt)) rc = fail(err, OARD_ERR_NOMEM, "out of memory");
     const int n_logged = rc ? 0 : oard_bridge_n_logged(o, T);
     int logged = 0;
-    if (!rc) {
+    if (!rc) { /* the time grid; x_T = the R-P midpoint */
         oard_space_indices(T, nfe + 1, steps);
         bridge_midpoint(&S, xt);
     }
-    for (int k = 0; !rc && k < nfe; k++) { /* the pairs (prev, step) from the end, or EI's steps */
-        int i = nfe - k, log_it, step;
-        if (solver == OARD_SOLVER_EI) {
-            rc = bridge_ei_step(&S, nfe, k, xt, &step);
-            log_it = ei_logged(nfe, k);
-        } else {
-            rc = solver == OARD_SOLVER_DDPM ? bridge_ddpm_step(&S, steps[i - 1], steps[i], xt)
-                                            : bridge_ode_step(&S, method, steps[i - 1], steps[i], xt);
-            log_it = bridge_logged_pair(steps, nfe, i);
-        }
-        if (rc) break;
-        centre_fragment(xt, 3, S.frag_off, S.B);
-        rc = bridge_check(&S, xt);
+    for (int k = 0; !rc && k < nfe; k++) {
+        int log_it = 0;
+        rc = bridge_step(&S, solver, method, steps, nfe, k, xt, &log_it);
         if (!rc && log_it && logged < n_logged) {
             bridge_log(&S, xt, logged, n_logged, xs);
             bridge_log(&S, solver == OARD_SOLVER_ODE ? xt : S.pred, logged, n_logged, pred_x0s);
@@ -3540,7 +3554,8 @@ int oard_bridge_sample(const oard_model *m, const oard_batch *batch, const oard_
         if (!rc && o && o->progress) o->progress(o->progress_ctx, k + 1, nfe);
     }
     if (!rc) memcpy(ts_pos, xt, (size_t)S.NF * 3 * sizeof(real));
-    free(steps); free(xt);
+    free(steps);
+    free(xt);
     bridge_free(&S);
     return rc;
 }
@@ -8172,7 +8187,12 @@ static int write_checkpoint(Trainer *tr, char *err) {
     char path[4200], rt[160], rn[160], v[16][64];
     const char *meta[48];
     int k = 0, nv = 0;
-#define KV(key, ...) (snprintf(v[nv], sizeof(v[0]), __VA_ARGS__), meta[k++] = key, meta[k++] = v[nv++])
+#define KV(key, ...)                                    \
+    do {                                                \
+        snprintf(v[nv], sizeof(v[0]), __VA_ARGS__);     \
+        meta[k++] = key;                                \
+        meta[k++] = v[nv++];                            \
+    } while (0)
     meta[k++] = "train.data"; meta[k++] = tr->data;
     meta[k++] = "train.init"; meta[k++] = tr->init_desc;
     KV("train.train_crc32", "%08x", (unsigned)tr->train.crc);
