@@ -1504,6 +1504,18 @@ typedef struct {
     void *dump_ctx;
 } Ctx;
 
+/* The geometry of one forward pass (leftnet_geometry): every array the layers read that
+ * depends on the positions alone. The arrays live in the work buffers. E edges, N nodes. */
+typedef struct {
+    const real *mask;            /* (E): the object-aware mask, object_aware_mask */
+    const real *dist, *rbound;   /* (E): masked distance, cosine cutoff 0.5 (cos(pi r / cutoff) + 1) */
+    const real *d, *c, *v;       /* (E, 3): edge frame (diff, cross, vertical), masked */
+    const real *rbf;             /* (E, R): radial basis */
+    const real *frame;           /* (N, 3, 3): node frame, frame[n][xyz][k] */
+    const real *pos_prjt;        /* (N, 3): positions in the node frames */
+    const int *ue, *ue_start;    /* the unmasked edges grouped by target node, (N + 1) starts */
+} Geometry;
+
 static void dump(const Ctx *cx, const char *name, const real *data, size_t rows, size_t cols) {
     if (cx->dump) cx->dump(cx->dump_ctx, name, data, rows, cols);
 }
@@ -1655,7 +1667,7 @@ static void edge_frame(const Ctx *cx) {
  * edge rbf = 0 and r = 0, so f = radial_lin(0): a constant that carries the scalar messages
  * between fragments. It is computed once, from a zero row, and copied to every masked edge;
  * the unmasked edges run in blocks. */
-static void radial_filter(const Ctx *cx) {
+static void radial_filter(const Ctx *cx, const Geometry *geo) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
     const Graph *g = cx->g;
@@ -1669,22 +1681,22 @@ static void radial_filter(const Ctx *cx) {
     {
         real *rb = thread_scratch(w), *t1 = rb + round_up((size_t)BE * R, 16), *t2 = t1 + round_up((size_t)BE * H, 16);
         int n0, n1;
-        thread_nodes(w->ue_start, g->N, THREAD_ID, THREAD_COUNT, &n0, &n1);
-        for (int u0 = w->ue_start[n0]; u0 < w->ue_start[n1]; u0 += BE) {
-            int nb = w->ue_start[n1] - u0 < BE ? w->ue_start[n1] - u0 : BE;
-            for (int k = 0; k < nb; k++) memcpy(rb + (size_t)k * R, w->rbf + (size_t)w->ue[u0 + k] * R, R * sizeof(real));
+        thread_nodes(geo->ue_start, g->N, THREAD_ID, THREAD_COUNT, &n0, &n1);
+        for (int u0 = geo->ue_start[n0]; u0 < geo->ue_start[n1]; u0 += BE) {
+            int nb = geo->ue_start[n1] - u0 < BE ? geo->ue_start[n1] - u0 : BE;
+            for (int k = 0; k < nb; k++) memcpy(rb + (size_t)k * R, geo->rbf + (size_t)geo->ue[u0 + k] * R, R * sizeof(real));
             linear_forward(&p->radial_lin0, rb, (size_t)nb, t1, 1);
             linear_forward(&p->radial_lin2, t1, (size_t)nb, t2, 0);
             for (int k = 0; k < nb; k++) {
-                int e = w->ue[u0 + k];
+                int e = geo->ue[u0 + k];
                 real *f = w->ew + (size_t)e * EW + 2 * H;
-                for (int h = 0; h < H; h++) f[h] = t2[(size_t)k * H + h] * w->rbound[e];
+                for (int h = 0; h < H; h++) f[h] = t2[(size_t)k * H + h] * geo->rbound[e];
             }
         }
 #pragma omp for schedule(static)
         for (int e = 0; e < g->E; e++)
-            if (w->mask[e] == 0)
-                for (int h = 0; h < H; h++) w->ew[(size_t)e * EW + 2 * H + h] = f0[h] * w->rbound[e];
+            if (geo->mask[e] == 0)
+                for (int h = 0; h < H; h++) w->ew[(size_t)e * EW + 2 * H + h] = f0[h] * geo->rbound[e];
     }
 }
 
@@ -1709,7 +1721,7 @@ static void neighbor_emb(const Ctx *cx, const real *h, real *s) {
 }
 
 /* CFConvS2V: NE1[n] (3, H) = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s)))[source] */
-static void scalar_to_vector(const Ctx *cx, const real *s, real *ne1) {
+static void scalar_to_vector(const Ctx *cx, const Geometry *geo, const real *s, real *ne1) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
     Work *w = cx->w;
@@ -1723,7 +1735,7 @@ static void scalar_to_vector(const Ctx *cx, const real *s, real *ne1) {
     for (int n = 0; n < N; n++)
         for (int e = g->out_start[n]; e < g->out_start[n + 1]; e++) {
             int ein = g->rev[e], src = g->src[ein];
-            const real *f = w->ew + (size_t)ein * EW + 2 * H, *d = w->d + 3 * ein, *ts = t + (size_t)src * H;
+            const real *f = w->ew + (size_t)ein * EW + 2 * H, *d = geo->d + 3 * ein, *ts = t + (size_t)src * H;
             for (int k = 0; k < 3; k++)
                 for (int hh = 0; hh < H; hh++) ne1[((size_t)n * 3 + k) * H + hh] += f[hh] * d[k] * ts[hh];
         }
@@ -1769,7 +1781,7 @@ static void frame_rows(const real *nv, size_t ld, int H, const real *const fr[3]
 /* Edge weights from the vector features: project NE1 of each end on the edge frame,
  * |c-row| with reflect_equiv, scalar = lin3(rows) + d-row, times the cosine cutoff. On a
  * masked edge the frame is zero, so the scalar is lin3(0) for every channel: computed once. */
-static void edge_scalarization(const Ctx *cx, const real *ne1) {
+static void edge_scalarization(const Ctx *cx, const Geometry *geo, const real *ne1) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
     const Graph *g = cx->g;
@@ -1783,20 +1795,20 @@ static void edge_scalarization(const Ctx *cx, const real *ne1) {
     {
         real *q = thread_scratch(w), *out = q + 3 * Hs, *t = out + Hs;
 #pragma omp for schedule(static)
-        for (int u = 0; u < w->ue_start[g->N]; u++) {
-            int e = w->ue[u];
-            const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
+        for (int u = 0; u < geo->ue_start[g->N]; u++) {
+            int e = geo->ue[u];
+            const real *fr[3] = {geo->d + 3 * e, geo->c + 3 * e, geo->v + 3 * e};
             for (int side = 0; side < 2; side++) {
                 frame_rows(ne1 + (size_t)(side == 0 ? g->src[e] : g->dst[e]) * 3 * H, (size_t)H, H, fr, c->reflect_equiv, q);
                 lin3_channels(p->lin3, 2, q, H, out, t);
                 real *ew = w->ew + (size_t)e * EW + side * H;
-                for (int h = 0; h < H; h++) ew[h] = (out[h] + q[h]) * w->rbound[e];
+                for (int h = 0; h < H; h++) ew[h] = (out[h] + q[h]) * geo->rbound[e];
             }
         }
 #pragma omp for schedule(static)
         for (int e = 0; e < g->E; e++)
-            if (w->mask[e] == 0)
-                for (int h = 0; h < 2 * H; h++) w->ew[(size_t)e * EW + h] = cst[h % H] * w->rbound[e];
+            if (geo->mask[e] == 0)
+                for (int h = 0; h < 2 * H; h++) w->ew[(size_t)e * EW + h] = cst[h % H] * geo->rbound[e];
     }
 }
 
@@ -1873,7 +1885,7 @@ static void node_frame(const Ctx *cx) {
  * edge weights of masked edges are never read again (only the equivariant message reads
  * edge weights after it), so edge_out_trans runs on the unmasked edges only - unless a
  * dump of the layer outputs asks for all of them. */
-static void gcl_message(const Ctx *cx, const GCLParams *P, real *s, int first_layer, int last_layer) {
+static void gcl_message(const Ctx *cx, const Geometry *geo, const GCLParams *P, real *s, int first_layer, int last_layer) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
     Work *w = cx->w;
@@ -1888,7 +1900,7 @@ static void gcl_message(const Ctx *cx, const GCLParams *P, real *s, int first_la
     const real *We = l0->wt + (size_t)2 * H * ld0;                                              /* edgeweight block */
     int e_masked = -1;
     for (int e = 0; first_layer && e < g->E && e_masked < 0; e++)
-        if (w->mask[e] == 0) e_masked = e;
+        if (geo->mask[e] == 0) e_masked = e;
     if (e_masked >= 0) matmul(w->edge_const, (size_t)H, w->ew + (size_t)e_masked * EW, (size_t)EW, We, ld0, NULL, EW, H, 1, 0);
 #pragma omp parallel num_threads(cx->nt)
     {
@@ -1910,7 +1922,7 @@ static void gcl_message(const Ctx *cx, const GCLParams *P, real *s, int first_la
                 int nu = 0;
                 for (int k = 0; k < nb; k++) {
                     real *r = m1 + (size_t)k * H;
-                    if (w->mask[e0 + k] == 0)
+                    if (geo->mask[e0 + k] == 0)
                         for (int h = 0; h < H; h++) r[h] += w->edge_const[h];
                     else {
                         memcpy(de + (size_t)nu * EW, w->ew + (size_t)(e0 + k) * EW, EW * sizeof(real));
@@ -1931,7 +1943,7 @@ static void gcl_message(const Ctx *cx, const GCLParams *P, real *s, int first_la
             /* edgeweight += SiLU(edge_out_trans(m)), on the rows that are read again */
             int nk = 0;
             for (int k = 0; k < nb; k++)
-                if (masked_out || w->mask[e0 + k] != 0) rows[nk++] = k;
+                if (masked_out || geo->mask[e0 + k] != 0) rows[nk++] = k;
             if (nk < nb) /* gather the rows that are needed */
                 for (int k = 0; k < nk; k++) memcpy(m1 + (size_t)k * H, m2 + (size_t)rows[k] * H, H * sizeof(real));
             const real *mo = (nk == nb) ? m2 : m1;
@@ -1965,7 +1977,7 @@ static void gcl_message(const Ctx *cx, const GCLParams *P, real *s, int first_la
  *   both summed at the edge's target. rbf_proj has no bias and rbf = 0 on a masked edge,
  *   so masked edges contribute exactly zero: only the unmasked edges run, in blocks,
  *   grouped by target node (each thread owns a range of targets). */
-static void equi_message(const Ctx *cx, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+static void equi_message(const Ctx *cx, const Geometry *geo, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
     Work *w = cx->w;
@@ -1983,23 +1995,23 @@ static void equi_message(const Ctx *cx, const MsgParams *P, const real *s, const
         real *t1 = rbb + round_up((size_t)BE * R, 16), *t2 = t1 + round_up((size_t)BE * 3 * H, 16);
         real *t3 = t2 + round_up((size_t)BE * 3 * H, 16);
         int n0, n1;
-        thread_nodes(w->ue_start, N, THREAD_ID, THREAD_COUNT, &n0, &n1);
-        for (int u0 = w->ue_start[n0]; u0 < w->ue_start[n1]; u0 += BE) {
-            int nb = w->ue_start[n1] - u0 < BE ? w->ue_start[n1] - u0 : BE;
+        thread_nodes(geo->ue_start, N, THREAD_ID, THREAD_COUNT, &n0, &n1);
+        for (int u0 = geo->ue_start[n0]; u0 < geo->ue_start[n1]; u0 += BE) {
+            int nb = geo->ue_start[n1] - u0 < BE ? geo->ue_start[n1] - u0 : BE;
             for (int k = 0; k < nb; k++) {
-                int e = w->ue[u0 + k];
+                int e = geo->ue[u0 + k];
                 memcpy(ewb + (size_t)k * EW, w->ew + (size_t)e * EW, EW * sizeof(real));
-                memcpy(rbb + (size_t)k * R, w->rbf + (size_t)e * R, R * sizeof(real));
+                memcpy(rbb + (size_t)k * R, geo->rbf + (size_t)e * R, R * sizeof(real));
             }
             linear_forward(&P->dir_proj0, ewb, (size_t)nb, t1, 1);
             linear_forward(&P->dir_proj2, t1, (size_t)nb, t2, 0);
             linear_forward(&P->rbf_proj, rbb, (size_t)nb, t3, 0);
             for (int k = 0; k < nb; k++) {
-                int e = w->ue[u0 + k], m = g->src[e], n = g->dst[e];
+                int e = geo->ue[u0 + k], m = g->src[e], n = g->dst[e];
                 real *dxn = dx + (size_t)n * H, *dvn = dvec + (size_t)n * 3 * H;
                 const real *xhn = xh + (size_t)n * 3 * H, *xhm = xh + (size_t)m * 3 * H, *vm = vec + (size_t)m * 3 * H;
                 const real *wk = t2 + (size_t)k * 3 * H, *rk = t3 + (size_t)k * 3 * H;
-                const real *d = w->d + 3 * e, *cc = w->c + 3 * e;
+                const real *d = geo->d + 3 * e, *cc = geo->c + 3 * e;
                 for (int h = 0; h < H; h++) {
                     real xs = (xhm[h] + xhn[h]) * (rk[h] * wk[h]);
                     real a = (xhm[H + h] + xhn[H + h]) * (rk[H + h] * wk[H + h]) * inv_sqrt_3;
@@ -2020,7 +2032,7 @@ static void equi_message(const Ctx *cx, const MsgParams *P, const real *s, const
  * reflect_equiv) through lin3 (3 -> 48 -> 8 -> 1) per channel -> scalar;
  * dot = sum_xyz vec1 vec2 / sqrt(H); (p, q, g) = xvec_proj([s, scalar]);
  * dx = (p + q + dot) / sqrt(2); dvec = g vec2. */
-static void equi_update(const Ctx *cx, const UpdParams *P, const real *s, const real *vec, real *dx, real *dvec) {
+static void equi_update(const Ctx *cx, const Geometry *geo, const UpdParams *P, const real *s, const real *vec, real *dx, real *dvec) {
     const oard_config *c = &cx->m->cfg;
     Work *w = cx->w;
     const int H = c->hidden_channels, N = cx->g->N;
@@ -2035,7 +2047,7 @@ static void equi_update(const Ctx *cx, const UpdParams *P, const real *s, const 
         real *q = thread_scratch(w), *t = q + 3 * Hs;
 #pragma omp for schedule(static)
         for (int n = 0; n < N; n++) {
-            const real *fr = w->frame + 9 * n, *v1 = V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
+            const real *fr = geo->frame + 9 * n, *v1 = V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
             const real axes[3][3] = {{fr[0], fr[3], fr[6]}, {fr[1], fr[4], fr[7]}, {fr[2], fr[5], fr[8]}};
             const real *ax[3] = {axes[0], axes[1], axes[2]};
             memcpy(cat + (size_t)n * 2 * H, s + (size_t)n * H, H * sizeof(real));
@@ -2087,27 +2099,41 @@ static void gated_output(const GatedParams *P, int N, const real *xin, const rea
 }
 
 
-/* The geometry of a forward pass, which no parameter but the RBF buffers touches: the
- * edge mask (the mask is needed before centring), the centring groups, edge frames, RBF
- * and node frames. */
-static void leftnet_geometry(const Ctx *cx, const real *pos) {
+/* The object-aware mask, the paper's key idea (OA-ReactDiff, Fig. 1; upstream
+ * EGNNDynamics with mask_edge_fragment and LEFTNet's cutoff): an edge carries geometry
+ * (frames, radial basis, equivariant messages) only when both atoms lie in the same fragment
+ * (R, TS or P) and closer than the cutoff. Scalar messages still cross fragments. */
+static void object_aware_mask(const Ctx *cx, const real *pos) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
     Work *w = cx->w;
     for (int e = 0; e < g->E; e++) {
         const real *a = pos + 3 * g->src[e], *b = pos + 3 * g->dst[e];
         real r[3] = {a[0] - b[0], a[1] - b[1], a[2] - b[2]};
-        w->mask[e] = (norm3(r) < (real)c->cutoff && (!c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]])) ? 1 : 0;
+        int same_fragment = !c->object_aware || g->frag[g->src[e]] == g->frag[g->dst[e]];
+        w->mask[e] = (norm3(r) < (real)c->cutoff && same_fragment) ? 1 : 0;
     }
+}
+
+/* The geometry of a forward pass, which no parameter but the RBF buffers touches: the
+ * object-aware mask (needed before centring), the centring groups, edge frames, RBF and
+ * node frames. */
+static Geometry leftnet_geometry(const Ctx *cx, const real *pos) {
+    Work *w = cx->w;
+    object_aware_mask(cx, pos);
     unmasked_edges(cx);
     centre_by_nodemask(cx, pos, w->pos_frame);
     edge_frame(cx);
     node_frame(cx);
+    Geometry geo = {w->mask, w->dist, w->rbound, w->d, w->c, w->v, w->rbf, w->frame, w->pos_prjt, w->ue, w->ue_start};
+    return geo;
 }
 
 /* LEFTNet.forward. h (N, in_hidden), pos (N, 3). Outputs: s (N, H) always; unless
- * for_conf, dpos + gradient (N, 3) in `delta` and embedding_out(s) (N, in_hidden) in h_out. */
-static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real *delta, real *h_out) {
+ * for_conf, dpos (N, 3) in delta, the pos_grad term (N, 3) in pos_grad (zero unless
+ * c->pos_grad; upstream returns dpos + gradient, the wrapper adds them) and
+ * embedding_out(s) (N, in_hidden) in h_out. */
+static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real *delta, real *pos_grad, real *h_out) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
     const Graph *g = cx->g;
@@ -2115,35 +2141,36 @@ static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real 
     const int H = c->hidden_channels, R = c->num_radial, N = g->N;
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
 
-    leftnet_geometry(cx, pos);
-    radial_filter(cx);
+    const Geometry geometry = leftnet_geometry(cx, pos);
+    const Geometry *geo = &geometry;
+    radial_filter(cx, geo);
 
     /* initial node features and vector features */
     real *s = w->s, *vec = w->vec;
     neighbor_emb(cx, h, s);
     dump(cx, "neighbor_emb.out", s, (size_t)N, (size_t)H);
     real *ne1 = w->dvec;
-    scalar_to_vector(cx, s, ne1);
+    scalar_to_vector(cx, geo, s, ne1);
     dump(cx, "s2v.out", ne1, (size_t)N, (size_t)3 * H);
-    edge_scalarization(cx, ne1);
+    edge_scalarization(cx, geo, ne1);
 
     memset(vec, 0, (size_t)N * 3 * H * sizeof(real));
-    memset(w->grad, 0, (size_t)N * 3 * sizeof(real));
+    memset(pos_grad, 0, (size_t)N * 3 * sizeof(real));
     char name[32];
     for (int i = 0; i < c->num_layers; i++) {
         if (c->legacy || i == 0) { /* s += pos_expansion(pos_prjt) */
             real *t = w->nodetmp, *u = w->nodecat;
-            linear_forward(&p->pos_exp0, w->pos_prjt, (size_t)N, t, 1);
+            linear_forward(&p->pos_exp0, geo->pos_prjt, (size_t)N, t, 1);
             linear_forward(&p->pos_exp1, t, (size_t)N, u, 0);
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += u[k];
         }
-        gcl_message(cx, &p->gcl[i], s, i == 0, i == c->num_layers - 1);
+        gcl_message(cx, geo, &p->gcl[i], s, i == 0, i == c->num_layers - 1);
         snprintf(name, sizeof(name), "gcl%d.out0", i);
         dump(cx, name, s, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "gcl%d.out1", i);
         dump(cx, name, w->ew, (size_t)g->E, (size_t)(3 * H + R));
 
-        equi_message(cx, &p->msg[i], s, vec, w->dx, w->dvec);
+        equi_message(cx, geo, &p->msg[i], s, vec, w->dx, w->dvec);
         snprintf(name, sizeof(name), "msg%d.out0", i);
         dump(cx, name, w->dx, (size_t)N, (size_t)H);
         snprintf(name, sizeof(name), "msg%d.out1", i);
@@ -2152,7 +2179,7 @@ static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real 
         for (size_t k = 0; k < (size_t)N * 3 * H; k++) vec[k] += w->dvec[k];
 
         if (c->update) {
-            equi_update(cx, &p->upd[i], s, vec, w->dx, w->dvec);
+            equi_update(cx, geo, &p->upd[i], s, vec, w->dx, w->dvec);
             snprintf(name, sizeof(name), "upd%d.out0", i);
             dump(cx, name, w->dx, (size_t)N, (size_t)H);
             snprintf(name, sizeof(name), "upd%d.out1", i);
@@ -2165,10 +2192,10 @@ static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real 
             for (int n = 0; n < N; n++) {
                 linear_forward(&p->dyn0, s + (size_t)n * H, 1, t, 1);
                 linear_forward(&p->dyn2, t, 1, coef, 0);
-                const real *fr = w->frame + 9 * n;
+                const real *fr = geo->frame + 9 * n;
                 for (int k = 0; k < 3; k++) {
                     real mix = coef[0] * fr[3 * k] + coef[1] * fr[3 * k + 1] + coef[2] * fr[3 * k + 2];
-                    w->grad[3 * n + k] += mix / (real)c->num_layers;
+                    pos_grad[3 * n + k] += mix / (real)c->num_layers;
                 }
             }
         }
@@ -2355,7 +2382,7 @@ static int dynamics_run(oard_workspace *ws, const real *const xh[], const real *
         }
     }
     Ctx cx = {m, g, w, ws->nt, dumpfn, dump_ctx};
-    leftnet_forward(&cx, w->h, w->pos, w->delta, w->hout);
+    leftnet_forward(&cx, w->h, w->pos, w->delta, w->grad, w->hout);
     return OARD_OK;
 }
 
@@ -4180,26 +4207,25 @@ static size_t tape_layout(Tape *t, const oard_config *c, size_t N, size_t E, siz
 /* ---- layer by layer: forward keeping the tape, and backward ---- */
 
 /* radial_filter: f = radial_lin(rbf) * rbound on every edge, into ew[:, 2H:3H] */
-static void radial_train(const Ctx *cx, Tape *t, real *ew) {
+static void radial_train(const Ctx *cx, const Geometry *geo, Tape *t, real *ew) {
     const LEFTNetParams *p = &cx->m->net;
-    const Work *w = cx->w;
     const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, E = t->E;
-    linear_train(&p->radial_lin0, w->rbf, (size_t)E, t->rad_pre, t->rad_act, 1);
+    linear_train(&p->radial_lin0, geo->rbf, (size_t)E, t->rad_pre, t->rad_act, 1);
     linear_forward(&p->radial_lin2, t->rad_act, (size_t)E, t->rad_g, 0);
     for (int e = 0; e < E; e++)
-        for (int h = 0; h < H; h++) ew[(size_t)e * EW + 2 * H + h] = t->rad_g[(size_t)e * H + h] * w->rbound[e];
+        for (int h = 0; h < H; h++) ew[(size_t)e * EW + 2 * H + h] = t->rad_g[(size_t)e * H + h] * geo->rbound[e];
 }
 
 /* df (E, H): gradient of f; consumed */
-static void radial_backward(const Ctx *cx, Tape *t, const Grad *sink, real *df) {
+static void radial_backward(const Ctx *cx, const Geometry *geo, Tape *t, const Grad *sink, real *df) {
     const LEFTNetParams *p = &cx->m->net;
     const int H = cx->m->cfg.hidden_channels, E = t->E;
     for (int e = 0; e < E; e++)
-        for (int h = 0; h < H; h++) df[(size_t)e * H + h] *= cx->w->rbound[e];
+        for (int h = 0; h < H; h++) df[(size_t)e * H + h] *= geo->rbound[e];
     real *da = t->g_e1;
     linear_backward(sink, &p->radial_lin2, t->rad_act, df, (size_t)E, da, 0);
     silu_backward(t->rad_pre, da, (size_t)E * H);
-    linear_backward(sink, &p->radial_lin0, cx->w->rbf, da, (size_t)E, NULL, 0);
+    linear_backward(sink, &p->radial_lin0, geo->rbf, da, (size_t)E, NULL, 0);
 }
 
 /* NeighborEmb: s0 = embedding(h) + sum over edges into n of f * LN0(Linear(h))[source] */
@@ -4236,7 +4262,7 @@ static void neighbor_emb_backward(const Ctx *cx, Tape *t, const Grad *sink, cons
 }
 
 /* CFConvS2V: NE1[n] = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s0)))[source] */
-static void s2v_train(const Ctx *cx, Tape *t, const real *ew) {
+static void s2v_train(const Ctx *cx, const Geometry *geo, Tape *t, const real *ew) {
     const Graph *g = cx->g;
     const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, N = t->N;
     linear_forward(&cx->m->net.s2v_lin1, t->s0, (size_t)N, t->sv_u, 0);
@@ -4245,7 +4271,7 @@ static void s2v_train(const Ctx *cx, Tape *t, const real *ew) {
     silu_inplace(t->sv_t, (size_t)N * H);
     memset(t->ne1, 0, (size_t)N * 3 * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
-        const real *f = ew + (size_t)e * EW + 2 * H, *d = cx->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
+        const real *f = ew + (size_t)e * EW + 2 * H, *d = geo->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
         real *ne = t->ne1 + (size_t)g->dst[e] * 3 * H;
         for (int k = 0; k < 3; k++)
             for (int h = 0; h < H; h++) ne[k * H + h] += f[h] * d[k] * ts[h];
@@ -4253,13 +4279,13 @@ static void s2v_train(const Ctx *cx, Tape *t, const real *ew) {
 }
 
 /* dne1 (N, 3H) -> gradient of s0 (added to ds0) and of f (added to df) */
-static void s2v_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *ew, const real *dne1, real *ds0, real *df) {
+static void s2v_backward(const Ctx *cx, const Geometry *geo, Tape *t, const Grad *sink, const real *ew, const real *dne1, real *ds0, real *df) {
     const Graph *g = cx->g;
     const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, N = t->N;
     real *dt = t->g_s2;
     memset(dt, 0, (size_t)N * H * sizeof(real));
     for (int e = 0; e < g->E; e++) {
-        const real *f = ew + (size_t)e * EW + 2 * H, *d = cx->w->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
+        const real *f = ew + (size_t)e * EW + 2 * H, *d = geo->d + 3 * e, *ts = t->sv_t + (size_t)g->src[e] * H;
         const real *dn = dne1 + (size_t)g->dst[e] * 3 * H;
         real *dts = dt + (size_t)g->src[e] * H, *dfe = df + (size_t)e * H;
         for (int h = 0; h < H; h++) {
@@ -4274,37 +4300,36 @@ static void s2v_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *e
 }
 
 /* q (3 x Hs) = NE1 of `node` on the frame of edge e (zero frame on a masked edge), raw */
-static void edge_rows(const Ctx *cx, const Tape *t, int e, int node, real *q) {
+static void edge_rows(const Ctx *cx, const Geometry *geo, const Tape *t, int e, int node, real *q) {
     const int H = cx->m->cfg.hidden_channels;
-    const real *fr[3] = {cx->w->d + 3 * e, cx->w->c + 3 * e, cx->w->v + 3 * e};
+    const real *fr[3] = {geo->d + 3 * e, geo->c + 3 * e, geo->v + 3 * e};
     frame_rows(t->ne1 + (size_t)node * 3 * H, (size_t)H, H, fr, 0, q);
 }
 
 /* Edge weights [scalar_i, scalar_j] * rbound from NE1, on every edge. On a masked edge
  * the frame is zero, so both scalars are lin3(0) (a function of the parameters): computed
  * once (as edge_scalarization). */
-static void edge_scalarization_train(const Ctx *cx, Tape *t, real *ew) {
+static void edge_scalarization_train(const Ctx *cx, const Geometry *geo, Tape *t, real *ew) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
-    const Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *out = q + 3 * Hs, *z = out + Hs, *a = z + lin3_rows(c) * Hs;
     memset(q, 0, 3 * Hs * sizeof(real));
     lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
     for (int e = 0; e < g->E; e++)
-        if (w->mask[e] == 0)
+        if (geo->mask[e] == 0)
             for (int side = 0; side < 2; side++)
-                for (int h = 0; h < H; h++) ew[(size_t)e * EW + side * H + h] = out[h] * w->rbound[e];
-    for (int u = 0; u < w->ue_start[g->N]; u++) {
-        int e = w->ue[u];
+                for (int h = 0; h < H; h++) ew[(size_t)e * EW + side * H + h] = out[h] * geo->rbound[e];
+    for (int u = 0; u < geo->ue_start[g->N]; u++) {
+        int e = geo->ue[u];
         for (int side = 0; side < 2; side++) {
-            edge_rows(cx, t, e, side == 0 ? g->src[e] : g->dst[e], q);
+            edge_rows(cx, geo, t, e, side == 0 ? g->src[e] : g->dst[e], q);
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
             lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
             real *r = ew + (size_t)e * EW + side * H;
-            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * w->rbound[e];
+            for (int h = 0; h < H; h++) r[h] = (out[h] + q[h]) * geo->rbound[e];
         }
     }
 }
@@ -4312,10 +4337,9 @@ static void edge_scalarization_train(const Ctx *cx, Tape *t, real *ew) {
 /* dew (E, 3H + R), columns [0, 2H) -> gradient of NE1 (dne1, overwritten); the lin3
  * activations are recomputed per edge rather than kept. The masked edges' lin3(0) is one
  * function of the parameters: its backward runs once, on the sum of their gradients. */
-static void edge_scalarization_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *dew, real *dne1) {
+static void edge_scalarization_backward(const Ctx *cx, const Geometry *geo, Tape *t, const Grad *sink, const real *dew, real *dne1) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
-    const Work *w = cx->w;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial;
     const size_t Hs = round_up((size_t)H, 16);
     real *q = t->g_lin3, *raw = q + 3 * Hs, *out = raw + 3 * Hs, *dout = out + Hs, *dq = dout + Hs;
@@ -4323,26 +4347,26 @@ static void edge_scalarization_backward(const Ctx *cx, Tape *t, const Grad *sink
     memset(dne1, 0, (size_t)t->N * 3 * H * sizeof(real));
     memset(dout, 0, Hs * sizeof(real));
     for (int e = 0; e < g->E; e++)
-        if (w->mask[e] == 0)
+        if (geo->mask[e] == 0)
             for (int side = 0; side < 2; side++) {
                 const real *dr = dew + (size_t)e * EW + side * H;
-                for (int h = 0; h < H; h++) dout[h] += dr[h] * w->rbound[e];
+                for (int h = 0; h < H; h++) dout[h] += dr[h] * geo->rbound[e];
             }
     memset(q, 0, 3 * Hs * sizeof(real));
     lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
     lin3_backward(cx->m->net.lin3, 2, q, H, z, a, dout, NULL, tmp, t->g_lin3acc);
-    for (int u = 0; u < w->ue_start[g->N]; u++) {
-        int e = w->ue[u];
-        const real *fr[3] = {w->d + 3 * e, w->c + 3 * e, w->v + 3 * e};
+    for (int u = 0; u < geo->ue_start[g->N]; u++) {
+        int e = geo->ue[u];
+        const real *fr[3] = {geo->d + 3 * e, geo->c + 3 * e, geo->v + 3 * e};
         for (int side = 0; side < 2; side++) {
             int node = side == 0 ? g->src[e] : g->dst[e];
-            edge_rows(cx, t, e, node, raw);
+            edge_rows(cx, geo, t, e, node, raw);
             memcpy(q, raw, 3 * Hs * sizeof(real));
             if (c->reflect_equiv)
                 for (int h = 0; h < H; h++) q[Hs + h] = RFABS(q[Hs + h]);
             lin3_train(cx->m->net.lin3, 2, q, H, out, z, a);
             const real *dr = dew + (size_t)e * EW + side * H;
-            for (int h = 0; h < H; h++) dout[h] = dr[h] * w->rbound[e];
+            for (int h = 0; h < H; h++) dout[h] = dr[h] * geo->rbound[e];
             lin3_backward(cx->m->net.lin3, 2, q, H, z, a, dout, dq, tmp, t->g_lin3acc);
             for (int h = 0; h < H; h++) dq[h] += dout[h]; /* the d-row is added to the scalar */
             if (c->reflect_equiv)
@@ -4370,7 +4394,7 @@ static Linear linear_block(const Linear *L, int r0, int in, int with_bias) {
  * In the last layer only the unmasked edges' ew_out is read again (by equi_message): there
  * edge_out_trans runs on their rows of m only, gathered into mu (U, H), and the other rows
  * of ew_out are left unset (as gcl_message skips them). */
-static void gcl_train(const Ctx *cx, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out,
+static void gcl_train(const Ctx *cx, const Geometry *geo, TapeGCL *t, const GCLParams *P, int N, real *s, const real *ew_in, real *ew_out,
                       int last, real *mu) {
     const Graph *g = cx->g;
     const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, E = g->E;
@@ -4410,19 +4434,18 @@ static void gcl_train(const Ctx *cx, TapeGCL *t, const GCLParams *P, int N, real
         silu_train(ew_in, t->out_pre, ew_out, (size_t)E * EW);
         return;
     }
-    const Work *w = cx->w;
-    const int U = w->ue_start[N];
-    for (int u = 0; u < U; u++) memcpy(mu + (size_t)u * H, t->m + (size_t)w->ue[u] * H, H * sizeof(real));
+    const int U = geo->ue_start[N];
+    for (int u = 0; u < U; u++) memcpy(mu + (size_t)u * H, t->m + (size_t)geo->ue[u] * H, H * sizeof(real));
     linear_forward(&P->edge_out_trans.l[0], mu, (size_t)U, t->out_pre, 0);
     for (int u = 0; u < U; u++) {
-        size_t e = (size_t)w->ue[u];
+        size_t e = (size_t)geo->ue[u];
         silu_train(ew_in + e * EW, t->out_pre + (size_t)u * EW, ew_out + e * EW, (size_t)EW);
     }
 }
 
 /* ds (N, H): gradient of s_out, replaced by that of s_in; dew (E, EW): gradient of
  * ew_out, replaced by that of ew_in (last: gcl_train's last layer, edge_out_trans on mu) */
-static void gcl_backward(const Ctx *cx, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *sink, const real *ew_in,
+static void gcl_backward(const Ctx *cx, const Geometry *geo, Tape *tp, const TapeGCL *t, const GCLParams *P, const Grad *sink, const real *ew_in,
                          real *ds, real *dew, int last, const real *mu) {
     const Graph *g = cx->g;
     const int H = cx->m->cfg.hidden_channels, EW = 3 * H + cx->m->cfg.num_radial, E = g->E, N = tp->N;
@@ -4435,13 +4458,12 @@ static void gcl_backward(const Ctx *cx, Tape *tp, const TapeGCL *t, const GCLPar
         silu_backward_to(t->out_pre, dew, dt, (size_t)E * EW);
         linear_backward(sink, &P->edge_out_trans.l[0], t->m, dt, (size_t)E, dm, 0);
     } else { /* unmasked rows only; the others of m get no gradient from here */
-        const Work *w = cx->w;
-        const int U = w->ue_start[N];
+        const int U = geo->ue_start[N];
         for (int u = 0; u < U; u++)
-            silu_backward_to(t->out_pre + (size_t)u * EW, dew + (size_t)w->ue[u] * EW, dt + (size_t)u * EW, (size_t)EW);
+            silu_backward_to(t->out_pre + (size_t)u * EW, dew + (size_t)geo->ue[u] * EW, dt + (size_t)u * EW, (size_t)EW);
         linear_backward(sink, &P->edge_out_trans.l[0], mu, dt, (size_t)U, dm2, 0);
         memset(dm, 0, (size_t)E * H * sizeof(real));
-        for (int u = 0; u < U; u++) memcpy(dm + (size_t)w->ue[u] * H, dm2 + (size_t)u * H, H * sizeof(real));
+        for (int u = 0; u < U; u++) memcpy(dm + (size_t)geo->ue[u] * H, dm2 + (size_t)u * H, H * sizeof(real));
     }
     /* s = xh + node_mlp([xh, agg]) */
     memcpy(dxh, ds, (size_t)N * H * sizeof(real));
@@ -4482,11 +4504,10 @@ static void gcl_backward(const Ctx *cx, Tape *tp, const TapeGCL *t, const GCLPar
 }
 
 /* EquiMessage (see equi_message) on the unmasked edges: s <- (s + dx) / sqrt 2, vec += dvec */
-static void equi_message_train(const Ctx *cx, TapeMsg *t, const MsgParams *P, int N, real *s, real *vec, const real *ew) {
+static void equi_message_train(const Ctx *cx, const Geometry *geo, TapeMsg *t, const MsgParams *P, int N, real *s, real *vec, const real *ew) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
-    const Work *w = cx->w;
-    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, U = w->ue_start[N];
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, U = geo->ue_start[N];
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
     memcpy(t->vec_in, vec, (size_t)N * 3 * H * sizeof(real));
@@ -4494,8 +4515,8 @@ static void equi_message_train(const Ctx *cx, TapeMsg *t, const MsgParams *P, in
     linear_train(&P->x_proj0, t->xn, (size_t)N, t->x1_pre, t->x1, 1);
     linear_forward(&P->x_proj2, t->x1, (size_t)N, t->xh3, 0);
     for (int u = 0; u < U; u++) {
-        memcpy(t->ewu + (size_t)u * EW, ew + (size_t)w->ue[u] * EW, EW * sizeof(real));
-        memcpy(t->rbfu + (size_t)u * R, w->rbf + (size_t)w->ue[u] * R, R * sizeof(real));
+        memcpy(t->ewu + (size_t)u * EW, ew + (size_t)geo->ue[u] * EW, EW * sizeof(real));
+        memcpy(t->rbfu + (size_t)u * R, geo->rbf + (size_t)geo->ue[u] * R, R * sizeof(real));
     }
     linear_train(&P->dir_proj0, t->ewu, (size_t)U, t->dp_pre, t->dp_act, 1);
     linear_forward(&P->dir_proj2, t->dp_act, (size_t)U, t->dp, 0);
@@ -4503,9 +4524,9 @@ static void equi_message_train(const Ctx *cx, TapeMsg *t, const MsgParams *P, in
     real *dx = cx->w->nodetmp;
     memset(dx, 0, (size_t)N * H * sizeof(real));
     for (int u = 0; u < U; u++) {
-        int e = w->ue[u], m = g->src[e], n = g->dst[e];
+        int e = geo->ue[u], m = g->src[e], n = g->dst[e];
         const real *xm = t->xh3 + (size_t)m * 3 * H, *xn = t->xh3 + (size_t)n * 3 * H, *vm = t->vec_in + (size_t)m * 3 * H;
-        const real *wk = t->dp + (size_t)u * 3 * H, *rk = t->rp + (size_t)u * 3 * H, *d = w->d + 3 * e, *cc = w->c + 3 * e;
+        const real *wk = t->dp + (size_t)u * 3 * H, *rk = t->rp + (size_t)u * 3 * H, *d = geo->d + 3 * e, *cc = geo->c + 3 * e;
         real *dxn = dx + (size_t)n * H, *dvn = vec + (size_t)n * 3 * H;
         for (int h = 0; h < H; h++) {
             real xs = (xm[h] + xn[h]) * (rk[h] * wk[h]);
@@ -4524,12 +4545,11 @@ static void equi_message_train(const Ctx *cx, TapeMsg *t, const MsgParams *P, in
 
 /* ds, dvec: gradients of s_out and vec_out, replaced by those of s_in and vec_in; the
  * edge weights' gradient is added to dew */
-static void equi_message_backward(const Ctx *cx, Tape *tp, const TapeMsg *t, const MsgParams *P, const Grad *sink, real *ds,
+static void equi_message_backward(const Ctx *cx, const Geometry *geo, Tape *tp, const TapeMsg *t, const MsgParams *P, const Grad *sink, real *ds,
                                   real *dvec, real *dew) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
-    const Work *w = cx->w;
-    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = tp->N, U = w->ue_start[N];
+    const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = tp->N, U = geo->ue_start[N];
     const real inv_sqrt_3 = (real)(1.0 / sqrt(3.0)), inv_sqrt_h = (real)(1.0 / sqrt((double)H));
     const real inv_sqrt_2 = (real)(1.0 / sqrt(2.0));
     real *dxh3 = tp->g_n1, *dw = tp->g_big, *d2 = dw + (size_t)U * 3 * H, *dewu = d2 + (size_t)U * 3 * H;
@@ -4540,9 +4560,9 @@ static void equi_message_backward(const Ctx *cx, Tape *tp, const TapeMsg *t, con
     real *dvin = tp->g_vec2;
     memcpy(dvin, dvec, (size_t)N * 3 * H * sizeof(real));
     for (int u = 0; u < U; u++) {
-        int e = w->ue[u], m = g->src[e], n = g->dst[e];
+        int e = geo->ue[u], m = g->src[e], n = g->dst[e];
         const real *xm = t->xh3 + (size_t)m * 3 * H, *xn = t->xh3 + (size_t)n * 3 * H, *vm = t->vec_in + (size_t)m * 3 * H;
-        const real *wk = t->dp + (size_t)u * 3 * H, *rk = t->rp + (size_t)u * 3 * H, *d = w->d + 3 * e, *cc = w->c + 3 * e;
+        const real *wk = t->dp + (size_t)u * 3 * H, *rk = t->rp + (size_t)u * 3 * H, *d = geo->d + 3 * e, *cc = geo->c + 3 * e;
         const real *gv = dvec + (size_t)n * 3 * H, *gx = ds + (size_t)n * H;
         real *dxm = dxh3 + (size_t)m * 3 * H, *dxn = dxh3 + (size_t)n * 3 * H, *dvm = dvin + (size_t)m * 3 * H;
         real *dwu = dw + (size_t)u * 3 * H;
@@ -4572,7 +4592,7 @@ static void equi_message_backward(const Ctx *cx, Tape *tp, const TapeMsg *t, con
     silu_backward(t->dp_pre, d2, (size_t)U * 3 * H);
     linear_backward(sink, &P->dir_proj0, t->ewu, d2, (size_t)U, dewu, 0);
     for (int u = 0; u < U; u++) {
-        real *de = dew + (size_t)w->ue[u] * EW;
+        real *de = dew + (size_t)geo->ue[u] * EW;
         const real *du = dewu + (size_t)u * EW;
         for (int k = 0; k < EW; k++) de[k] += du[k];
     }
@@ -4586,14 +4606,14 @@ static void equi_message_backward(const Ctx *cx, Tape *tp, const TapeMsg *t, con
 }
 
 /* axes[k] = axis k (x1, y1, z1) of node n's frame, as equi_update reads it */
-static void node_axes(const Work *w, int n, real axes[3][3]) {
-    const real *fr = w->frame + 9 * n;
+static void node_axes(const Geometry *geo, int n, real axes[3][3]) {
+    const real *fr = geo->frame + 9 * n;
     for (int k = 0; k < 3; k++)
         for (int j = 0; j < 3; j++) axes[k][j] = fr[3 * j + k];
 }
 
 /* EquiUpdate (see equi_update): s += (p + q + dot) / sqrt 2, vec += g vec2 */
-static void equi_update_train(const Ctx *cx, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec, real *scratch) {
+static void equi_update_train(const Ctx *cx, const Geometry *geo, TapeUpd *t, const UpdParams *P, int N, real *s, real *vec, real *scratch) {
     const oard_config *c = &cx->m->cfg;
     const int H = c->hidden_channels;
     const size_t Hs = round_up((size_t)H, 16);
@@ -4606,7 +4626,7 @@ static void equi_update_train(const Ctx *cx, TapeUpd *t, const UpdParams *P, int
     for (int n = 0; n < N; n++) {
         const real *v1 = t->V + (size_t)n * 6 * H, *v2 = v1 + H; /* xyz rows 2H apart */
         real axes[3][3], *dot = cx->w->agg + (size_t)n * H;
-        node_axes(cx->w, n, axes);
+        node_axes(geo, n, axes);
         const real *ax[3] = {axes[0], axes[1], axes[2]};
         frame_rows(v1, 2 * (size_t)H, H, ax, 0, qa);
         for (int k = 0; k < 3; k++) {
@@ -4633,7 +4653,7 @@ static void equi_update_train(const Ctx *cx, TapeUpd *t, const UpdParams *P, int
 }
 
 /* ds, dvec: gradients of s_out, vec_out, replaced by those of s_in, vec_in */
-static void equi_update_backward(const Ctx *cx, Tape *tp, const TapeUpd *t, const UpdParams *P, const Grad *sink, real *ds,
+static void equi_update_backward(const Ctx *cx, const Geometry *geo, Tape *tp, const TapeUpd *t, const UpdParams *P, const Grad *sink, real *ds,
                                  real *dvec) {
     const oard_config *c = &cx->m->cfg;
     const int H = c->hidden_channels, N = tp->N;
@@ -4670,7 +4690,7 @@ static void equi_update_backward(const Ctx *cx, Tape *tp, const TapeUpd *t, cons
         const real *q1 = t->q + NH + (size_t)n * Hs;
         real axes[3][3], *dVn = dV + (size_t)n * 6 * H;
         real *d0 = dq + (size_t)n * Hs, *d1 = d0 + NH, *d2 = d1 + NH;
-        node_axes(cx->w, n, axes);
+        node_axes(geo, n, axes);
         if (c->reflect_equiv)
             for (int h = 0; h < H; h++) d1[h] *= q1[h] > 0 ? 1 : (q1[h] < 0 ? -1 : 0);
         for (int xyz = 0; xyz < 3; xyz++)
@@ -4681,7 +4701,7 @@ static void equi_update_backward(const Ctx *cx, Tape *tp, const TapeUpd *t, cons
 }
 
 /* pos_grad: gradient += (c0 x1 + c1 y1 + c2 z1) / num_layers, c = dynamic_mlp(s) */
-static void pos_grad_train(const Ctx *cx, TapeUpd *t, int N, const real *s, real *pgrad) {
+static void pos_grad_train(const Ctx *cx, const Geometry *geo, TapeUpd *t, int N, const real *s, real *pgrad) {
     const LEFTNetParams *p = &cx->m->net;
     const int H = cx->m->cfg.hidden_channels, L = cx->m->cfg.num_layers;
     real *coef = cx->w->nodetmp;
@@ -4689,19 +4709,19 @@ static void pos_grad_train(const Ctx *cx, TapeUpd *t, int N, const real *s, real
     linear_train(&p->dyn0, s, (size_t)N, t->dyn_pre, t->dyn_act, 1);
     linear_forward(&p->dyn2, t->dyn_act, (size_t)N, coef, 0);
     for (int n = 0; n < N; n++) {
-        const real *fr = cx->w->frame + 9 * n, *cf = coef + 3 * n;
+        const real *fr = geo->frame + 9 * n, *cf = coef + 3 * n;
         for (int k = 0; k < 3; k++)
             pgrad[3 * n + k] += (cf[0] * fr[3 * k] + cf[1] * fr[3 * k + 1] + cf[2] * fr[3 * k + 2]) / (real)L;
     }
 }
 
 /* dgrad (N, 3): gradient of the pos_grad sum; the gradient of s is added to ds */
-static void pos_grad_backward(const Ctx *cx, Tape *tp, const TapeUpd *t, const Grad *sink, const real *dgrad, real *ds) {
+static void pos_grad_backward(const Ctx *cx, const Geometry *geo, Tape *tp, const TapeUpd *t, const Grad *sink, const real *dgrad, real *ds) {
     const LEFTNetParams *p = &cx->m->net;
     const int H = cx->m->cfg.hidden_channels, L = cx->m->cfg.num_layers, N = tp->N;
     real *dc = tp->g_n1, *da = tp->g_n2;
     for (int n = 0; n < N; n++) {
-        const real *fr = cx->w->frame + 9 * n, *g = dgrad + 3 * n;
+        const real *fr = geo->frame + 9 * n, *g = dgrad + 3 * n;
         for (int j = 0; j < 3; j++) dc[3 * n + j] = (g[0] * fr[j] + g[1] * fr[3 + j] + g[2] * fr[6 + j]) / (real)L;
     }
     linear_backward(sink, &p->dyn2, t->dyn_act, dc, (size_t)N, da, 0);
@@ -4769,18 +4789,17 @@ static void gated_output_backward(const GatedParams *P, const TapeOut *t, Tape *
 
 /* LEFTNet.forward (see leftnet_forward) keeping the tape; the geometry is already in cx->w.
  * Leaves dpos and the pos_grad sum in t->dpos, t->pgrad. */
-static void leftnet_train(const Ctx *cx, Tape *t) {
+static void leftnet_train(const Ctx *cx, const Geometry *geo, Tape *t) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
-    const Work *w = cx->w;
     const int H = c->hidden_channels, R = c->num_radial, EW = 3 * H + R, N = t->N, E = t->E;
     real *ew0 = t->ew[0];
-    for (int e = 0; e < E; e++) memcpy(ew0 + (size_t)e * EW + 3 * H, w->rbf + (size_t)e * R, R * sizeof(real));
-    radial_train(cx, t, ew0);
+    for (int e = 0; e < E; e++) memcpy(ew0 + (size_t)e * EW + 3 * H, geo->rbf + (size_t)e * R, R * sizeof(real));
+    radial_train(cx, geo, t, ew0);
     neighbor_emb_train(cx, t, ew0);
-    s2v_train(cx, t, ew0);
-    edge_scalarization_train(cx, t, ew0);
-    linear_train(&p->pos_exp0, w->pos_prjt, (size_t)N, t->pe_pre, t->pe_act, 1); /* the same on every layer */
+    s2v_train(cx, geo, t, ew0);
+    edge_scalarization_train(cx, geo, t, ew0);
+    linear_train(&p->pos_exp0, geo->pos_prjt, (size_t)N, t->pe_pre, t->pe_act, 1); /* the same on every layer */
     linear_forward(&p->pos_exp1, t->pe_act, (size_t)N, t->pe, 0);
     real *s = t->s, *vec = t->vec;
     memcpy(s, t->s0, (size_t)N * H * sizeof(real));
@@ -4789,10 +4808,10 @@ static void leftnet_train(const Ctx *cx, Tape *t) {
     for (int i = 0; i < c->num_layers; i++) {
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += t->pe[k];
-        gcl_train(cx, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
-        equi_message_train(cx, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
-        if (c->update) equi_update_train(cx, &t->upd[i], &p->upd[i], N, s, vec, t->g_upd);
-        if (c->pos_grad) pos_grad_train(cx, &t->upd[i], N, s, t->pgrad);
+        gcl_train(cx, geo, &t->gcl[i], &p->gcl[i], N, s, t->ew[i], t->ew[i + 1], i == c->num_layers - 1, t->mu);
+        equi_message_train(cx, geo, &t->msg[i], &p->msg[i], N, s, vec, t->ew[i + 1]);
+        if (c->update) equi_update_train(cx, geo, &t->upd[i], &p->upd[i], N, s, vec, t->g_upd);
+        if (c->pos_grad) pos_grad_train(cx, geo, &t->upd[i], N, s, t->pgrad);
     }
     const real *xin = s, *vin = vec;
     for (int k = 0; k < p->n_out; k++) {
@@ -4805,7 +4824,7 @@ static void leftnet_train(const Ctx *cx, Tape *t) {
 
 /* Backward of leftnet_train: ddpos, dgrad (N, 3) are the gradients of dpos and of the
  * pos_grad sum; leaves the gradient of LEFTNet's input h in t->g_h. */
-static void leftnet_backward(const Ctx *cx, Tape *t, const Grad *sink, const real *ddpos, const real *dgrad) {
+static void leftnet_backward(const Ctx *cx, const Geometry *geo, Tape *t, const Grad *sink, const real *ddpos, const real *dgrad) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
     const int H = c->hidden_channels, EW = 3 * H + c->num_radial, N = t->N, E = t->E;
@@ -4820,10 +4839,10 @@ static void leftnet_backward(const Ctx *cx, Tape *t, const Grad *sink, const rea
     memset(dpe, 0, (size_t)N * H * sizeof(real));
     memset(t->g_lin3acc, 0, lin3_acc_rows(c) * round_up((size_t)H, 16) * sizeof(real));
     for (int i = c->num_layers - 1; i >= 0; i--) {
-        if (c->pos_grad) pos_grad_backward(cx, t, &t->upd[i], sink, dgrad, ds);
-        if (c->update) equi_update_backward(cx, t, &t->upd[i], &p->upd[i], sink, ds, dvec);
-        equi_message_backward(cx, t, &t->msg[i], &p->msg[i], sink, ds, dvec, dew);
-        gcl_backward(cx, t, &t->gcl[i], &p->gcl[i], sink, t->ew[i], ds, dew, i == c->num_layers - 1, t->mu);
+        if (c->pos_grad) pos_grad_backward(cx, geo, t, &t->upd[i], sink, dgrad, ds);
+        if (c->update) equi_update_backward(cx, geo, t, &t->upd[i], &p->upd[i], sink, ds, dvec);
+        equi_message_backward(cx, geo, t, &t->msg[i], &p->msg[i], sink, ds, dvec, dew);
+        gcl_backward(cx, geo, t, &t->gcl[i], &p->gcl[i], sink, t->ew[i], ds, dew, i == c->num_layers - 1, t->mu);
         if (c->legacy || i == 0)
             for (size_t k = 0; k < (size_t)N * H; k++) dpe[k] += ds[k];
     }
@@ -4831,14 +4850,14 @@ static void leftnet_backward(const Ctx *cx, Tape *t, const Grad *sink, const rea
     real *dpa = t->g_s2;
     linear_backward(sink, &p->pos_exp1, t->pe_act, dpe, (size_t)N, dpa, 0);
     silu_backward(t->pe_pre, dpa, (size_t)N * (H / 2));
-    linear_backward(sink, &p->pos_exp0, cx->w->pos_prjt, dpa, (size_t)N, NULL, 0);
+    linear_backward(sink, &p->pos_exp0, geo->pos_prjt, dpa, (size_t)N, NULL, 0);
     /* the initial edge weights [scalar_i, scalar_j, f, rbf] */
     real *df = t->g_f;
     for (int e = 0; e < E; e++) memcpy(df + (size_t)e * H, dew + (size_t)e * EW + 2 * H, H * sizeof(real));
-    edge_scalarization_backward(cx, t, sink, dew, t->g_ne1);
-    s2v_backward(cx, t, sink, t->ew[0], t->g_ne1, ds, df);
+    edge_scalarization_backward(cx, geo, t, sink, dew, t->g_ne1);
+    s2v_backward(cx, geo, t, sink, t->ew[0], t->g_ne1, ds, df);
     neighbor_emb_backward(cx, t, sink, t->ew[0], ds, df);
-    radial_backward(cx, t, sink, df);
+    radial_backward(cx, geo, t, sink, df);
 }
 
 /* ---- the objective ---- */
@@ -4954,12 +4973,14 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
     Tape t;
     memset(&t, 0, sizeof(t));
     real *block = NULL;
+    Geometry geometry;
+    const Geometry *geo = &geometry;
     if (!rc) {
-        leftnet_geometry(&cx, w->pos);
-        size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, NULL);
+        geometry = leftnet_geometry(&cx, w->pos);
+        size_t len = tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)geo->ue_start[N], (size_t)n, NULL);
         block = tape_buffer(tb, len);
         if (!block) rc = fail(err, OARD_ERR_NOMEM, "training: cannot allocate %zu values for a %d-atom reaction", len, n);
-        else tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)w->ue_start[N], (size_t)n, block);
+        else tape_layout(&t, c, (size_t)N, (size_t)g->E, (size_t)geo->ue_start[N], (size_t)n, block);
     }
     if (!rc) {
         /* encoders and the time / condition channels (as dynamics_run) */
@@ -4977,7 +4998,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
                 for (int k = 0; k < c->condition_nf; k++) hn[col++] = cond ? cond[k] : 0;
             }
         }
-        leftnet_train(&cx, &t);
+        leftnet_train(&cx, geo, &t);
         /* predicted noise: velocity ((p + dpos) + gradient) - p, centred per fragment */
         real *eps = w->delta, *d = w->grad;
         int frag_off[2] = {0, n};
@@ -5032,7 +5053,7 @@ static int train_sample(const oard_model *m, const BackW *bw, int n_bw, int n, c
                 goto done;
             }
             Grad sink = {m, G, bw, n_bw, scratch, scratch + BACK_ROWS * round_up(wmax + TILE_N, TILE_N)};
-            leftnet_backward(&cx, &t, &sink, d, d);
+            leftnet_backward(&cx, geo, &t, &sink, d, d);
             for (int f = 0; f < 3; f++) { /* into the encoders: the columns of h they produced */
                 real *dy = w->enc_tmp;
                 for (int i = 0; i < n; i++)
