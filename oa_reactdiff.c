@@ -46,6 +46,19 @@ typedef oard_real real;
 #define EPS_FRAME 1e-6 /* upstream leftnet.py EPS, added to every norm it divides by */
 #define OARD_PI 3.14159265358979323846
 
+/* Edges are processed in blocks of EDGE_BLOCK rows: big enough for the matmul kernel to
+ * reuse every weight row, small enough for a block of inputs to stay in cache. */
+#define EDGE_BLOCK 192
+
+/* the calling thread and the team size inside an OpenMP parallel region */
+#ifdef _OPENMP
+#define THREAD_ID omp_get_thread_num()
+#define THREAD_COUNT omp_get_num_threads()
+#else
+#define THREAD_ID 0
+#define THREAD_COUNT 1
+#endif
+
 /* Runtime dispatch of the hot kernels (matmul, SiLU): a portable x86 build (GCC or clang,
  * baseline target without AVX2) also compiles them for AVX2+FMA and for AVX-512 and picks
  * the widest path the CPU has when the program starts (kernel_path_init). The paths are the
@@ -173,6 +186,8 @@ static void aligned_free(void *p) {
     memcpy(&raw, (unsigned char *)p - sizeof(void *), sizeof(void *));
     free(raw);
 }
+
+static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* ------------------------------------------------------------------------------------ */
 /* CRC-32 (IEEE 802.3 polynomial, reflected; the same as zlib's crc32)                   */
@@ -1438,11 +1453,7 @@ typedef struct {
     void *block;                 /* the one allocation */
 } Work;
 
-/* Edges are processed in blocks of EDGE_BLOCK rows: big enough for the matmul kernel to
- * reuse every weight row, small enough for a block of inputs to stay in cache. */
-#define EDGE_BLOCK 192
 
-static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* Lays out (or only measures, with w = NULL) the work buffers for graph g and nt threads:
  * returns the bytes of the one allocation, assigning the pointers when `base` is given. */
@@ -1524,13 +1535,6 @@ static void dump(const Ctx *cx, const char *name, const real *data, size_t rows,
  * Edge work is split between threads by node: each thread owns a contiguous range of nodes
  * and every edge whose sums land on them, so no two threads write the same row and the
  * sums run in the same order whatever the thread count. */
-#ifdef _OPENMP
-#define THREAD_ID omp_get_thread_num()
-#define THREAD_COUNT omp_get_num_threads()
-#else
-#define THREAD_ID 0
-#define THREAD_COUNT 1
-#endif
 
 /* smallest n in [0, N] with prefix[n] >= target (prefix is non-decreasing) */
 static int first_node_at(const int *prefix, int N, long long target) {
