@@ -1294,13 +1294,15 @@ static void matmul(real *y, size_t ldy, const real *x, size_t ldx, const real *w
     matmul_cols(y, ldy, x, ldx, w, ldw, bias, K, N, rows, accumulate, 0, N);
 }
 
-/* nn.Linear on rows: y (rows, out) = x (rows, in) W^T + b, then SiLU if act. */
+/* nn.Linear on rows: y (rows, out) = x (rows, in) W^T + b, then SiLU if act.
+ * Plain twin: linear_train; gradient: linear_backward. */
 static void linear_forward(const Linear *L, const real *x, size_t rows, real *y, int act) {
     matmul(y, (size_t)L->out, x, (size_t)L->in, L->wt, (size_t)L->ldw, L->b, L->in, L->out, rows, 0);
     if (act) silu_inplace(y, rows * (size_t)L->out);
 }
 
-/* upstream core.py MLP on rows; tmp must hold rows x (widest hidden layer) */
+/* upstream core.py MLP on rows; tmp must hold rows x (widest hidden layer).
+ * Plain twin: mlp_train; gradient: mlp_backward. */
 static void mlp_forward(const MLP *m, const real *x, size_t rows, real *y, real *tmp) {
     const real *in = x;
     for (int k = 0; k < m->n; k++) {
@@ -1312,7 +1314,8 @@ static void mlp_forward(const MLP *m, const real *x, size_t rows, real *y, real 
 }
 
 /* torch.nn.LayerNorm over the last dimension (biased variance, eps 1e-5); w, b NULL
- * without elementwise affine. Moments accumulated in double. */
+ * without elementwise affine. Moments accumulated in double.
+ * Plain twin: layernorm_train; gradient: layernorm_backward. */
 static void layernorm_forward(const real *x, size_t rows, int n, const real *w, const real *b, real *y) {
     for (size_t r = 0; r < rows; r++) {
         const real *xr = x + r * (size_t)n;
@@ -1670,7 +1673,8 @@ static void edge_frame(const Ctx *cx) {
 /* f = radial_lin(rbf) * 0.5(cos(pi r / cutoff) + 1), written into ew[:, 2H:3H]. On a masked
  * edge rbf = 0 and r = 0, so f = radial_lin(0): a constant that carries the scalar messages
  * between fragments. It is computed once, from a zero row, and copied to every masked edge;
- * the unmasked edges run in blocks. */
+ * the unmasked edges run in blocks.
+ * Plain twin: radial_train; gradient: radial_backward. */
 static void radial_filter(const Ctx *cx, const Geometry *geo) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
@@ -1704,7 +1708,8 @@ static void radial_filter(const Ctx *cx, const Geometry *geo) {
     }
 }
 
-/* NeighborEmb: s = z_emb + sum over edges into n of f * LN0(Linear(h))[source] */
+/* NeighborEmb: s = z_emb + sum over edges into n of f * LN0(Linear(h))[source]
+ * Plain twin: neighbor_emb_train; gradient: neighbor_emb_backward. */
 static void neighbor_emb(const Ctx *cx, const real *h, real *s) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
@@ -1724,7 +1729,8 @@ static void neighbor_emb(const Ctx *cx, const real *h, real *s) {
         }
 }
 
-/* CFConvS2V: NE1[n] (3, H) = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s)))[source] */
+/* CFConvS2V: NE1[n] (3, H) = sum over edges into n of (f (x) d) * SiLU(LN0(Linear(s)))[source]
+ * Plain twin: s2v_train; gradient: s2v_backward. */
 static void scalar_to_vector(const Ctx *cx, const Geometry *geo, const real *s, real *ne1) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
@@ -1784,7 +1790,8 @@ static void frame_rows(const real *nv, size_t ld, int H, const real *const fr[3]
 
 /* Edge weights from the vector features: project NE1 of each end on the edge frame,
  * |c-row| with reflect_equiv, scalar = lin3(rows) + d-row, times the cosine cutoff. On a
- * masked edge the frame is zero, so the scalar is lin3(0) for every channel: computed once. */
+ * masked edge the frame is zero, so the scalar is lin3(0) for every channel: computed once.
+ * Plain twin: edge_scalarization_train; gradient: edge_scalarization_backward. */
 static void edge_scalarization(const Ctx *cx, const Geometry *geo, const real *ne1) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
@@ -1888,7 +1895,8 @@ static void node_frame(const Ctx *cx) {
  * in edge order. In the last layer (last_layer) the
  * edge weights of masked edges are never read again (only the equivariant message reads
  * edge weights after it), so edge_out_trans runs on the unmasked edges only - unless a
- * dump of the layer outputs asks for all of them. */
+ * dump of the layer outputs asks for all of them.
+ * Plain twin: gcl_train; gradient: gcl_backward. */
 static void gcl_message(const Ctx *cx, const Geometry *geo, const GCLParams *P, real *s, int first_layer, int last_layer) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
@@ -1980,7 +1988,8 @@ static void gcl_message(const Ctx *cx, const Geometry *geo, const GCLParams *P, 
  *   dvec = (vec_src a + b (x) d [+ x (x) c without reflect_equiv]) / sqrt(H), dx = x,
  *   both summed at the edge's target. rbf_proj has no bias and rbf = 0 on a masked edge,
  *   so masked edges contribute exactly zero: only the unmasked edges run, in blocks,
- *   grouped by target node (each thread owns a range of targets). */
+ *   grouped by target node (each thread owns a range of targets).
+ * Plain twin: equi_message_train; gradient: equi_message_backward. */
 static void equi_message(const Ctx *cx, const Geometry *geo, const MsgParams *P, const real *s, const real *vec, real *dx, real *dvec) {
     const oard_config *c = &cx->m->cfg;
     const Graph *g = cx->g;
@@ -2035,7 +2044,8 @@ static void equi_message(const Ctx *cx, const Geometry *geo, const MsgParams *P,
 /* EquiUpdate: vec_proj(vec) -> vec1, vec2; vec1 in the node frame (|y1-row| with
  * reflect_equiv) through lin3 (3 -> 48 -> 8 -> 1) per channel -> scalar;
  * dot = sum_xyz vec1 vec2 / sqrt(H); (p, q, g) = xvec_proj([s, scalar]);
- * dx = (p + q + dot) / sqrt(2); dvec = g vec2. */
+ * dx = (p + q + dot) / sqrt(2); dvec = g vec2.
+ * Plain twin: equi_update_train; gradient: equi_update_backward. */
 static void equi_update(const Ctx *cx, const Geometry *geo, const UpdParams *P, const real *s, const real *vec, real *dx, real *dvec) {
     const oard_config *c = &cx->m->cfg;
     Work *w = cx->w;
@@ -2074,7 +2084,8 @@ static void equi_update(const Ctx *cx, const Geometry *geo, const UpdParams *P, 
 }
 
 /* GatedEquivariantBlock (Schuett et al. 2021): |vec1_proj(v)| over xyz (no epsilon),
- * update_net([x, that]) -> (x', gate); v' = gate * vec2_proj(v). */
+ * update_net([x, that]) -> (x', gate); v' = gate * vec2_proj(v).
+ * Plain twin: gated_output_train; gradient: gated_output_backward. */
 static void gated_output(const GatedParams *P, int N, const real *xin, const real *vin, real *xout, real *vout,
                          real *scratch) {
     const int hid = P->hidden, out = P->out;
@@ -2136,7 +2147,8 @@ static Geometry leftnet_geometry(const Ctx *cx, const real *pos) {
 /* LEFTNet.forward. h (N, in_hidden), pos (N, 3). Outputs: s (N, H) always; unless
  * for_conf, dpos (N, 3) in delta, the pos_grad term (N, 3) in pos_grad (zero unless
  * c->pos_grad; upstream returns dpos + gradient, the wrapper adds them) and
- * embedding_out(s) (N, in_hidden) in h_out. */
+ * embedding_out(s) (N, in_hidden) in h_out.
+ * Plain twin: leftnet_train; gradient: leftnet_backward. */
 static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real *delta, real *pos_grad, real *h_out) {
     const oard_config *c = &cx->m->cfg;
     const LEFTNetParams *p = &cx->m->net;
@@ -2191,7 +2203,7 @@ static void leftnet_forward(const Ctx *cx, const real *h, const real *pos, real 
             for (size_t k = 0; k < (size_t)N * H; k++) s[k] += w->dx[k];
             for (size_t k = 0; k < (size_t)N * 3 * H; k++) vec[k] += w->dvec[k];
         }
-        if (c->pos_grad) { /* gradient += (c0 x1 + c1 y1 + c2 z1) / num_layers */
+        if (c->pos_grad) { /* gradient += (c0 x1 + c1 y1 + c2 z1) / num_layers; twin pos_grad_train, pos_grad_backward */
             real *t = w->nodetmp, coef[3];
             for (int n = 0; n < N; n++) {
                 linear_forward(&p->dyn0, s + (size_t)n * H, 1, t, 1);
